@@ -1,0 +1,163 @@
+"""Safe, atomic file handling: hashing, atomic writes, manifests and safe ``torch.load``.
+
+Every artifact vggc writes goes through :func:`atomic_path` (write to a temp file in the same
+directory, then ``os.replace``), so an interrupted run never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import pickle
+import platform
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from vggc.errors import InputError, ModelFormatError
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Return the hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Return the hex SHA-256 of ``obj`` serialised as canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left untouched. The temporary
+    name keeps the final suffix (some writers, e.g. ONNX, look at it) and starts with ``.tmp-``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON; return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    return Path(path)
+
+
+def save_state_dict(state_dict: dict, path: str | os.PathLike) -> Path:
+    """Atomically ``torch.save`` a plain state_dict (tensors only); return the path."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(state_dict, tmp)
+    return Path(path)
+
+
+def manifest_path(artifact: str | os.PathLike) -> Path:
+    """Return the manifest path that belongs to an artifact: ``<artifact>.json``."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
+
+
+def environment_info() -> dict:
+    """Return library versions and host facts worth recording next to results."""
+    import numpy
+    import torch
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+    }
+    for mod in ("torchvision", "onnx", "onnxruntime", "torchao"):
+        with contextlib.suppress(Exception):
+            info[mod] = __import__(mod).__version__
+    return info
+
+
+def write_manifest(artifact: str | os.PathLike, *, kind: str, inputs: dict, settings: dict,
+                   metrics: dict | None = None, extra: dict | None = None) -> Path:
+    """Write ``<artifact>.json`` describing how ``artifact`` was made; return its path.
+
+    ``inputs`` maps a role (e.g. ``"source"``) to a file path; each is recorded with its SHA-256.
+    The artifact's own hash is recorded too, so a manifest that does not match its file is stale.
+    """
+    artifact = Path(artifact)
+    doc = {
+        "artifact": artifact.name,
+        "kind": kind,
+        "sha256": sha256_file(artifact),
+        "size_bytes": artifact.stat().st_size,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": {role: {"path": str(p), "sha256": sha256_file(p)} for role, p in inputs.items()},
+        "settings": settings,
+        "metrics": metrics or {},
+        "environment": environment_info(),
+    }
+    if extra:
+        doc.update(extra)
+    return write_json(manifest_path(artifact), doc)
+
+
+def _describe_unpickling_error(err: Exception) -> str:
+    msg = str(err)
+    for marker in ("GLOBAL ", "Unsupported global: "):
+        if marker in msg:
+            name = msg.split(marker, 1)[1].split()[0].rstrip(".,")
+            return name
+    return ""
+
+
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors for the usual bad files.
+
+    Raises :class:`ModelFormatError` for a missing, empty, truncated or non-torch file and for a
+    pickled ``nn.Module`` (which ``weights_only`` refuses to unpickle).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a weights file")
+    if path.stat().st_size == 0:
+        raise ModelFormatError(f"{path}: file is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        name = _describe_unpickling_error(err)
+        if name:
+            what = f"a pickled object ({name})"
+            if "torch.nn" in name or "torchvision.models" in name or "Module" in name:
+                what = f"a pickled nn.Module ({name})"
+            raise ModelFormatError(
+                f"{path}: holds {what}, not a state_dict; re-save it with "
+                "torch.save(model.state_dict(), path)") from None
+        raise ModelFormatError(f"{path}: not a readable torch file ({err})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        hint = "truncated or corrupt" if ("zip" in first.lower() or "eof" in first.lower()
+                                          or "central directory" in first.lower()
+                                          or isinstance(err, EOFError)) else "unreadable"
+        raise ModelFormatError(f"{path}: {hint} torch file ({first[:160]})") from None

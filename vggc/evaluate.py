@@ -1,0 +1,48 @@
+"""Accuracy of any runner on a split: top-1, per-class accuracy, optionally the logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from vggc.data import Preprocess, Split, iterate_batches
+from vggc.progress import Progress, no_progress
+
+
+@dataclass
+class EvalResult:
+    """``top1`` is a fraction in 0..1 over ``n`` images; ``per_class`` maps class -> fraction."""
+
+    top1: float
+    n: int
+    correct: int
+    per_class: dict[str, float]
+    predictions: torch.Tensor = field(repr=False, default=None)  # (n,) int64
+    logits: torch.Tensor | None = field(repr=False, default=None)  # (n, classes) when kept
+
+    def to_dict(self) -> dict:
+        return {"top1": self.top1, "n": self.n, "correct": self.correct, "per_class": self.per_class}
+
+
+def evaluate(predict, split: Split, preprocess: Preprocess, *, batch_size: int = 256,
+             keep_logits: bool = False, progress: Progress = no_progress) -> EvalResult:
+    """Run ``predict`` (normalised float batch -> logits) over ``split``; return an :class:`EvalResult`."""
+    preds, all_logits = [], []
+    nb = (len(split) + batch_size - 1) // batch_size
+    for images, _ in progress(iterate_batches(split, batch_size), total=nb, desc="eval"):
+        logits = predict(preprocess(images))
+        logits = torch.as_tensor(logits).float()
+        preds.append(logits.argmax(1))
+        if keep_logits:
+            all_logits.append(logits)
+    pred = torch.cat(preds)
+    hit = pred == split.labels
+    per_class = {}
+    for ci, name in enumerate(split.classes):
+        mask = split.labels == ci
+        if mask.any():
+            per_class[name] = round(float(hit[mask].float().mean()), 6)
+    correct = int(hit.sum())
+    return EvalResult(top1=correct / len(split), n=len(split), correct=correct, per_class=per_class,
+                      predictions=pred, logits=torch.cat(all_logits) if keep_logits else None)

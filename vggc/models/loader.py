@@ -1,0 +1,106 @@
+"""Load a weights file into a ready model: unwrap, detect the architecture, rebuild, load."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vggc.artifacts import safe_torch_load
+from vggc.errors import ModelFormatError
+from vggc.models.registry import Architecture, detect
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a state_dict.
+
+    ``model`` is in eval mode on CPU; ``config`` is the architecture's config object;
+    ``sidecar`` is the parsed ``<weights>.json`` (``{}`` when absent).
+    """
+
+    model: nn.Module
+    arch: Architecture
+    config: Any
+    path: Path | None = None
+    sidecar: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Return the tensor dict inside ``obj``.
+
+    Accepts a raw state_dict, one nested under ``state_dict`` / ``model_state_dict`` / ``model``,
+    and strips ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) prefixes.
+    """
+    if isinstance(obj, nn.Module):
+        raise ModelFormatError("got an nn.Module, expected a state_dict; pass module.state_dict()")
+    if not isinstance(obj, dict):
+        raise ModelFormatError(f"holds a {type(obj).__name__}, expected a state_dict (a dict of tensors)")
+    for key in WRAPPER_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            obj = inner
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ModelFormatError(f"holds a dict with no tensors (keys: {', '.join(map(str, list(obj)[:6]))})")
+    out = {}
+    for k, v in tensors.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def model_from_state_dict(sd: dict[str, torch.Tensor]) -> tuple[nn.Module, Architecture, Any]:
+    """Rebuild and load the module described by ``sd``; return ``(model, arch, config)``."""
+    arch, config = detect(sd)
+    model = arch.build(config)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    if missing or unexpected:
+        raise ModelFormatError(
+            f"{config.name} state_dict mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    bad = [k for k, v in expected.items() if tuple(v.shape) != tuple(sd[k].shape)]
+    if bad:
+        k = bad[0]
+        raise ModelFormatError(f"{config.name}: {k} has shape {tuple(sd[k].shape)}, "
+                               f"expected {tuple(expected[k].shape)}")
+    model.load_state_dict(sd)
+    return model.eval(), arch, config
+
+
+def read_sidecar(weights: str | Path) -> dict:
+    """Return the parsed ``<weights stem>.json`` beside a weights file, or ``{}``."""
+    p = Path(weights).with_suffix(".json")
+    if not p.is_file():
+        return {}
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelFormatError(f"{p}: unreadable sidecar JSON ({err})") from None
+    return doc if isinstance(doc, dict) else {}
+
+
+def load_weights(path: str | Path) -> LoadedModel:
+    """Load a ``.pt`` state_dict file safely (``weights_only=True``) and rebuild its model."""
+    path = Path(path)
+    obj = safe_torch_load(path)
+    try:
+        sd = unwrap_state_dict(obj)
+        model, arch, config = model_from_state_dict(sd)
+    except ModelFormatError as err:
+        raise ModelFormatError(f"{path}: {err}") from None
+    return LoadedModel(model=model, arch=arch, config=config, path=path, sidecar=read_sidecar(path))
