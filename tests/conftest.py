@@ -1,0 +1,86 @@
+"""Shared fixtures. Tests that need ../shared skip cleanly when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VGGC_SHARED", ROOT.parent / "shared"))
+REF_WEIGHTS = SHARED / "models" / "vgg16_bn_cifar10.pt"
+CIFAR_JPEG = SHARED / "data" / "cifar10-jpeg"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def ref_weights() -> Path:
+    """The shared trained VGG16-BN state_dict (skips when ../shared is absent)."""
+    if not REF_WEIGHTS.is_file():
+        pytest.skip(f"reference model not found at {REF_WEIGHTS}")
+    return REF_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    """The shared CIFAR-10 ImageFolder tree (skips when ../shared is absent)."""
+    if not (CIFAR_JPEG / "test").is_dir():
+        pytest.skip(f"CIFAR-10 data not found at {CIFAR_JPEG}")
+    return CIFAR_JPEG
+
+
+@pytest.fixture(scope="session")
+def test_split(cifar_dir):
+    """The full real test split (10,000 images) as a :class:`vggc.data.Split`."""
+    from vggc.data import load_split
+
+    return load_split(cifar_dir, "test")
+
+
+def make_tiny_vgg(num_classes: int = 10, batch_norm: bool = True, seed: int = 0,
+                  widths=(8, "M", 16, "M", 16, 16, "M", 32, 32, "M", 32, 32, "M"),
+                  classifier=(32, 32, 32)):
+    """Return a small randomly initialised VGG (same layout family as VGG16) in eval mode."""
+    from vggc.models import VGGConfig, build_vgg
+
+    torch.manual_seed(seed)
+    cfg = VGGConfig(widths=list(widths), batch_norm=batch_norm,
+                    classifier=[*classifier, num_classes][: len(classifier) + 1],
+                    classifier_indices=[0, 3, 6][: len(classifier)], pool_size=1)
+    model = build_vgg(cfg).eval()
+    if batch_norm:  # non-trivial BN statistics so folding/export bugs show up
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture
+def tiny_vgg():
+    return make_tiny_vgg()
+
+
+def make_imagefolder(root: Path, per_class: int = 6, classes: int = 10, size: int = 32, seed: int = 0) -> Path:
+    """Write a tiny random ImageFolder (train/ and test/, PNG) under ``root``; return ``root``."""
+    from torchvision.io import write_png
+
+    g = torch.Generator().manual_seed(seed)
+    for split in ("train", "test"):
+        for c in range(classes):
+            d = root / split / f"class{c:02d}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                img = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
+                img[c % 3] = img[c % 3] // 4 + 40 * (c % 5)  # a weak class signal
+                write_png(img, str(d / f"{i:04d}.png"))
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    """A tiny random ImageFolder dataset (6 images per class per split)."""
+    return make_imagefolder(tmp_path / "data")

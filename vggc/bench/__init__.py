@@ -1,0 +1,1 @@
+"""Bench stage: accuracy and speed of every (model, backend), tables, report, plot."""

@@ -1,0 +1,1 @@
+"""Compression stage: quantize, prune, distill."""

@@ -1,0 +1,1 @@
+"""Export stage: ONNX (FP32/FP16), TensorRT engines, Triton repositories."""
