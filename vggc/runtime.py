@@ -68,6 +68,8 @@ class Backend:
     open: Callable[[ModelFile, dict], Runner]
     available: Callable[[], str | None] = lambda: None
     default: bool = True  # part of ``vggc bench``'s default backend set
+    # a caveat shown next to this backend's results (e.g. bf16 emulated on this CPU), or None
+    note: Callable[[], str | None] = lambda: None
 
     @property
     def key(self) -> str:
@@ -196,7 +198,7 @@ class TorchRunner(Runner):
         self.dtype = dtype
         self.autocast = autocast
         if compile_mode:
-            self.model = torch.compile(self.model, mode=compile_mode)
+            self.model = torch.compile(self.model, mode=compile_mode, dynamic=False)
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -234,7 +236,17 @@ def _cuda_reason() -> str | None:
 
 
 def _bf16_note() -> str | None:
-    return None
+    if cpu_has_native_bf16():
+        return None
+    return "bf16 emulated on this CPU (no AVX512-BF16/AMX): ~10x slower than fp32"
+
+
+def _compiler_reason() -> str | None:
+    import shutil
+
+    if any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return None
+    return "torch.compile on CPU needs a C++ compiler (g++ or clang++) on PATH"
 
 
 register_format("state_dict", _is_state_dict_file, _describe_state_dict)
@@ -242,13 +254,19 @@ register_backend(Backend("torch", "fp32", ("state_dict",), "cpu",
                          lambda m, o: TorchRunner(_loaded_module(m), "cpu", None, None)))
 register_backend(Backend("torch", "bf16", ("state_dict",), "cpu",
                          lambda m, o: TorchRunner(_loaded_module(m), "cpu", None, torch.bfloat16),
-                         available=_bf16_note))
+                         note=_bf16_note, default=cpu_has_native_bf16()))
 register_backend(Backend("torch-cuda", "fp32", ("state_dict",), "cuda",
                          lambda m, o: TorchRunner(_loaded_module(m), "cuda", None, None),
                          available=_cuda_reason))
 register_backend(Backend("torch-cuda", "fp16", ("state_dict",), "cuda",
                          lambda m, o: TorchRunner(_loaded_module(m), "cuda", torch.float16, None),
                          available=_cuda_reason))
+# torch.compile (Inductor) of the eager model: compiles on the first call of each input shape,
+# which ``vggc bench`` reports as compile_s. Not in the default set (~30 s per shape on 2 cores).
+register_backend(Backend("torch-compile", "fp32", ("state_dict",), "cpu",
+                         lambda m, o: TorchRunner(_loaded_module(m), "cpu", None, None,
+                                                  compile_mode=o.get("compile_mode", "default")),
+                         available=_compiler_reason, default=False))
 
 # Modules that register more formats/backends when imported. Each must import cleanly without
 # its optional dependency (it reports unavailability through ``Backend.available``).
