@@ -128,6 +128,19 @@ def _describe_unpickling_error(err: Exception) -> str:
     return ""
 
 
+def _names_module(qualname: str) -> bool:
+    """True if ``qualname`` names an ``nn.Module`` subclass (looked up only in already-imported modules)."""
+    import sys
+
+    from torch import nn
+
+    modname, _, cls = qualname.rpartition(".")
+    obj = getattr(sys.modules.get(modname), cls, None)
+    if isinstance(obj, type):
+        return issubclass(obj, nn.Module)
+    return any(s in qualname for s in ("torch.nn.", "torchvision.models.", "timm.models."))
+
+
 def safe_torch_load(path: str | os.PathLike) -> Any:
     """``torch.load(path, weights_only=True)`` with one-line errors for the usual bad files.
 
@@ -148,9 +161,7 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as err:
         name = _describe_unpickling_error(err)
         if name:
-            what = f"a pickled object ({name})"
-            if "torch.nn" in name or "torchvision.models" in name or "Module" in name:
-                what = f"a pickled nn.Module ({name})"
+            what = f"a pickled nn.Module ({name})" if _names_module(name) else f"a pickled object ({name})"
             raise ModelFormatError(
                 f"{path}: holds {what}, not a state_dict; re-save it with "
                 "torch.save(model.state_dict(), path)") from None
@@ -161,3 +172,6 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
                                           or "central directory" in first.lower()
                                           or isinstance(err, EOFError)) else "unreadable"
         raise ModelFormatError(f"{path}: {hint} torch file ({first[:160]})") from None
+    except Exception as err:  # noqa: BLE001 - any other decoder failure: not a torch file
+        raise ModelFormatError(f"{path}: not a torch state_dict file ({type(err).__name__}: "
+                               f"{str(err)[:120]})") from None

@@ -90,6 +90,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that rebuilds numpy arrays and builtins, and refuses everything else."""
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str):

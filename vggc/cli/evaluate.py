@@ -27,7 +27,7 @@ def evaluate_file(path: str, data: str, *, backend: str | None = None, batch_siz
         res = evaluate(runner.predict, split, mf.preprocess, batch_size=batch_size, progress=progress)
     finally:
         runner.close()
-    facts = {"model": mf.path.name, "backend": be.key, "precision": be.precision,
+    facts = {"model": mf.path.name, "backend": be.key, "precision": runtime.effective_precision(be, mf),
              "input_size": mf.preprocess.input_size, "limit": limit}
     return res, facts
 
@@ -36,7 +36,7 @@ def evaluate_file(path: str, data: str, *, backend: str | None = None, batch_siz
 @click.argument("weights", type=click.Path(dir_okay=False, path_type=str))
 @data_option()
 @click.option("--backend", default=None,
-              help="Backend key, e.g. torch-fp32, torch-bf16, onnxruntime-fp32 (see `vggc bench --help`). "
+              help="Backend key, e.g. torch-fp32, torch-bf16, onnxruntime-cpu (see `vggc bench --help`). "
                    "Default: the first one that can run this file here.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=256, show_default=True,
               help="Images per forward pass.")

@@ -1,0 +1,282 @@
+"""The project's one training loop: baseline training, pruning fine-tune and distillation all use it.
+
+SGD (Nesterov) + OneCycle by default, random-crop + flip, label smoothing, channels_last,
+bf16 autocast on CPUs with native bf16 (AMX / AVX512-BF16) and fp16 AMP on CUDA, a checkpoint
+after every epoch (atomic) with ``resume``, deterministic under ``seed``, and DDP when
+``torch.distributed`` is initialised (e.g. under ``torchrun``; only rank 0 writes).
+
+The loss is pluggable: ``loss_fn(model, x, y) -> (loss, parts)`` where ``parts`` is a dict of
+floats shown on the progress bar (distillation passes its KD loss this way).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vggc.artifacts import atomic_path, safe_torch_load
+from vggc.data import Preprocess, Split, augment_batch
+from vggc.errors import InputError
+from vggc.progress import Progress, no_progress
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters; recorded verbatim in checkpoints and manifests."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    schedule: str = "onecycle"
+    warmup_frac: float = 0.15
+    precision: str = "auto"
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise InputError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision {self.precision!r} not in {', '.join(PRECISIONS)}")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"schedule {self.schedule!r} not in {', '.join(SCHEDULES)}")
+        if not self.lr > 0:
+            raise InputError(f"learning rate must be > 0, got {self.lr}")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns: per-epoch history and totals."""
+
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    device: str = "cpu"
+    precision: str = "fp32"
+    resumed_from: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str) -> torch.device:
+    """Return ``cuda`` when asked or (for ``auto``) available, else ``cpu``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Return the precision to train in: ``auto`` -> fp16 AMP on CUDA, bf16 on CPUs with native
+    bf16 (AMX/AVX512-BF16), fp32 elsewhere (emulated bf16 is several times slower than fp32)."""
+    if precision != "auto":
+        if precision == "fp16" and device.type != "cuda":
+            raise InputError("fp16 training needs CUDA; use bf16 or fp32 on CPU")
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    from vggc.runtime import cpu_has_native_bf16
+
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def cross_entropy_loss(label_smoothing: float = 0.1) -> LossFn:
+    """Return the default loss: cross-entropy with label smoothing; parts ``{"ce": ...}``."""
+
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        return loss, {"ce": loss.detach()}
+
+    return loss_fn
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Return this rank's sample order for ``epoch``: a seeded permutation, padded to split evenly."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=g)
+    if world > 1:
+        per = math.ceil(n / world)
+        order = torch.cat([order, order[: per * world - n]])
+        order = order[rank::world]
+    return order
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
+                                                   pct_start=cfg.warmup_frac, div_factor=10,
+                                                   final_div_factor=100)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _frozen_bn_modules(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers whose parameters are all frozen stay in eval mode while training."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())]
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Return a training checkpoint written by :func:`fit` (loaded with ``weights_only=True``)."""
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "epoch" not in ckpt:
+        raise InputError(f"{path}: not a vggc training checkpoint")
+    return ckpt
+
+
+def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig, *,
+        loss_fn: LossFn | None = None, checkpoint: str | Path | None = None, resume: bool = False,
+        progress: Progress = no_progress, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``model`` in place on ``train``; return a :class:`TrainResult`.
+
+    ``checkpoint``: path written atomically after every epoch (rank 0 only); with ``resume=True``
+    training continues from it (same seed -> same result as an uninterrupted run).
+    ``on_epoch(record)`` is called after each epoch with ``{"epoch", "loss", "lr", "seconds", ...}``.
+    Returns with ``model`` on CPU in eval mode.
+    """
+    if len(train) < cfg.batch_size:
+        raise InputError(f"training set has {len(train)} images, fewer than one batch of {cfg.batch_size}")
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    rank, world = _dist()
+    torch.manual_seed(cfg.seed + rank)
+    loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
+
+    model = model.to(device, memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise InputError("nothing to train: every parameter is frozen")
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    per_rank = math.ceil(len(train) / world)
+    steps_per_epoch = per_rank // cfg.batch_size
+    sched = _make_scheduler(opt, cfg, steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+
+    start_epoch, history = 0, []
+    ckpt_path = Path(checkpoint) if checkpoint else None
+    if resume:
+        if ckpt_path is None or not ckpt_path.is_file():
+            raise InputError(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = load_checkpoint(ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if "scaler" in ckpt and precision == "fp16":
+            scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"])
+        start_epoch, history = int(ckpt["epoch"]), list(ckpt.get("history", []))
+
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    frozen_bn = _frozen_bn_modules(model)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    t_start = time.perf_counter()
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        net.train()
+        for m in frozen_bn:
+            m.eval()
+        order = epoch_order(len(train), cfg.seed, epoch, rank, world)[: steps_per_epoch * cfg.batch_size]
+        aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank)
+        sums: dict[str, float] = {}
+        batches = order.view(steps_per_epoch, cfg.batch_size)
+        bar = progress(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        for step, idx in enumerate(bar):
+            images = train.images[idx]
+            if cfg.augment:
+                images = augment_batch(images, aug_gen)
+            x = preprocess(images).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = train.labels[idx].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                loss, parts = loss_fn(net, x, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1} step {step}; "
+                                         "lower --lr")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            for k, v in {"loss": loss.detach(), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if hasattr(bar, "set_postfix") and (step % 10 == 0 or step == steps_per_epoch - 1):
+                bar.set_postfix({k: f"{v / (step + 1):.3f}" for k, v in sums.items()}, refresh=False)
+        record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
+                  "seconds": round(time.perf_counter() - t0, 2),
+                  "images_per_s": round(steps_per_epoch * cfg.batch_size * world / (time.perf_counter() - t0), 1),
+                  **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}}
+        history.append(record)
+        if ckpt_path is not None and rank == 0:
+            with atomic_path(ckpt_path) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                            "epoch": epoch + 1, "rng": torch.get_rng_state(), "history": history,
+                            "config": asdict(cfg)}, tmp)
+        if on_epoch:
+            on_epoch(record)
+    model.to("cpu").eval()
+    return TrainResult(epochs_run=cfg.epochs - start_epoch, history=history,
+                       seconds=round(time.perf_counter() - t_start, 2), device=str(device),
+                       precision=precision, resumed_from=start_epoch)
+
+
+def freeze(model: nn.Module, what: str) -> nn.Module:
+    """Freeze parameters: ``"features"`` (all but the classifier) or ``"none"``; return ``model``."""
+    if what not in ("features", "none"):
+        raise InputError(f"--freeze {what!r}: use features or none")
+    for name, p in model.named_parameters():
+        p.requires_grad = not (what == "features" and not name.startswith("classifier"))
+    return model
+
+
+def init_from_pretrained(path: str | Path, num_classes: int) -> nn.Module:
+    """Return a VGG initialised from a (torchvision ImageNet) VGG state_dict with a new last layer.
+
+    Every tensor is kept except the final Linear, which is re-initialised for ``num_classes``.
+    """
+    from vggc.models import build_vgg, unwrap_state_dict
+    from vggc.models.vgg import vgg_config_from_state_dict
+
+    sd = unwrap_state_dict(safe_torch_load(path))
+    cfg = vgg_config_from_state_dict(sd)
+    last = f"classifier.{cfg.classifier_indices[-1]}"
+    cfg.classifier = [*cfg.classifier[:-1], num_classes]
+    model = build_vgg(cfg)
+    keep = {k: v for k, v in sd.items() if not k.startswith(last + ".")}
+    model.load_state_dict(keep, strict=False)
+    return model
