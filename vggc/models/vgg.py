@@ -85,15 +85,14 @@ class VGG(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        # Kaiming for convs, unit BN; Linear layers keep PyTorch's default init (torchvision's
+        # N(0, 0.01) stalls training of narrow CIFAR heads for the first epochs).
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,91 @@
+"""The one trainer: learns, is deterministic under a seed, and resumes to the same result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tiny_vgg
+
+from vggc.data import Preprocess, Split
+from vggc.errors import InputError
+from vggc.train import TrainConfig, epoch_order, fit, freeze
+
+
+def _toy_split(n=80, seed=0):
+    """A learnable toy problem: class = which colour channel is bright."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    images = torch.randint(0, 60, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    for i, c in enumerate(labels.tolist()):
+        images[i, c] += 150
+    return Split(images, labels, ("r", "g", "b"), "train")
+
+
+def _cfg(**kw):
+    base = dict(epochs=3, batch_size=16, lr=0.05, precision="fp32", seed=3, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _model():
+    return make_tiny_vgg(num_classes=3, seed=1).train()
+
+
+def test_fit_learns_toy_problem():
+    split, pre = _toy_split(), Preprocess()
+    model = _model()
+    res = fit(model, split, pre, _cfg(epochs=4))
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    with torch.no_grad():
+        acc = (model(pre(split.images)).argmax(1) == split.labels).float().mean()
+    assert acc > 0.9
+    assert not model.training
+
+
+def test_fit_is_deterministic_and_resume_matches(tmp_path):
+    split, pre = _toy_split(), Preprocess()
+    a = _model()
+    fit(a, split, pre, _cfg())
+
+    b = _model()
+    ckpt = tmp_path / "run.ckpt"
+
+    def stop_after_first(rec):
+        if rec["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(b, split, pre, _cfg(), checkpoint=ckpt, on_epoch=stop_after_first)
+    assert ckpt.is_file() and not list(tmp_path.glob(".tmp-*"))
+    c = _model()
+    res = fit(c, split, pre, _cfg(), checkpoint=ckpt, resume=True)
+    assert res.resumed_from == 1 and res.epochs_run == 2
+    for k, v in a.state_dict().items():
+        assert torch.allclose(v.float(), c.state_dict()[k].float(), atol=1e-6), k
+
+
+def test_freeze_features_trains_only_classifier():
+    split, pre = _toy_split(), Preprocess()
+    model = freeze(_model(), "features")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, split, pre, _cfg(epochs=1))
+    after = model.state_dict()
+    assert torch.equal(before["features.0.weight"], after["features.0.weight"])
+    assert torch.equal(before["features.1.running_mean"], after["features.1.running_mean"])  # frozen BN stays put
+    assert not torch.equal(before["classifier.0.weight"], after["classifier.0.weight"])
+
+
+def test_distributed_shards_cover_the_epoch():
+    n = 103
+    shards = [epoch_order(n, 0, 5, r, 2) for r in range(2)]
+    assert shards[0].numel() == shards[1].numel() == 52
+    assert set(torch.cat(shards).tolist()) == set(range(n))
+
+
+def test_bad_config():
+    with pytest.raises(InputError):
+        TrainConfig(epochs=0)
+    with pytest.raises(InputError):
+        TrainConfig(precision="int4")
+    with pytest.raises(InputError, match="fewer than one batch"):
+        fit(_model(), _toy_split(8), Preprocess(), _cfg(batch_size=16))
