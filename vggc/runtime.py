@@ -73,7 +73,20 @@ class Backend:
 
     @property
     def key(self) -> str:
-        return f"{self.name}-{self.precision}"
+        return self.name if self.precision == FILE_PRECISION else f"{self.name}-{self.precision}"
+
+
+# A backend whose precision is "file" runs each file at the precision stored in it (ONNX Runtime on
+# an FP32, FP16 or QDQ-INT8 .onnx); its key is its bare name (``onnxruntime-cpu``).
+FILE_PRECISION = "file"
+
+
+def effective_precision(backend: "Backend", model: "ModelFile") -> str:
+    """Return the precision a (backend, file) result runs at: the backend's own, or for a
+    ``precision="file"`` backend the file's (``model.meta["precision"]``, default ``fp32``)."""
+    if backend.precision == FILE_PRECISION:
+        return str(model.meta.get("precision") or "fp32")
+    return backend.precision
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -270,7 +283,7 @@ register_backend(Backend("torch-compile", "fp32", ("state_dict",), "cpu",
 
 # Modules that register more formats/backends when imported. Each must import cleanly without
 # its optional dependency (it reports unavailability through ``Backend.available``).
-PLUGINS: list[str] = []
+PLUGINS: list[str] = ["vggc.export.ort_backend"]
 _plugins_loaded = False
 
 
