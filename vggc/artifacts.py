@@ -89,9 +89,13 @@ def environment_info() -> dict:
         "numpy": numpy.__version__,
         "platform": platform.platform(),
     }
-    for mod in ("torchvision", "onnx", "onnxruntime", "torchao"):
-        with contextlib.suppress(Exception):
-            info[mod] = __import__(mod).__version__
+    from importlib.metadata import PackageNotFoundError, version
+
+    # read versions from package metadata: importing e.g. torchao just for its version is slow
+    # and makes it log deprecation warnings on stderr
+    for mod in ("torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "torchao"):
+        with contextlib.suppress(PackageNotFoundError, ValueError):
+            info[mod] = version(mod)
     return info
 
 
