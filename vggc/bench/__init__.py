@@ -1,1 +1,12 @@
-"""Bench stage: accuracy and speed of every (model, backend), tables, report, plot."""
+"""Bench stage: accuracy and speed of every (model, backend), tables, report, plot.
+
+``run_bench`` (in :mod:`vggc.bench.core`) is the library entry point; ``vggc bench`` is its CLI.
+"""
+
+from vggc.bench.core import DEFAULT_OUT, QUICK_IMAGES, BenchRows, apply_baseline, parse_backends, run_bench
+from vggc.bench.report import COLUMNS, CONTRACT, screen_table, write_outputs
+from vggc.bench.timing import FULL, QUICK, Timing, TimingPolicy, measure, percentile
+
+__all__ = ["BenchRows", "COLUMNS", "CONTRACT", "DEFAULT_OUT", "FULL", "QUICK", "QUICK_IMAGES", "Timing",
+           "TimingPolicy", "apply_baseline", "measure", "parse_backends", "percentile", "run_bench",
+           "screen_table", "write_outputs"]

@@ -18,6 +18,7 @@ COMMANDS = {
     "info": "info",
     "evaluate": "eval",
     "train": "train",
+    "bench": "bench",
     "export": "export",
 }
 

@@ -1,0 +1,257 @@
+"""``vggc bench``: outputs and their contract, unavailable rows, baseline, cache, timing rule."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import make_imagefolder, make_tiny_vgg
+
+from vggc import runtime
+from vggc.artifacts import save_state_dict
+from vggc.bench import CONTRACT, TimingPolicy, measure, percentile, run_bench
+from vggc.bench.plot import pareto_front
+from vggc.bench.report import screen_table
+from vggc.errors import InputError
+
+FAST = TimingPolicy(warmup=1, min_reps=3, min_time=0.02, max_time=0.3)
+NUM = (int, float)
+TYPES = {"model": str, "backend": str, "precision": str, "status": str, "top1": NUM, "delta_pt": NUM,
+         "latency_p50_ms": NUM, "latency_p90_ms": NUM, "throughput": NUM, "batch": int, "size_mb": NUM,
+         "params": int, "macs": int}
+OUTPUTS = ("results.json", "results.csv", "report.md", "pareto.png", "accuracy-cache.json")
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    data = make_imagefolder(root / "data", per_class=5)
+    a = save_state_dict(make_tiny_vgg(seed=0).state_dict(), root / "a.pt")
+    b = save_state_dict(make_tiny_vgg(seed=1).state_dict(), root / "b.pt")
+    return root, data, a, b
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_files):
+    root, data, a, b = tiny_files
+    out = root / "out"
+    rows = run_bench([a, b], data, batch=16, backends="torch-fp32,torch-cuda-fp16", quick=True, out=out,
+                     timing=FAST)
+    return rows, out
+
+
+def test_writes_all_outputs_with_contract(first_run):
+    rows, out = first_run
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    assert (out / "results.json.json").is_file()  # manifest
+    doc = json.loads((out / "results.json").read_text())
+    assert isinstance(doc, list) and len(doc) == 4  # 2 models x 2 backends
+    assert [(r["model"], r["backend"]) for r in doc] == [("a.pt", "torch-fp32"), ("a.pt", "torch-cuda-fp16"),
+                                                        ("b.pt", "torch-fp32"), ("b.pt", "torch-cuda-fp16")]
+    for r in doc:
+        for key in CONTRACT + ("n_images", "quick", "threads", "compile_s", "speedup", "format"):
+            assert key in r, key
+        assert r["n_images"] == 50 and r["quick"] is True and r["batch"] == 16
+        assert r["format"] == "state_dict" and r["params"] > 0 and r["macs"] > 0 and r["size_mb"] > 0
+        if r["status"] == "ok":
+            for key, typ in TYPES.items():
+                assert isinstance(r[key], typ), (key, r[key])
+            assert 0.0 <= r["top1"] <= 1.0
+            assert 0 < r["latency_p50_ms"] <= r["latency_p90_ms"]
+            assert r["throughput"] > 0 and r["compile_s"] >= 0
+            assert r["top1"] * 50 == pytest.approx(round(r["top1"] * 50))  # a whole number of images
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_rows_carry_reason_and_null_metrics(first_run):
+    rows, _ = first_run
+    cuda = [r for r in rows if r["backend"] == "torch-cuda-fp16"]
+    assert len(cuda) == 2
+    for r in cuda:
+        assert r["status"] == "no CUDA device"
+        for key in ("top1", "delta_pt", "latency_p50_ms", "latency_p90_ms", "throughput", "speedup", "compile_s"):
+            assert r[key] is None
+    table = screen_table(rows, rows.context)
+    assert "unavailable: no CUDA device" in table
+
+
+def test_baseline_delta_and_speedup(first_run):
+    rows, _ = first_run
+    base = rows[0]
+    assert base["is_baseline"] and base["delta_pt"] == 0.0 and base["speedup"] == 1.0
+    other = rows[2]
+    assert other["delta_pt"] == pytest.approx(100 * (other["top1"] - base["top1"]), abs=1e-3)
+    assert other["speedup"] == pytest.approx(other["throughput"] / base["throughput"], rel=1e-2)
+    assert rows.context["baseline"]["model"] == "a.pt"
+
+
+def test_csv_png_and_report(first_run):
+    rows, out = first_run
+    with open(out / "results.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == len(rows)
+    assert set(CONTRACT) <= set(csv_rows[0])
+    assert float(csv_rows[0]["top1"]) == pytest.approx(rows[0]["top1"])
+    assert csv_rows[1]["top1"] == ""  # null metric of an unavailable row
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "QUICK run" in report and "| a.pt | torch-fp32 |" in report
+    assert "CPU:" in report and "torch 2." in report and "Threads used" in report
+
+
+def test_rerun_is_identical_from_cache_and_without(first_run, tiny_files):
+    rows, out = first_run
+    root, data, a, b = tiny_files
+    again = run_bench([a, b], data, batch=16, backends="torch-fp32,torch-cuda-fp16", quick=True, out=out,
+                      timing=FAST)
+    ok = [i for i, r in enumerate(rows) if r["status"] == "ok"]
+    assert [again[i]["top1"] for i in ok] == [rows[i]["top1"] for i in ok]
+    assert all(again[i]["accuracy_cached"] is True for i in ok)
+    fresh = run_bench([b], data, batch=16, backends="torch-fp32", quick=True, out=None, timing=FAST)
+    assert fresh[0]["accuracy_cached"] is False and fresh[0]["top1"] == rows[2]["top1"]
+    assert fresh[0]["is_baseline"]  # alone in its run
+
+
+def test_explicit_baseline_and_failing_backend(tiny_files, tmp_path, monkeypatch):
+    root, data, a, b = tiny_files
+
+    def boom(model, options):
+        raise RuntimeError("kaput\nsecond line")
+
+    monkeypatch.setitem(runtime._BACKENDS, "boom-fp32",
+                        runtime.Backend("boom", "fp32", ("state_dict",), "cpu", boom))
+    rows = run_bench([a], data, batch=16, backends=["boom-fp32", "torch-fp32"], baseline=f"{b}:torch-fp32",
+                     out=tmp_path / "o", use_cache=False, plot=False, timing=FAST)
+    # baseline file first, then MODELS; backends in registry order
+    assert [(r["model"], r["backend"]) for r in rows] == [("b.pt", "torch-fp32"), ("b.pt", "boom-fp32"),
+                                                        ("a.pt", "torch-fp32"), ("a.pt", "boom-fp32")]
+    assert rows[1]["status"] == "RuntimeError: kaput" and rows[1]["top1"] is None
+    assert rows[3]["status"] == "RuntimeError: kaput"
+    assert rows[0]["is_baseline"] and rows[0]["delta_pt"] == 0.0
+    assert rows[2]["status"] == "ok" and not rows[2]["is_baseline"]
+    assert rows[2]["delta_pt"] == pytest.approx(100 * (rows[2]["top1"] - rows[0]["top1"]), abs=1e-3)
+    assert not (tmp_path / "o" / "pareto.png").exists() and not (tmp_path / "o" / "accuracy-cache.json").exists()
+    assert rows[0]["n_images"] == 50 and rows[0]["quick"] is False
+
+
+def test_bad_inputs_are_one_line_errors(tiny_files, tmp_path):
+    root, data, a, b = tiny_files
+    with pytest.raises(InputError, match="unknown backend 'nope'"):
+        run_bench([a], data, backends="nope", out=None)
+    with pytest.raises(InputError, match="no such file"):
+        run_bench([tmp_path / "missing.pt"], data, out=None)
+    with pytest.raises(InputError, match="--baseline"):
+        run_bench([a], data, baseline=tmp_path / "missing.pt", out=None)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    rows = run_bench([junk, a], data, batch=16, backends="torch-fp32", out=None, timing=FAST, limit=10)
+    assert rows[0]["status"].startswith(str(junk)) and rows[0]["backend"] == "-"
+    assert rows[1]["status"] == "ok" and rows[1]["is_baseline"] and rows[1]["n_images"] == 10
+
+
+def test_cli_json_and_help(tiny_files, tmp_path):
+    from vggc.cli import main
+
+    root, data, a, b = tiny_files
+    threads = torch.get_num_threads()
+    try:
+        _cli_checks(main, a, data, tmp_path)
+    finally:
+        torch.set_num_threads(threads)  # --threads 1 set it for the process
+
+
+def _cli_checks(main, a, data, tmp_path):
+    res = CliRunner().invoke(main, ["bench", "--help"])
+    assert res.exit_code == 0
+    for key in ("torch-fp32", "torch-bf16", "torch-cuda-fp16", "--backends", "--quick", "--baseline"):
+        assert key in res.output
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(main, ["bench", str(a), "--data", str(data), "--backends", "torch-fp32",
+                                    "--limit", "20", "--batch", "8", "--threads", "1", "--out", str(out),
+                                    "--no-plot", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc[0]["status"] == "ok" and doc[0]["threads"] == 1 and doc[0]["n_images"] == 20
+    assert (out / "results.json").is_file() and not (out / "pareto.png").exists()
+    res = CliRunner().invoke(main, ["bench", str(a), "--data", str(data), "--backends", "torch-cuda-fp16",
+                                    "--limit", "10", "--out", str(tmp_path / "cli2")])
+    if not torch.cuda.is_available():
+        assert res.exit_code == 1 and "no (model, backend) row could run" in res.output
+        assert "unavailable: no CUDA device" in res.output
+
+
+# ----------------------------------------------------------------------------- timing rule
+
+class FakeClock:
+    def __init__(self, durations):
+        self.t = 0.0
+        self.durations = iter(durations)
+        self.calls = 0
+
+    def __call__(self):
+        return self.t
+
+    def work(self):
+        self.calls += 1
+        self.t += next(self.durations)
+
+
+def test_percentiles():
+    xs = [float(v) for v in range(1, 11)]
+    assert percentile(xs, 50) == 5.5
+    assert percentile(xs, 90) == pytest.approx(9.1)
+    assert percentile([3.0], 90) == 3.0
+    assert percentile([4.0, 1.0, 3.0, 2.0], 0) == 1.0 and percentile([4.0, 1.0, 3.0, 2.0], 100) == 4.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_stop_rule_stable_constant_calls():
+    clock = FakeClock([0.25] * 1000)
+    t = measure(clock.work, TimingPolicy(warmup=2, min_reps=5, min_time=2.0, max_time=50.0), clock=clock)
+    assert t.stable and t.reps == 8  # needs 2 s of samples, then the median is already settled
+    assert clock.calls == 10  # + 2 warm-up calls
+    assert t.p50 == pytest.approx(0.25) and t.p90 == pytest.approx(0.25)
+
+
+def test_stop_rule_min_reps_dominates():
+    clock = FakeClock([1.0] * 100)
+    t = measure(clock.work, TimingPolicy(warmup=0, min_reps=5, min_time=0.1, max_time=50.0), clock=clock)
+    assert t.stable and t.reps == 5
+
+
+def test_stop_rule_caps_a_drifting_median():
+    clock = FakeClock([0.01 * 1.1 ** i for i in range(1000)])  # every call 10% slower: never stable
+    t = measure(clock.work, TimingPolicy(warmup=0, min_reps=5, min_time=0.1, max_time=2.0), clock=clock)
+    assert not t.stable
+    assert 2.0 <= t.total_s < 2.0 + t.samples[-1] + 1e-9
+    assert t.p90 >= t.p50
+
+
+def test_stop_rule_waits_for_a_settling_median():
+    durs = [0.05, 0.5, 0.05, 0.5, 0.05, 0.5] + [0.05] * 100  # noisy start, then steady
+    clock = FakeClock(durs)
+    t = measure(clock.work, TimingPolicy(warmup=0, min_reps=5, min_time=0.1, max_time=100.0), clock=clock)
+    assert t.stable and t.reps > 6 and t.p50 == pytest.approx(0.05)
+
+
+def test_pareto_front():
+    pts = [(10, 0.5), (20, 0.4), (5, 0.6), (15, 0.3), (10, 0.45)]
+    assert pareto_front(pts) == [2, 0, 1]
+
+
+# ----------------------------------------------------------------------------- real data
+
+def test_reference_model_quick_subset(ref_weights, cifar_dir, tmp_path):
+    rows = run_bench([ref_weights], cifar_dir, backends="torch-fp32", limit=300, out=tmp_path,
+                     timing=TimingPolicy(warmup=1, min_reps=3, min_time=0.1, max_time=1.0), plot=False)
+    r = rows[0]
+    assert r["status"] == "ok" and r["n_images"] == 300
+    assert 0.80 <= r["top1"] <= 0.96  # 88.35% on all 10,000
+    assert r["params"] == 15_253_578 and r["macs"] == 313_725_952
+    assert r["size_mb"] == pytest.approx(61.08, abs=0.05)
+    assert r["is_baseline"] and r["delta_pt"] == 0.0

@@ -1,0 +1,221 @@
+"""Bench outputs: results.json / results.csv (one row per (model, backend)), report.md, the screen table.
+
+Every file is written atomically (:mod:`vggc.artifacts`); ``results.json`` gets a manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from vggc.artifacts import atomic_path, write_json, write_manifest
+from vggc.bench.machine import describe_flags
+
+# JSON/CSV columns, in order. The first 13 are the contract later stages rely on.
+CONTRACT = ("model", "backend", "precision", "status", "top1", "delta_pt", "latency_p50_ms", "latency_p90_ms",
+            "throughput", "batch", "size_mb", "params", "macs")
+COLUMNS = CONTRACT + ("speedup", "format", "device", "note", "n_images", "quick", "threads", "compile_s", "load_s",
+                      "accuracy_cached", "timing_reps_batch", "timing_reps_b1", "timing_stable", "is_baseline",
+                      "path")
+
+
+def ordered(row: dict) -> dict:
+    """Return ``row`` with the known columns first, in :data:`COLUMNS` order."""
+    out = {k: row.get(k) for k in COLUMNS}
+    out.update({k: v for k, v in row.items() if k not in out})
+    return out
+
+
+# ----------------------------------------------------------------------------- formatting
+
+def _f(v, fmt: str, empty: str = "-") -> str:
+    return empty if v is None else format(v, fmt)
+
+
+def _millions(v) -> str:
+    return "-" if v is None else f"{v / 1e6:.2f}"
+
+
+def _delta(v) -> str:
+    return "-" if v is None else f"{v:+.2f}"
+
+
+def subset_label(ctx: dict) -> str:
+    """The line that says which images the accuracy is over (every output carries it)."""
+    n, total = ctx.get("n_images"), ctx.get("split_size")
+    if n is None or total is None:
+        return "top-1 on the test split"
+    if ctx.get("quick"):
+        what = (f"a class-balanced subset of {n:,} of the {total:,} test images (seed {ctx.get('subset_seed')})"
+                if n < total else f"all {n:,} test images (the split has no more)")
+        return f"QUICK run: top-1 on {what}, shorter timing; not comparable to full-test-set numbers"
+    if n < total:
+        return f"top-1 on a class-balanced subset of {n:,} of the {total:,} test images (seed {ctx.get('subset_seed')})"
+    return f"top-1 on all {n:,} test images"
+
+
+def _cells(r: dict) -> list[str]:
+    return [_f(100 * r["top1"] if r["top1"] is not None else None, ".2f"), _delta(r["delta_pt"]),
+            _f(r["latency_p50_ms"], ".2f"), _f(r["latency_p90_ms"], ".2f"), _f(r["throughput"], ".1f"),
+            _f(r["speedup"], ".2f") + ("x" if r["speedup"] is not None else ""),
+            _f(r["size_mb"], ".2f"), _millions(r["params"]), _millions(r["macs"]), _f(r["compile_s"], ".2f")]
+
+
+HEAD = ["top-1 %", "Δ pt", "p50 ms", "p90 ms", "img/s", "speedup", "MB", "params M", "MACs M", "compile s"]
+
+
+def _notes(rows: list[dict]) -> dict[str, int]:
+    notes: dict[str, int] = {}
+    for r in rows:
+        if r.get("note") and r["note"] not in notes:
+            notes[r["note"]] = len(notes) + 1
+    return notes
+
+
+def screen_table(rows: list[dict], ctx: dict | None = None, width: int = 34) -> str:
+    """Return the fixed-width table printed by ``vggc bench`` (rows that cannot run show the reason)."""
+    ctx = ctx or {}
+    notes = _notes(rows)
+    batch = ctx.get("batch") or (rows[0]["batch"] if rows else "N")
+    head = ["model", "backend", "prec"] + HEAD
+    head[7] = f"img/s@{batch}"
+    wm = max([5] + [min(width, len(r["model"])) for r in rows])
+    wb = max([7] + [len(r["backend"]) + (4 if r.get("note") else 0) for r in rows])
+    widths = [wm, wb, 5, 7, 7, 8, 8, 9, 7, 7, 8, 8, 9]
+    lines = []
+
+    def fmt(cells):
+        parts = [f"{c:<{w}}" if i < 3 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return "  ".join(parts).rstrip()
+
+    lines.append(fmt(head))
+    lines.append("-" * len(lines[0]))
+    for r in rows:
+        name = r["model"] if len(r["model"]) <= wm else r["model"][: wm - 1] + "…"
+        be = r["backend"] + (f" [{notes[r['note']]}]" if r.get("note") else "")
+        base = [name, be, r["precision"] or "-"]
+        if r["status"] == "ok":
+            lines.append(fmt(base + _cells(r)) + ("  <- baseline" if r.get("is_baseline") else ""))
+        else:
+            lead = "  ".join(f"{c:<{w}}" for c, w in zip(base, widths[:3], strict=True))
+            lines.append(f"{lead}  unavailable: {r['status']}")
+    for text, i in notes.items():
+        lines.append(f"[{i}] {text}")
+    return "\n".join(lines)
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: list[dict], batch) -> str:
+    notes = _notes(rows)
+    head = ["model", "backend", "precision", "status"] + HEAD
+    head[8] = f"img/s (batch {batch})"
+    head[6] = "p50 ms (batch 1)"
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * len(HEAD)) + "|"]
+    for r in rows:
+        be = r["backend"] + (f" [{notes[r['note']]}]" if r.get("note") else "")
+        status = "ok" + (" (baseline)" if r.get("is_baseline") else "") if r["status"] == "ok" else r["status"]
+        cells = _cells(r) if r["status"] == "ok" else ["-"] * len(HEAD)
+        out.append("| " + " | ".join(_md_escape(c) for c in [r["model"], be, r["precision"] or "-", status, *cells])
+                   + " |")
+    for text, i in notes.items():
+        out.append(f"\n[{i}] {_md_escape(text)}")
+    return "\n".join(out)
+
+
+def markdown_report(rows: list[dict], ctx: dict) -> str:
+    """Return report.md: what was measured, the table, how, and on which machine."""
+    m = ctx.get("machine", {})
+    pol = ctx.get("timing", {})
+    base = ctx.get("baseline")
+    lines = [f"# vggc bench ({m.get('date', '')})", ""]
+    lines.append(f"> **{subset_label(ctx)}.**" if ctx.get("quick") else f"> {subset_label(ctx)}.")
+    lines += ["", f"Command: `{ctx.get('command') or 'run_bench(...)'}`", ""]
+    lines += [markdown_table(rows, ctx.get("batch")), ""]
+    if base:
+        lines.append(f"Baseline (Δ pt and speedup): **{base['model']} on {base['backend']}** "
+                     f"(top-1 {100 * base['top1']:.2f}%, {base['throughput']} img/s)"
+                     + (f", requested as `{ctx['baseline_requested']}`" if ctx.get("baseline_requested") else "")
+                     + ".")
+    else:
+        lines.append("Baseline: none of the requested baseline rows ran, so Δ pt and speedup are empty.")
+    if ctx.get("not_run_by_default"):
+        lines += ["", "Not run (not in the default backend set here; name them in `--backends` or use `all`):"]
+        lines += [f"- `{k}`: {_md_escape(v)}" for k, v in ctx["not_run_by_default"].items()]
+    lines += ["", "## Method", "",
+              f"- Accuracy: {subset_label(ctx)}; batch {ctx.get('batch')}, a short last batch padded to "
+              f"{ctx.get('batch')} (extra outputs dropped). Cached per (model files SHA-256, backend, images, "
+              f"preprocessing) in `{ctx.get('accuracy_cache') or 'nowhere (--no-cache)'}`; "
+              "`accuracy_cached` in results.json says which rows came from it.",
+              f"- Latency: p50/p90 of single calls at batch 1 (ms). Throughput: batch {ctx.get('batch')} / "
+              "median call time (img/s); a call includes the host->device copy and the logits back on the CPU.",
+              f"- Each timing: {pol.get('warmup')} warm-up calls, then at least {pol.get('min_reps')} calls and "
+              f"{pol.get('min_time_s')} s, until the median moves < {100 * (pol.get('rel_tol') or 0):.0f}% when "
+              f"the last quarter of samples is added; capped at {pol.get('max_time_s')} s "
+              "(`timing_stable: false` in results.json when the cap stopped it).",
+              "- compile s: the runner's own build time plus how much longer the first call at batch N and "
+              "at batch 1 took than the steady median (torch.compile, engine builds).",
+              f"- Threads: {ctx.get('threads')} (torch.set_num_threads and ONNX Runtime intra-op threads).",
+              "- Size: all files the model needs, on disk (MB = 10^6 bytes). MACs: one image at its input size.",
+              "", "## Machine", ""]
+    gpus = m.get("gpus") or []
+    lines += [f"- CPU: {m.get('cpu')} — {m.get('logical_cores')} logical cores"
+              + (f", {m.get('physical_cores')} physical" if m.get("physical_cores") else "")
+              + f"; torch CPU capability {m.get('cpu_capability')}",
+              f"- CPU flags: {describe_flags(m.get('cpu_flags') or [])}; native bf16: "
+              f"{'yes' if m.get('native_bf16') else 'no (emulated)'}",
+              f"- Threads used: {m.get('threads')}; load average at the end: {m.get('load_average')}",
+              "- GPU: " + (", ".join(f"{g['name']} ({g['memory_gb']} GB, sm {g['capability']})" for g in gpus)
+                           if gpus else "none (torch.cuda.is_available() is False)"),
+              "- Libraries: " + ", ".join(f"{k} {v}" for k, v in (m.get("libraries") or {}).items()),
+              f"- ONNX Runtime providers: {', '.join(m.get('onnxruntime_providers') or []) or '-'}",
+              f"- Python {m.get('python')} on {m.get('platform')}",
+              f"- Quick: {'yes' if ctx.get('quick') else 'no'}",
+              ""]
+    if ctx.get("plot"):
+        lines += ["![top-1 vs throughput](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
+    return buf.getvalue()
+
+
+def write_outputs(rows, out: Path, plot: bool = True) -> dict[str, Path]:
+    """Write results.json (+ manifest), results.csv, report.md and pareto.png into ``out``; return the paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = getattr(rows, "context", {}) or {}
+    data = [ordered(r) for r in rows]
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "report": out / "report.md"}
+    write_json(paths["json"], data)
+    inputs = {}
+    for r in data:
+        p = Path(r["path"])
+        if p.is_file() and all(Path(v) != p for v in inputs.values()):
+            inputs[f"model{len(inputs)}"] = p
+    settings = {k: v for k, v in ctx.items() if k not in ("machine", "outputs")}
+    write_manifest(paths["json"], kind="bench", inputs=inputs, settings=settings,
+                   metrics={"rows": len(data), "ok": sum(r["status"] == "ok" for r in data)},
+                   extra={"machine": ctx.get("machine", {})})
+    with atomic_path(paths["csv"]) as tmp:
+        tmp.write_text(csv_text(data))
+    with atomic_path(paths["report"]) as tmp:
+        tmp.write_text(markdown_report(data, ctx))
+    png = out / "pareto.png"
+    if plot:
+        from vggc.bench.plot import plot_pareto
+
+        plot_pareto(data, png, title=subset_label(ctx) if ctx else "")
+        paths["plot"] = png
+    elif png.exists():
+        png.unlink()  # a plot from an earlier run would not match these results
+    return paths

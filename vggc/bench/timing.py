@@ -1,0 +1,110 @@
+"""Timing one callable until its median is stable: the measurement rule every bench row uses.
+
+:func:`measure` calls ``fn`` ``warmup`` times untimed, then times it repeatedly and stops at the
+first of:
+
+* **stable**: at least ``min_reps`` calls and ``min_time`` seconds measured, and the median of all
+  samples differs by less than ``rel_tol`` (2 %) from the median before the last quarter of them
+  was added (``samples[:n - max(1, n // 4)]``): more samples no longer move it;
+* **cap**: ``max_time`` seconds measured (``stable=False``; a very slow call still gets >= 1 sample);
+* ``max_reps`` calls.
+
+The clock is injectable (``clock=``) so the rule is tested on a fake clock.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Return the ``q``-th percentile (0..100) with linear interpolation (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} outside 0..100")
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(values, 50.0)
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """How long to measure. ``QUICK`` and ``FULL`` are the bench's two settings."""
+
+    warmup: int = 2
+    min_reps: int = 5
+    min_time: float = 2.0
+    max_time: float = 20.0
+    rel_tol: float = 0.02
+    max_reps: int = 100_000
+
+    def to_dict(self) -> dict:
+        return {"warmup": self.warmup, "min_reps": self.min_reps, "min_time_s": self.min_time,
+                "max_time_s": self.max_time, "rel_tol": self.rel_tol, "max_reps": self.max_reps}
+
+
+FULL = TimingPolicy(warmup=2, min_reps=5, min_time=2.0, max_time=20.0)
+QUICK = TimingPolicy(warmup=1, min_reps=5, min_time=1.0, max_time=8.0)
+
+
+@dataclass
+class Timing:
+    """Per-call durations in seconds and whether the stop rule saw a stable median."""
+
+    samples: list[float] = field(default_factory=list)
+    stable: bool = False
+    total_s: float = 0.0
+
+    @property
+    def reps(self) -> int:
+        return len(self.samples)
+
+    @property
+    def p50(self) -> float:
+        return median(self.samples)
+
+    @property
+    def p90(self) -> float:
+        return percentile(self.samples, 90.0)
+
+
+def _settled(samples: list[float], rel_tol: float) -> bool:
+    n = len(samples)
+    if n < 2:
+        return False
+    before = median(samples[: n - max(1, n // 4)])
+    now = median(samples)
+    if before <= 0:
+        return now == before
+    return abs(now - before) / before < rel_tol
+
+
+def measure(fn: Callable[[], object], policy: TimingPolicy = FULL, *,
+            clock: Callable[[], float] = time.perf_counter) -> Timing:
+    """Time ``fn()`` under ``policy`` (see the module docstring); return a :class:`Timing`."""
+    for _ in range(policy.warmup):
+        fn()
+    out = Timing()
+    start = clock()
+    while True:
+        t0 = clock()
+        fn()
+        t1 = clock()
+        out.samples.append(t1 - t0)
+        elapsed = t1 - start
+        out.total_s = elapsed
+        if (out.reps >= policy.min_reps and elapsed >= policy.min_time
+                and _settled(out.samples, policy.rel_tol)):
+            out.stable = True
+            return out
+        if elapsed >= policy.max_time or out.reps >= policy.max_reps:
+            return out
