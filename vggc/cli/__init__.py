@@ -20,6 +20,7 @@ COMMANDS = {
     "train": "train",
     "bench": "bench",
     "export": "export",
+    "distill": "distill",
 }
 
 
