@@ -373,6 +373,7 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
 
     rows: list[dict] = []
     not_default: dict[str, str] = {}
+    load_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -435,6 +436,7 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
         "not_run_by_default": not_default,
         "timing": policy.to_dict(),
         "accuracy_cache": str(cache.path) if cache.path else None,
+        "load_average_start": load_start,
         "machine": machine_info(threads),
         "plot": plot,
     }

@@ -26,6 +26,7 @@ def plot_pareto(rows: list[dict], path: str | Path, title: str = "") -> Path:
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - used as matplotlib.ticker below
 
     ok = [r for r in rows if r.get("status") == "ok" and r.get("throughput") and r.get("top1") is not None]
     pts = [(float(r["throughput"]), 100.0 * float(r["top1"])) for r in ok]
@@ -42,6 +43,11 @@ def plot_pareto(rows: list[dict], path: str | Path, title: str = "") -> Path:
                 ax.annotate(f"{Path(r['model']).stem}\n{r['backend']}", (x, y), textcoords="offset points",
                             xytext=(5, 4 if i % 2 == 0 else -20), fontsize=7)
             ax.set_xscale("log")
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:g}")
+            ax.xaxis.set_major_formatter(plain)
+            if max(p[0] for p in pts) < 8 * min(p[0] for p in pts):  # under a decade: label minor ticks too
+                ax.xaxis.set_minor_formatter(plain)
+                ax.tick_params(axis="x", which="minor", labelsize=7)
             ax.legend(loc="lower left", fontsize=8)
             xs = [p[0] for p in pts]
             ax.set_xlim(min(xs) / 1.5, max(xs) * 2.5)

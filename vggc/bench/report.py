@@ -55,9 +55,13 @@ def subset_label(ctx: dict) -> str:
     return f"top-1 on all {n:,} test images"
 
 
+UNSTABLE = "~ = a timing hit its time cap before the median settled (noisy or very slow); treat as rough"
+
+
 def _cells(r: dict) -> list[str]:
+    t = "~" if r.get("timing_stable") is False else ""
     return [_f(100 * r["top1"] if r["top1"] is not None else None, ".2f"), _delta(r["delta_pt"]),
-            _f(r["latency_p50_ms"], ".2f"), _f(r["latency_p90_ms"], ".2f"), _f(r["throughput"], ".1f"),
+            t + _f(r["latency_p50_ms"], ".2f"), t + _f(r["latency_p90_ms"], ".2f"), t + _f(r["throughput"], ".1f"),
             _f(r["speedup"], ".2f") + ("x" if r["speedup"] is not None else ""),
             _f(r["size_mb"], ".2f"), _millions(r["params"]), _millions(r["macs"]), _f(r["compile_s"], ".2f")]
 
@@ -102,6 +106,8 @@ def screen_table(rows: list[dict], ctx: dict | None = None, width: int = 34) -> 
             lines.append(f"{lead}  unavailable: {r['status']}")
     for text, i in notes.items():
         lines.append(f"[{i}] {text}")
+    if any(r.get("timing_stable") is False and r["status"] == "ok" for r in rows):
+        lines.append(UNSTABLE)
     return "\n".join(lines)
 
 
@@ -123,6 +129,8 @@ def markdown_table(rows: list[dict], batch) -> str:
                    + " |")
     for text, i in notes.items():
         out.append(f"\n[{i}] {_md_escape(text)}")
+    if any(r.get("timing_stable") is False and r["status"] == "ok" for r in rows):
+        out.append(f"\n{UNSTABLE}")
     return "\n".join(out)
 
 
@@ -167,7 +175,9 @@ def markdown_report(rows: list[dict], ctx: dict) -> str:
               + f"; torch CPU capability {m.get('cpu_capability')}",
               f"- CPU flags: {describe_flags(m.get('cpu_flags') or [])}; native bf16: "
               f"{'yes' if m.get('native_bf16') else 'no (emulated)'}",
-              f"- Threads used: {m.get('threads')}; load average at the end: {m.get('load_average')}",
+              f"- Threads used: {m.get('threads')}; load average (1, 5, 15 min) at the start "
+              f"{ctx.get('load_average_start')}, at the end {m.get('load_average')} (above the core count, "
+              "other processes were competing and timings are inflated)",
               "- GPU: " + (", ".join(f"{g['name']} ({g['memory_gb']} GB, sm {g['capability']})" for g in gpus)
                            if gpus else "none (torch.cuda.is_available() is False)"),
               "- Libraries: " + ", ".join(f"{k} {v}" for k, v in (m.get("libraries") or {}).items()),
