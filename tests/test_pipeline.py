@@ -1,0 +1,99 @@
+"""Pipeline step runner: caching by content, partial reruns, failures reported, kills resumable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vggc.pipeline.steps import Step, run_steps
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def writer(self, name, text_fn, fail=False, interrupt=False):
+        def run(ctx):
+            self.calls.append(name)
+            if interrupt:
+                tmp = ctx.out_dir / (".tmp-" + ctx.step.outputs[0])
+                tmp.write_text("partial")
+                raise KeyboardInterrupt
+            if fail:
+                raise RuntimeError(f"{name} broke\nsecond line")
+            src = "".join(p.read_text() for d in ctx.step.deps for p in ctx.paths[d])
+            ctx.output().write_text(src + text_fn())
+            return {"len": len(src)}
+        return run
+
+
+def _steps(rec, tmp_path, a_setting=1, fail_b=False, interrupt_c=False):
+    src = tmp_path / "source.txt"
+    if not src.exists():
+        src.write_text("S")
+    return [
+        Step("a", ["a.txt"], rec.writer("a", lambda: f"a{a_setting}"), inputs=[src], settings={"x": a_setting}),
+        Step("b", ["b.txt"], rec.writer("b", lambda: "b", fail=fail_b), inputs=[src]),
+        Step("c", ["c.txt"], rec.writer("c", lambda: "c", interrupt=interrupt_c), deps=["a"]),
+        Step("d", ["d.txt"], rec.writer("d", lambda: "d"), deps=["b"]),
+    ]
+
+
+def test_rerun_is_cached_and_settings_change_reruns_dependents(tmp_path):
+    out = tmp_path / "run"
+    rec = Recorder()
+    res = run_steps(_steps(rec, tmp_path), out)
+    assert [r.status for r in res] == ["ok"] * 4 and rec.calls == ["a", "b", "c", "d"]
+    rec.calls.clear()
+    res = run_steps(_steps(rec, tmp_path), out)
+    assert [r.status for r in res] == ["cached"] * 4 and rec.calls == []
+    res = run_steps(_steps(rec, tmp_path, a_setting=2), out)
+    assert rec.calls == ["a", "c"]  # b and d do not depend on a
+    assert (out / "c.txt").read_text() == "a2c"
+
+
+def test_changed_input_file_and_tampered_output_rerun(tmp_path):
+    out = tmp_path / "run"
+    rec = Recorder()
+    run_steps(_steps(rec, tmp_path), out)
+    rec.calls.clear()
+    (out / "d.txt").write_text("tampered")
+    run_steps(_steps(rec, tmp_path), out)
+    assert rec.calls == ["d"]
+    rec.calls.clear()
+    (tmp_path / "source.txt").write_text("S2")
+    run_steps(_steps(rec, tmp_path), out)
+    # a and b read source.txt, so they rerun; their outputs came out byte-identical, so the
+    # content-addressed keys of c and d are unchanged and they stay cached
+    assert rec.calls == ["a", "b"]
+
+
+def test_failure_is_reported_and_the_rest_go_on(tmp_path):
+    rec = Recorder()
+    res = {r.name: r for r in run_steps(_steps(rec, tmp_path, fail_b=True), tmp_path / "run")}
+    assert res["b"].status == "failed: b broke"
+    assert res["d"].status.startswith("skipped: needs b")
+    assert res["a"].ok and res["c"].ok
+    assert not (tmp_path / "run" / ".steps" / "b.json").exists()
+
+
+def test_interrupted_step_leaves_no_marker_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    rec = Recorder()
+    with pytest.raises(KeyboardInterrupt):
+        run_steps(_steps(rec, tmp_path, interrupt_c=True), out)
+    assert (out / ".steps" / "a.json").is_file() and not (out / ".steps" / "c.json").exists()
+    assert not (out / "c.txt").exists()
+    rec.calls.clear()
+    res = run_steps(_steps(rec, tmp_path), out)
+    assert rec.calls == ["c", "d"] and all(r.ok for r in res)
+    marker = json.loads((out / ".steps" / "c.json").read_text())
+    assert set(marker["outputs"]) == {"c.txt"} and marker["key"]
+
+
+def test_unavailable_step_is_reported_not_run(tmp_path):
+    rec = Recorder()
+    step = Step("trt", ["x.engine"], rec.writer("trt", lambda: "x"), available=lambda: "tensorrt not installed")
+    (res,) = run_steps([step], tmp_path / "run")
+    assert res.status == "unavailable: tensorrt not installed" and rec.calls == []

@@ -1,0 +1,232 @@
+"""The main job: one state_dict in, every variant built and measured, one comparison table out.
+
+``run_pipeline(weights, data, preset=...)`` chains the stages (export, quantize, prune, distill,
+engines, bench) as cached :class:`~vggc.pipeline.steps.Step`\\ s under ``out_dir``. Each stage is
+the same library function its command calls; the pipeline only wires files between them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from vggc.errors import InputError
+from vggc.pipeline.steps import Step, StepContext, StepResult, run_steps
+from vggc.progress import Progress, no_progress
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Budgets for one pipeline run. ``bench_limit=None`` means all 10,000 test images."""
+
+    name: str
+    parity_limit: int | None
+    calib_size: int
+    prune_target_macs: float
+    prune_finetune_epochs: int
+    prune_limit: int | None
+    distill_epochs: int
+    distill_limit: int | None
+    distill_width: float
+    eval_limit: int | None
+    bench_quick: bool
+    bench_batch: int = 64
+
+
+PRESETS = {
+    # ~10 minutes on a 2-core CPU: every stage runs, training stages on small budgets (their
+    # accuracy is labelled as such; use --preset full for real numbers).
+    "quick": Preset("quick", parity_limit=500, calib_size=256, prune_target_macs=0.5, prune_finetune_epochs=1,
+                    prune_limit=1000, distill_epochs=1, distill_limit=1000, distill_width=1.0, eval_limit=1000,
+                    bench_quick=True),
+    "full": Preset("full", parity_limit=None, calib_size=1000, prune_target_macs=0.5, prune_finetune_epochs=10,
+                   prune_limit=None, distill_epochs=30, distill_limit=None, distill_width=1.0, eval_limit=None,
+                   bench_quick=False),
+}
+
+
+def _train_cfg(epochs: int, seed: int, lr: float):
+    from vggc.train import TrainConfig
+
+    return TrainConfig(epochs=epochs, lr=lr, seed=seed)
+
+
+def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
+                progress: Progress = no_progress) -> list[Step]:
+    """Return the pipeline's steps for ``weights`` (a VGG16 state_dict) in dependency order."""
+    stem = weights.stem
+    data_s = str(data)
+
+    def export_step(name: str, src: str | None, out: str, fp16: bool) -> Step:
+        def run(ctx: StepContext) -> dict:
+            from vggc.cli.export import export_file
+
+            source = str(weights if src is None else ctx.dep(src))
+            facts = export_file(source, str(ctx.output()), data=data_s, fp16=fp16,
+                                parity_limit=preset.parity_limit, seed=seed, progress=progress)
+            return {k: facts.get(k) for k in ("agreement", "max_abs_diff", "top1_onnx", "top1_torch") if k in facts}
+
+        return Step(name, [out], run, deps=[src] if src else [], inputs=[] if src else [weights],
+                    settings={"fp16": fp16, "parity_limit": preset.parity_limit, "seed": seed},
+                    label=f"ONNX {'FP16' if fp16 else 'FP32'} export")
+
+    def quant_step(name: str, src: str | None, out: str, mode: str, backend: str) -> Step:
+        settings = {"mode": mode, "backend": backend, "calib_size": preset.calib_size, "seed": seed,
+                    "eval_limit": preset.eval_limit}
+
+        def run(ctx: StepContext) -> dict:
+            from vggc.compress.quantize import quantize
+
+            source = weights if src is None else ctx.dep(src)
+            res = quantize(source, mode=mode, backend=backend, data=data_s, calib_size=preset.calib_size,
+                           seed=seed, out=ctx.output(), eval_limit=preset.eval_limit, progress=progress)
+            return {k: v for k, v in (res or {}).items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+        return Step(name, [out], run, deps=[src] if src else [], inputs=[] if src else [weights],
+                    settings=settings, label=f"{mode} INT8 ({backend})")
+
+    def prune_run(ctx: StepContext) -> dict:
+        from vggc.compress.prune import PruneSpec, prune_file
+
+        spec = PruneSpec(strategy="uniform", target_macs=preset.prune_target_macs, round_to=8)
+        return prune_file(weights, data_s, ctx.output(), spec,
+                          train_cfg=_train_cfg(preset.prune_finetune_epochs, seed, lr=0.01),
+                          finetune_epochs=preset.prune_finetune_epochs, limit=preset.prune_limit,
+                          eval_limit=preset.eval_limit, seed=seed, progress=progress)
+
+    def distill_run(ctx: StepContext) -> dict:
+        from vggc.compress.distill import KDConfig, distill
+
+        return distill(weights, data_s, ctx.output(), _train_cfg(preset.distill_epochs, seed, lr=0.05),
+                       KDConfig(temperature=4.0, alpha=0.9), width_mult=preset.distill_width,
+                       limit=preset.distill_limit, eval_limit=preset.eval_limit, progress=progress)
+
+    def engine_step(name: str, src: str, out: str, precision: str) -> Step:
+        def run(ctx: StepContext) -> dict:
+            from vggc.export.tensorrt import build_engine
+
+            return build_engine(ctx.dep(src), ctx.output(), precision=precision) or {}
+
+        def available() -> str | None:
+            from vggc.export.tensorrt import tensorrt_reason
+
+            return tensorrt_reason()
+
+        return Step(name, [out], run, deps=[src], settings={"precision": precision}, available=available,
+                    label=f"TensorRT {precision.upper()} engine")
+
+    ft = {"epochs": preset.prune_finetune_epochs, "limit": preset.prune_limit, "target": preset.prune_target_macs,
+          "eval_limit": preset.eval_limit, "seed": seed}
+    kd = {"epochs": preset.distill_epochs, "limit": preset.distill_limit, "width": preset.distill_width,
+          "eval_limit": preset.eval_limit, "seed": seed, "T": 4.0, "alpha": 0.9}
+    return [
+        export_step("onnx_fp32", None, f"{stem}.onnx", fp16=False),
+        export_step("onnx_fp16", None, f"{stem}_fp16.onnx", fp16=True),
+        quant_step("int8_ort_dynamic", None, f"{stem}_int8_ort_dynamic.onnx", "dynamic", "onnxruntime"),
+        quant_step("int8_ort_static", None, f"{stem}_int8_ort_static.onnx", "static", "onnxruntime"),
+        quant_step("int8_torch_dynamic", None, f"{stem}_int8_torch_dynamic.pt2", "dynamic", "torch"),
+        quant_step("int8_torch_static", None, f"{stem}_int8_torch_static.pt2", "static", "torch"),
+        Step("prune", [f"{stem}_pruned.pt"], prune_run, inputs=[weights], settings=ft,
+             label=f"L1 prune to {preset.prune_target_macs:.0%} MACs + fine-tune"),
+        export_step("pruned_onnx", "prune", f"{stem}_pruned.onnx", fp16=False),
+        quant_step("pruned_int8_ort_static", "prune", f"{stem}_pruned_int8_ort_static.onnx", "static", "onnxruntime"),
+        quant_step("pruned_int8_torch_static", "prune", f"{stem}_pruned_int8_torch_static.pt2", "static", "torch"),
+        Step("distill", [f"{stem}_student_mbv2.pt"], distill_run, inputs=[weights], settings=kd,
+             label="distil into MobileNetV2"),
+        export_step("student_onnx", "distill", f"{stem}_student_mbv2.onnx", fp16=False),
+        engine_step("trt_fp16", "onnx_fp16", f"{stem}_fp16.engine", "fp16"),
+        engine_step("trt_int8", "int8_ort_static", f"{stem}_int8.engine", "int8"),
+    ]
+
+
+def _unavailable_row(step: Step, result: StepResult, batch: int) -> dict:
+    """A bench row for a variant whose step did not produce a file (Ultralytics-style)."""
+    fmt = {".onnx": "onnx", ".pt2": "pt2", ".pt": "state_dict", ".engine": "tensorrt-engine"}
+    suffix = Path(step.outputs[0]).suffix
+    backend = {"tensorrt-engine": "tensorrt"}.get(fmt.get(suffix, ""), "-")
+    return {"model": Path(step.outputs[0]).name, "path": "", "format": fmt.get(suffix), "backend": backend,
+            "precision": step.settings.get("precision") or ("int8" if "int8" in step.name else "-"),
+            "status": result.status, "top1": None, "delta_pt": None, "latency_p50_ms": None,
+            "latency_p90_ms": None, "throughput": None, "speedup": None, "batch": batch, "size_mb": None,
+            "params": None, "macs": None, "note": f"pipeline step {step.name}"}
+
+
+def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset: str = "quick",
+                 out_dir: str | os.PathLike | None = None, seed: int = 0, force: bool = False,
+                 only: list[str] | None = None, progress: Progress = no_progress,
+                 log: Callable[[str], None] = lambda _m: None) -> dict:
+    """Run every stage on ``weights`` and bench the results; return a summary dict.
+
+    The summary holds ``steps`` (name, status, seconds), ``rows`` (the bench rows, including a
+    row for each variant that could not be built), ``report`` (path of report.md) and timings.
+    """
+    from vggc.artifacts import sha256_file, write_json
+    from vggc.bench.core import run_bench
+    from vggc.bench.report import write_outputs
+    from vggc.data import detect_layout
+    from vggc.models import load_weights
+
+    if preset not in PRESETS:
+        raise InputError(f"--preset {preset}: use one of {', '.join(PRESETS)}")
+    weights, data = Path(weights), Path(data)
+    detect_layout(data)
+    load_weights(weights)  # fail fast, one line, on a bad weights file
+    p = PRESETS[preset]
+    out = Path(out_dir) if out_dir else Path("artifacts") / f"{weights.stem}-{preset}"
+    steps = build_steps(weights, data, p, seed=seed, progress=progress)
+    if only:
+        unknown = sorted(set(only) - {s.name for s in steps})
+        if unknown:
+            raise InputError(f"--only {', '.join(unknown)}: unknown step; steps are "
+                             f"{', '.join(s.name for s in steps)}")
+        keep = set(only)
+        changed = True
+        while changed:  # pull in dependencies
+            changed = False
+            for s in steps:
+                if s.name in keep and not set(s.deps) <= keep:
+                    keep |= set(s.deps)
+                    changed = True
+        steps = [s for s in steps if s.name in keep]
+    t0 = time.perf_counter()
+    results = run_steps(steps, out, force=force, log=log)
+
+    # The bench is a step too: keyed by every model file it measures and its settings.
+    models = [weights] + [out / s.outputs[0] for s, r in zip(steps, results) if r.ok]
+    bench_dir = out / "bench"
+    bench_settings = {"quick": p.bench_quick, "batch": p.bench_batch, "models": [m.name for m in models],
+                      "failed": {s.name: r.status for s, r in zip(steps, results) if not r.ok}}
+
+    def bench_run(ctx: StepContext) -> dict:
+        rows = run_bench(models, data, batch=p.bench_batch, quick=p.bench_quick, baseline=weights,
+                         out=bench_dir, progress=progress, log=log,
+                         command=f"vggc pipeline {weights} --data {data} --preset {preset}")
+        extra = [_unavailable_row(s, r, p.bench_batch) for s, r in zip(steps, results) if not r.ok]
+        if extra:
+            rows.extend(extra)
+            write_outputs(rows, bench_dir, plot=True)
+        return {"rows": len(rows), "ok": sum(r.get("status") == "ok" for r in rows)}
+
+    bench_step = Step("bench", ["bench/results.json", "bench/report.md"], bench_run, inputs=models,
+                      settings=bench_settings, label=f"bench {len(models)} model files")
+    bench_result = run_steps([bench_step], out, force=force, log=log)[0]
+    results.append(bench_result)
+    import json
+
+    rows = json.loads((bench_dir / "results.json").read_text()) if bench_result.ok else []
+    summary = {
+        "weights": str(weights), "weights_sha256": sha256_file(weights), "data": str(data),
+        "preset": asdict(p), "seed": seed, "out": str(out),
+        "steps": [r.to_dict() for r in results],
+        "step_seconds": round(sum(r.seconds for r in results), 2),
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+        "report": str(bench_dir / "report.md"), "rows": rows,
+    }
+    write_json(out / "pipeline.json", {k: v for k, v in summary.items() if k != "rows"})
+    return summary
+
+
+__all__ = ["PRESETS", "Preset", "build_steps", "run_pipeline"]

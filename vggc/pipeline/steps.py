@@ -1,0 +1,156 @@
+"""A tiny step runner with content-addressed caching.
+
+A :class:`Step` names its output files, the steps it depends on and its settings. Its cache key
+is the SHA-256 of (step name, settings, the SHA-256 of every input file, vggc version). After a
+step succeeds, a marker ``<out>/.steps/<name>.json`` records the key and each output's SHA-256;
+a rerun skips a step whose marker matches and whose outputs are intact. Outputs are written
+atomically by the stage functions, and the marker is written last, so a run killed mid-step
+leaves no complete-looking step and the next run redoes exactly that step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from vggc import __version__
+from vggc.artifacts import sha256_file, sha256_json, write_json
+from vggc.errors import UnavailableError, VggcError
+
+
+@dataclass
+class Step:
+    """One unit of work. ``run(ctx)`` writes ``outputs`` (paths relative to the run directory)
+    and returns a metrics dict. ``inputs``: extra input files (absolute) besides the outputs of
+    ``deps``. ``available()``: ``None`` or why the step cannot run on this machine."""
+
+    name: str
+    outputs: list[str]
+    run: Callable[["StepContext"], dict]
+    deps: list[str] = field(default_factory=list)
+    inputs: list[Path] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    available: Callable[[], str | None] = lambda: None
+    label: str = ""
+
+
+@dataclass
+class StepContext:
+    """What a running step gets: the run directory and the output paths of every step."""
+
+    out_dir: Path
+    paths: dict[str, list[Path]]
+    step: Step
+
+    def output(self, i: int = 0) -> Path:
+        return self.out_dir / self.step.outputs[i]
+
+    def dep(self, name: str, i: int = 0) -> Path:
+        return self.paths[name][i]
+
+
+@dataclass
+class StepResult:
+    """``status``: ``ok``, ``cached``, ``unavailable: ...``, ``failed: ...`` or ``skipped: ...``."""
+
+    name: str
+    status: str
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "cached")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 2),
+                "outputs": self.outputs, "metrics": self.metrics}
+
+
+def _marker(out_dir: Path, name: str) -> Path:
+    return out_dir / ".steps" / f"{name}.json"
+
+
+def step_key(step: Step, input_files: list[Path]) -> str:
+    """Return the cache key of ``step`` given its resolved input files."""
+    return sha256_json({"step": step.name, "settings": step.settings, "vggc": __version__,
+                        "inputs": [sha256_file(p) for p in input_files]})
+
+
+def _cached(out_dir: Path, step: Step, key: str) -> dict | None:
+    m = _marker(out_dir, step.name)
+    if not m.is_file():
+        return None
+    try:
+        doc = json.loads(m.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if doc.get("key") != key:
+        return None
+    for rel, digest in doc.get("outputs", {}).items():
+        p = out_dir / rel
+        if not p.is_file() or sha256_file(p) != digest:
+            return None
+    return doc
+
+
+def run_steps(steps: list[Step], out_dir: Path, *, force: bool = False,
+              log: Callable[[str], None] = lambda _m: None) -> list[StepResult]:
+    """Run ``steps`` in order (dependencies must come first); return one result per step.
+
+    A step whose dependency did not succeed is skipped with the reason; a failing step is
+    recorded and the rest go on. ``KeyboardInterrupt`` propagates (nothing is marked done).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, StepResult] = {}
+    paths = {s.name: [out_dir / o for o in s.outputs] for s in steps}
+    for step in steps:
+        bad_dep = next((d for d in step.deps if not results[d].ok), None)
+        if bad_dep:
+            results[step.name] = StepResult(step.name, f"skipped: needs {bad_dep} ({results[bad_dep].status})")
+            log(f"-- {step.name}: {results[step.name].status}")
+            continue
+        reason = step.available()
+        if reason:
+            results[step.name] = StepResult(step.name, f"unavailable: {reason}")
+            log(f"-- {step.name}: unavailable ({reason})")
+            continue
+        input_files = [*step.inputs, *(p for d in step.deps for p in paths[d])]
+        key = step_key(step, input_files)
+        doc = None if force else _cached(out_dir, step, key)
+        if doc is not None:
+            results[step.name] = StepResult(step.name, "cached", 0.0, step.outputs, doc.get("metrics", {}))
+            log(f"-- {step.name}: cached")
+            continue
+        log(f"== {step.name}{': ' + step.label if step.label else ''}")
+        _marker(out_dir, step.name).unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        try:
+            metrics = step.run(StepContext(out_dir, paths, step)) or {}
+            missing = [o for o in step.outputs if not (out_dir / o).is_file()]
+            if missing:
+                raise VggcError(f"step wrote no {', '.join(missing)}")
+        except KeyboardInterrupt:
+            raise
+        except UnavailableError as err:
+            results[step.name] = StepResult(step.name, f"unavailable: {err}", time.perf_counter() - t0)
+            log(f"-- {step.name}: unavailable ({err})")
+            continue
+        except Exception as err:  # noqa: BLE001 - a failed step is reported, the rest go on
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            results[step.name] = StepResult(step.name, f"failed: {first}", time.perf_counter() - t0,
+                                            metrics={"traceback": traceback.format_exc(limit=4)})
+            log(f"!! {step.name} failed: {first}")
+            continue
+        seconds = time.perf_counter() - t0
+        write_json(_marker(out_dir, step.name), {
+            "key": key, "step": step.name, "settings": step.settings, "seconds": round(seconds, 2),
+            "outputs": {o: sha256_file(out_dir / o) for o in step.outputs}, "metrics": metrics})
+        results[step.name] = StepResult(step.name, "ok", seconds, step.outputs, metrics)
+        log(f"-- {step.name}: done in {seconds:.0f} s")
+    return [results[s.name] for s in steps]
