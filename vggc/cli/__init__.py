@@ -18,6 +18,7 @@ COMMANDS = {
     "info": "info",
     "evaluate": "eval",
     "train": "train",
+    "prune": "prune",
     "bench": "bench",
     "export": "export",
     "distill": "distill",
