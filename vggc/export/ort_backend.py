@@ -27,8 +27,16 @@ import numpy as np
 import torch
 
 from vggc.errors import ModelFormatError, UnavailableError
-from vggc.runtime import (FILE_PRECISION, Backend, ModelFile, Runner, preprocess_from_meta, read_manifest,
-                          register_backend, register_format)
+from vggc.runtime import (
+    FILE_PRECISION,
+    Backend,
+    ModelFile,
+    Runner,
+    preprocess_from_meta,
+    read_manifest,
+    register_backend,
+    register_format,
+)
 
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
              "MatMulInteger", "DynamicQuantizeLinear", "QGemm"}
