@@ -21,6 +21,7 @@ COMMANDS = {
     "prune": "prune",
     "bench": "bench",
     "export": "export",
+    "engine": "engine",
     "distill": "distill",
 }
 

@@ -17,11 +17,13 @@ FORMATS = {"onnx": (".onnx",)}
 def export_file(weights: str, out: str, *, fmt: str = "onnx", data: str | None = None, opset: int = 18,
                 fp16: bool = False, parity: bool = True, parity_limit: int | None = None, seed: int = 0,
                 batch_size: int = 256, mean=None, std=None, input_size=None, threads: int | None = None,
-                progress: Progress = no_progress) -> dict:
+                progress: Progress = no_progress, triton: str | None = None, triton_engine: str | None = None,
+                triton_max_batch: int = 256, triton_instance: str = "gpu") -> dict:
     """Export the state_dict ``weights`` to ``out``; return the facts ``vggc export`` prints.
 
     With ``parity`` (the default) the export is compared with PyTorch on the CIFAR-10 test split
     under ``data`` (all of it, or a class-balanced ``parity_limit`` subset drawn with ``seed``).
+    ``triton``: also write a Triton model repository there (:func:`vggc.export.triton.write_triton_repo`).
     """
     from vggc.data import limit_split, load_split, resolve_preprocess
     from vggc.export.onnx import check_opset, export_with_parity
@@ -33,6 +35,13 @@ def export_file(weights: str, out: str, *, fmt: str = "onnx", data: str | None =
     check_opset(opset)
     if Path(out).resolve() == Path(weights).resolve():
         raise InputError(f"--out {out}: would overwrite the input weights")
+    if triton_engine and not triton:
+        raise InputError("--triton-engine needs --triton DIR")
+    if triton:
+        from vggc.export.triton import check_triton_options
+
+        check_triton_options(triton, name=Path(out).stem, engine=triton_engine, max_batch=triton_max_batch,
+                             instance_kind=triton_instance)
     if parity and not data:
         raise InputError("the parity check needs test images: pass --data DIR (or set VGGC_DATA), "
                          "or --no-parity to skip it")
@@ -45,7 +54,13 @@ def export_file(weights: str, out: str, *, fmt: str = "onnx", data: str | None =
                                batch_size=batch_size, threads=threads, source=weights, arch=lm.name,
                                settings={"parity_limit": parity_limit, "seed": seed, "format": fmt},
                                extra={"config": lm.config.to_dict()}, progress=progress)
-    return {**facts, "format": fmt, "source": str(weights), "input_size": pre.input_size}
+    result = {**facts, "format": fmt, "source": str(weights), "input_size": pre.input_size}
+    if triton:
+        from vggc.export.triton import write_triton_repo
+
+        result["triton"] = write_triton_repo(triton, out, engine=triton_engine, max_batch=triton_max_batch,
+                                             instance_kind=triton_instance)
+    return result
 
 
 @click.command("export")
@@ -72,11 +87,21 @@ def export_file(weights: str, out: str, *, fmt: str = "onnx", data: str | None =
               help="Images per forward pass in the parity check.")
 @preprocess_options
 @threads_option
+@click.option("--triton", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Also write a Triton model repository into DIR: DIR/<out stem>/config.pbtxt (platform "
+                   "onnxruntime_onnx, dynamic batching, instance group) + DIR/<out stem>/1/model.onnx.")
+@click.option("--triton-engine", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Add this `vggc engine` .engine/.plan as a second model <out stem>_trt (platform tensorrt_plan, "
+                   "1/model.plan). It must be built with the TensorRT version of the Triton server.")
+@click.option("--triton-max-batch", type=click.IntRange(1, 65536), default=256, show_default=True,
+              help="Triton max_batch_size (for the engine model capped at its profile's max batch).")
+@click.option("--triton-instance", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="Triton instance_group kind: KIND_GPU or KIND_CPU (count 1).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (path, precision, opset, size_bytes, params, macs, parity "
-                   "with max_abs_logit_diff, top1_agreement, torch_top1, onnx_top1).")
+                   "with max_abs_logit_diff, top1_agreement, torch_top1, onnx_top1; triton when written).")
 def command(weights, fmt, out, opset, fp16, data, no_parity, parity_limit, seed, batch_size, mean, std,
-            input_size, threads, as_json):
+            input_size, threads, triton, triton_engine, triton_max_batch, triton_instance, as_json):
     """Export WEIGHTS (a state_dict .pt) to a deployable model file and check it.
 
     The exported file is run with ONNX Runtime on the CPU next to PyTorch on real test images;
@@ -90,13 +115,17 @@ def command(weights, fmt, out, opset, fp16, data, no_parity, parity_limit, seed,
     n_threads = set_threads(threads)
     facts = export_file(weights, out, fmt=fmt, data=data, opset=opset, fp16=fp16, parity=not no_parity,
                         parity_limit=parity_limit, seed=seed, batch_size=batch_size, mean=mean, std=std,
-                        input_size=input_size, threads=n_threads, progress=tqdm_progress)
+                        input_size=input_size, threads=n_threads, progress=tqdm_progress, triton=triton,
+                        triton_engine=triton_engine, triton_max_batch=triton_max_batch,
+                        triton_instance=triton_instance)
     if as_json:
         emit_json(facts)
         return
     s = facts["input_size"]
     click.echo(f"wrote {facts['path']} ({facts['format']}, {facts['precision'].upper()}, opset {facts['opset']}, "
                f"{facts['size_bytes'] / 1e6:.2f} MB, dynamic batch, input {s}x{s})")
+    for m in (facts.get("triton") or {}).get("models", []):
+        click.echo(f"triton: {m['config']} ({m['platform']}, max_batch_size {m['max_batch_size']})")
     p = facts["parity"]
     if p is None:
         click.echo("parity check skipped (--no-parity)")
