@@ -9,8 +9,15 @@ import pytest
 import torch
 from conftest import make_imagefolder
 
-from vggc.data import (CIFAR10_MEAN, Preprocess, augment_batch, balanced_indices, detect_layout, load_split,
-                       resolve_preprocess)
+from vggc.data import (
+    CIFAR10_MEAN,
+    Preprocess,
+    augment_batch,
+    balanced_indices,
+    detect_layout,
+    load_split,
+    resolve_preprocess,
+)
 from vggc.errors import DataError, InputError
 
 

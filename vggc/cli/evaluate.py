@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from vggc import runtime
-from vggc.cli.common import (data_option, download_option, emit_json, preprocess_options, set_threads,
-                             threads_option)
+from vggc.cli.common import data_option, download_option, emit_json, preprocess_options, set_threads, threads_option
 from vggc.data import limit_split, load_split, resolve_preprocess
 from vggc.evaluate import EvalResult, evaluate
 from vggc.progress import Progress, no_progress

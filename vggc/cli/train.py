@@ -9,8 +9,14 @@ import click
 import torch
 
 from vggc.artifacts import save_state_dict, write_manifest
-from vggc.cli.common import (check_out_path, data_option, download_option, preprocess_options, set_threads,
-                             threads_option)
+from vggc.cli.common import (
+    check_out_path,
+    data_option,
+    download_option,
+    preprocess_options,
+    set_threads,
+    threads_option,
+)
 from vggc.data import limit_split, load_split, resolve_preprocess
 from vggc.evaluate import evaluate
 from vggc.models import VGGConfig, build_vgg, count_macs, count_params
