@@ -142,6 +142,22 @@ def test_pool_size_2_head_drops_all_features_of_a_removed_channel():
     assert cfg.pool_size == 2 and cfg.classifier[0] == 64
 
 
+def test_mobilenet_v2_student_prunes_with_coupled_residual_channels():
+    from vggc.models.mobilenet import mobilenet_v2_cifar
+
+    torch.manual_seed(0)
+    model = mobilenet_v2_cifar(0.5).eval()
+    graph = PruningGraph(model)
+    assert graph.names[0] == "features.0.0"  # groups are named after their earliest conv
+    plan, _ = prune_model(model, PruneSpec(strategy="global", target_macs=0.5))
+    assert count_macs(model) == plan.macs <= 0.5 * plan.base_macs
+    rebuilt, arch, _ = model_from_state_dict(model.state_dict())  # residual widths stay consistent
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x))
+    assert arch.family != "vgg"
+
+
 def test_global_ranks_across_layers_and_respects_max_ratio():
     model = wide_vgg()
     with torch.no_grad():  # 48 of features.15's 64 filters become tiny relative to their layer

@@ -134,7 +134,11 @@ class PruningGraph:
         order = {n: i for i, n in enumerate(self.module_names.values())}
         self.roots: dict[str, nn.Module] = {}
         for group in self.DG.get_all_groups(ignored_layers=[output_layer(model)], root_module_types=[nn.Conv2d]):
-            root = group[0].dep.target.module
+            # name a group after its earliest conv whose filters it removes (the stem, not the
+            # depthwise conv coupled to it): that conv's filter norms rank the group's channels
+            convs = [d.target.module for d, _ in group if isinstance(d.target.module, nn.Conv2d)
+                     and self.DG.is_out_channel_pruning_fn(d.handler)]
+            root = min(convs or [group[0].dep.target.module], key=lambda m: order[self.module_names[m]])
             self.roots[self.module_names[root]] = root
         self.names = sorted(self.roots, key=order.__getitem__)
         self._importance = tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first")
