@@ -23,6 +23,7 @@ COMMANDS = {
     "export": "export",
     "engine": "engine",
     "distill": "distill",
+    "quantize": "quantize",
 }
 
 

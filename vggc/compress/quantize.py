@@ -1,0 +1,340 @@
+"""INT8 post-training quantization of a trained model: ONNX Runtime (``.onnx``) or PyTorch (``.pt2``).
+
+:func:`quantize` is the one entry point (``vggc quantize`` and the pipeline call it):
+
+==============  ===========================================  ==========================================
+                ``backend="onnxruntime"`` -> ``.onnx``       ``backend="torch"`` -> ``.pt2``
+==============  ===========================================  ==========================================
+``static``      QDQ, S8S8 symmetric, per-channel weights,    PT2E + X86InductorQuantizer (u8 act, s8
+                MinMax/Entropy/Percentile calibration;       per-channel weights); fast when compiled
+                runs as QLinearConv/QGemm; TensorRT input    (``torch-int8-compiled``: oneDNN int8)
+``dynamic``     Linear (MatMul/Gemm) layers only             torchao int8 dyn-act/int8-weight, Linear only
+==============  ===========================================  ==========================================
+
+Calibration uses a class-balanced subset of the **training** split (``balanced_indices`` with
+``seed``), never test images. Dynamic quantization touches only the Linear layers, so on a CIFAR
+VGG16 (13 convs, 512-wide head: ~1.7% of the MACs) it barely changes size or speed; the manifest's
+``notes`` say so.
+
+The output is written atomically; its manifest ``<out>.json`` records the source's SHA-256, the
+mode/backend/calibration settings, the calibration indices' hash, per-channel and reduce-range, the
+number of quantized layers, sizes, and (when test data is given) the top-1 of the INT8 file and of
+the FP32 source on the same test images. Anything that fails leaves nothing at ``out``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vggc.artifacts import atomic_path, manifest_path, sha256_file, write_manifest
+from vggc.errors import InputError
+from vggc.progress import Progress, no_progress
+
+MODES = ("dynamic", "static")
+BACKENDS = ("onnxruntime", "torch")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+SUFFIXES = {"onnxruntime": ".onnx", "torch": ".pt2"}
+DEFAULT_CALIB_METHOD = {"onnxruntime": "minmax", "torch": "entropy"}
+EVAL_BACKENDS = {"onnxruntime": ("onnxruntime-cpu",), "torch": ("torch-int8-compiled", "torch-int8-eager")}
+CALIB_BATCH = 50
+DYNAMIC_NOTE = ("dynamic quantization touches only Linear layers; on a CIFAR VGG16 the 13 convolutions "
+                "(~98% of the MACs and ~90% of the weights) stay FP32, so size and speed barely change")
+
+
+def cpu_has_vnni() -> bool:
+    """True when the CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8)."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    if "AMX" in cap or "VNNI" in cap:
+        return True
+    with contextlib.suppress(OSError):
+        flags = set()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+                break
+        return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return False
+
+
+def resolve_reduce_range(reduce_range: bool | None) -> bool:
+    """``None`` (auto): 7-bit range on CPUs without VNNI, where int8 dot products can saturate."""
+    return (not cpu_has_vnni()) if reduce_range is None else bool(reduce_range)
+
+
+def check_settings(*, mode: str, backend: str, out, data, calib_size: int, calib_method: str | None,
+                   per_channel: bool, opset: int | None, weights=None) -> str:
+    """Validate the options that need no data; return the calibration method to use. One-line
+    :class:`InputError` for every bad combination (the CLI calls this before any heavy work)."""
+    if mode not in MODES:
+        raise InputError(f"--mode {mode}: choose dynamic or static")
+    if backend not in BACKENDS:
+        raise InputError(f"--backend {backend}: choose onnxruntime or torch")
+    method = calib_method or DEFAULT_CALIB_METHOD[backend]
+    if method not in CALIB_METHODS:
+        raise InputError(f"--calib-method {method}: choose minmax, entropy or percentile")
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"--out {out}: is a directory, expected a file path")
+    if out.suffix.lower() != SUFFIXES[backend]:
+        raise InputError(f"--out {out}: --backend {backend} writes a {SUFFIXES[backend]} file "
+                         f"(got '{out.suffix or 'no suffix'}')")
+    if weights is not None and Path(weights).exists() and out.exists() and out.resolve() == Path(weights).resolve():
+        raise InputError(f"--out {out}: would overwrite the input weights")
+    if mode == "static" and not data:
+        raise InputError("--mode static needs calibration images: pass --data DIR (or set VGGC_DATA)")
+    if isinstance(calib_size, bool) or not isinstance(calib_size, int) or calib_size < 1:
+        raise InputError(f"--calib-size {calib_size}: must be at least 1")
+    if opset is not None:
+        if backend != "onnxruntime":
+            raise InputError("--opset applies to --backend onnxruntime only")
+        from vggc.export.onnx import check_opset
+
+        check_opset(opset)
+    if backend == "torch" and mode == "static" and not per_channel:
+        raise InputError("--per-tensor: the torch backend's X86 Inductor int8 lowering handles per-channel "
+                         "weights only (per-tensor weights would run as float convolutions); use "
+                         "--per-channel or --backend onnxruntime")
+    return method
+
+
+def calibration_batches(data, preprocess, calib_size: int, seed: int, progress: Progress = no_progress,
+                        batch_size: int = CALIB_BATCH) -> tuple[list[torch.Tensor], dict]:
+    """Return normalised float batches of a class-balanced ``calib_size`` subset of the TRAIN split
+    (drawn with ``seed``) and facts about it (size, seed, indices' SHA-256)."""
+    from vggc.data import balanced_indices, load_split
+
+    train = load_split(data, "train", progress=progress)
+    if calib_size > len(train):
+        raise InputError(f"--calib-size {calib_size} is larger than the training split ({len(train)} images)")
+    idx = balanced_indices(train.labels, calib_size, seed)
+    images = train.images[idx]
+    batches = [preprocess(images[i:i + batch_size]) for i in range(0, len(idx), batch_size)]
+    per_class = torch.bincount(train.labels[idx], minlength=len(train.classes)).tolist()
+    facts = {"split": "train", "size": int(len(idx)), "seed": seed, "per_class": per_class,
+             "indices_sha256": hashlib.sha256(idx.numpy().tobytes()).hexdigest()}
+    return batches, facts
+
+
+def _evaluate_runner(runner, data, preprocess, eval_limit, seed, batch_size, progress):
+    from vggc.data import limit_split, load_split
+    from vggc.evaluate import evaluate
+
+    split = limit_split(load_split(data, "test", progress=progress), eval_limit, seed)
+    try:
+        return evaluate(runner.predict, split, preprocess, batch_size=batch_size, progress=progress)
+    finally:
+        runner.close()
+
+
+# FP32 source accuracy per (source SHA-256, data, preprocess, subset): the pipeline and the tests quantize
+# one source several ways in one process; its FP32 evaluation is the same every time.
+_FP32_EVAL_CACHE: dict[tuple, object] = {}
+
+
+def _evaluate_source(model, source_sha, data, preprocess, eval_limit, seed, batch_size, progress):
+    from vggc.runtime import TorchRunner
+
+    key = (source_sha, str(Path(data).resolve()), json.dumps(preprocess.to_dict(), sort_keys=True), eval_limit, seed)
+    if key not in _FP32_EVAL_CACHE:
+        _FP32_EVAL_CACHE[key] = _evaluate_runner(TorchRunner(copy.deepcopy(model), "cpu", None, None), data,
+                                                 preprocess, eval_limit, seed, batch_size, progress)
+    return _FP32_EVAL_CACHE[key]
+
+
+def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: int = 1000,
+             calib_method: str | None = None, per_channel: bool = True, seed: int = 0,
+             reduce_range: bool | None = None, opset: int | None = None, eval_limit: int | None = None,
+             evaluate: bool = True, eval_batch_size: int = 256, percentile: float = 99.999,
+             threads: int | None = None, mean=None, std=None, input_size=None, eval_backend: str | None = None,
+             progress: Progress = no_progress) -> dict:
+    """Quantize the state_dict ``weights`` to INT8 and write ``out`` (+ ``out.json``); return the facts.
+
+    ``mode``: ``static`` (calibrated activations; needs ``data``) or ``dynamic`` (Linear layers only).
+    ``backend``: ``onnxruntime`` (``out`` ends in ``.onnx``) or ``torch`` (``.pt2``).
+    ``calib_size`` training images, class-balanced, drawn with ``seed``; ``calib_method``
+    ``minmax``/``entropy``/``percentile`` (default: minmax for ONNX Runtime, entropy = the X86
+    HistogramObserver for torch). ``reduce_range=None`` picks 7-bit ranges on CPUs without VNNI.
+    With ``data`` and ``evaluate``, the INT8 file and the FP32 source are evaluated on the test
+    split (``eval_limit`` class-balanced images, default all). ``eval_backend`` (torch only):
+    ``torch-int8-compiled`` (default where a C++ compiler exists) or ``torch-int8-eager``.
+
+    Returned keys: ``path``, ``manifest``, ``mode``, ``backend``, ``precision`` (``int8``), ``format``,
+    ``size_bytes``, ``fp32_size_bytes``, ``size_ratio``, ``calib_size``, ``calib_method``, ``seed``,
+    ``per_channel``, ``reduce_range``, ``quantized_conv``, ``quantized_linear``, ``quantize_seconds``,
+    ``top1``, ``fp32_top1``, ``delta_pt``, ``retention`` (None when not evaluated), ``eval_n``,
+    ``eval_backend``, ``notes``.
+    """
+    from vggc.data import resolve_preprocess
+    from vggc.models import count_macs, count_params, load_weights
+
+    method = check_settings(mode=mode, backend=backend, out=out, data=data, calib_size=calib_size,
+                            calib_method=calib_method, per_channel=per_channel, opset=opset, weights=weights)
+    if eval_backend not in (None, "auto", *EVAL_BACKENDS[backend]):
+        raise InputError(f"--eval-backend {eval_backend}: --backend {backend} files run on "
+                         f"{', '.join(EVAL_BACKENDS[backend])}")
+    out = Path(out)
+    rr = resolve_reduce_range(reduce_range)
+    lm = load_weights(weights)
+    pre = resolve_preprocess(lm.sidecar, mean, std, input_size)
+    model = lm.model.eval()
+    do_eval = bool(data) and evaluate
+    calib_facts = None
+    batches: list[torch.Tensor] = []
+    if mode == "static":
+        batches, calib_facts = calibration_batches(data, pre, calib_size, seed, progress)
+    example = batches[0][:2] if batches else torch.zeros(2, lm.config.in_channels, pre.input_size, pre.input_size)
+    notes: list[str] = []
+    if mode == "dynamic":
+        notes.append(DYNAMIC_NOTE)
+        if backend == "onnxruntime":
+            notes.append("ONNX Runtime dynamic mode quantizes MatMul/Gemm only: its ConvInteger kernel is "
+                         "~5x slower than FP32 Conv on CPU")
+    if rr:
+        notes.append("reduce_range: 7-bit " + ("weights" if backend == "onnxruntime" else "activations")
+                     + " to avoid int16 saturation of u8*s8 dot products on CPUs without VNNI")
+
+    t0 = time.perf_counter()
+    eval_res = None
+    used_backend = None
+    settings = {"mode": mode, "backend": backend, "calib_size": calib_size if mode == "static" else None,
+                "calib_method": method if mode == "static" else None, "seed": seed, "per_channel": per_channel,
+                "reduce_range": rr, "reduce_range_auto": reduce_range is None, "cpu_has_vnni": cpu_has_vnni(),
+                "eval_limit": eval_limit}
+    with atomic_path(out) as tmp:
+        if backend == "onnxruntime":
+            q_facts, fp32_size = _quantize_ort(model, tmp, mode=mode, batches=batches, method=method,
+                                               per_channel=per_channel, reduce_range=rr, percentile=percentile,
+                                               opset=opset, preprocess=pre, arch=lm.name, progress=progress)
+            settings["opset"] = q_facts["opset"]
+        else:
+            q_facts, fp32_size = _quantize_torch(model, tmp, mode=mode, batches=batches, method=method,
+                                                 reduce_range=rr, percentile=percentile, example=example,
+                                                 weights=Path(weights), progress=progress)
+        quantize_seconds = time.perf_counter() - t0
+        if do_eval:
+            runner, used_backend = _open_for_eval(tmp, backend, pre, eval_batch_size, threads, eval_backend)
+            eval_res = _evaluate_runner(runner, data, pre, eval_limit, seed, eval_batch_size, progress)
+    source_sha = sha256_file(weights)
+    fp32_res = None
+    if do_eval:
+        fp32_res = _evaluate_source(model, source_sha, data, pre, eval_limit, seed, eval_batch_size, progress)
+
+    size = out.stat().st_size
+    metrics: dict = {"size_bytes": size, "fp32_size_bytes": fp32_size, "size_ratio": size / fp32_size,
+                     "quantize_seconds": round(quantize_seconds, 2)}
+    if eval_res is not None:
+        metrics.update({"top1": eval_res.top1, "fp32_top1": fp32_res.top1,
+                        "delta_pt": round(100 * (eval_res.top1 - fp32_res.top1), 3),
+                        "retention": eval_res.top1 / fp32_res.top1 if fp32_res.top1 else None,
+                        "eval_n": eval_res.n, "eval_split": "test", "eval_backend": used_backend,
+                        "per_class": eval_res.per_class})
+    fmt = "onnx" if backend == "onnxruntime" else "pt2"
+    extra = {"precision": "int8", "quant_mode": mode, "quant_backend": backend, "preprocess": pre.to_dict(),
+             "params": count_params(model), "macs": count_macs(model, pre.input_size), "arch": lm.name,
+             "config": lm.config.to_dict(), "source": {"path": str(weights), "name": Path(weights).name,
+                                                       "sha256": source_sha},
+             "calibration": calib_facts, "quantization": q_facts, "notes": notes}
+    if fmt == "onnx":
+        extra.update({"input_name": "input", "output_name": "logits", "opset": q_facts["opset"],
+                      "dynamic_batch": True})
+    else:
+        extra.update({"dynamic_batch": True, "load": "import torchao; torch.export.load(path).module()",
+                      "fast_backend": "torch-int8-compiled"})
+    inputs = {"source": weights}
+    if data and mode == "static":
+        extra["calibration"]["data"] = str(data)
+    try:
+        write_manifest(out, kind=fmt, inputs=inputs, settings=settings, metrics=metrics, extra=extra)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            out.unlink()
+        raise
+    qc = q_facts.get("quantized_layers", {})
+    return {"path": str(out), "manifest": str(manifest_path(out)), "mode": mode, "backend": backend,
+            "precision": "int8", "format": fmt, "size_bytes": size, "fp32_size_bytes": fp32_size,
+            "size_ratio": size / fp32_size, "calib_size": calib_size if mode == "static" else None,
+            "calib_method": method if mode == "static" else None, "seed": seed, "per_channel": per_channel,
+            "reduce_range": rr, "quantized_conv": qc.get("conv"), "quantized_linear": qc.get("linear"),
+            "quantize_seconds": round(quantize_seconds, 2),
+            "top1": metrics.get("top1"), "fp32_top1": metrics.get("fp32_top1"), "delta_pt": metrics.get("delta_pt"),
+            "retention": metrics.get("retention"), "eval_n": metrics.get("eval_n"), "eval_backend": used_backend,
+            "runtime_ops": q_facts.get("runtime_ops"), "notes": notes}
+
+
+def _quantize_ort(model, tmp: Path, *, mode, batches, method, per_channel, reduce_range, percentile, opset,
+                  preprocess, arch, progress) -> tuple[dict, int]:
+    from vggc.compress import quantize_ort as qo
+    from vggc.export.onnx import DEFAULT_OPSET
+
+    qo.require_ort()
+    opset = opset or DEFAULT_OPSET
+    with tempfile.TemporaryDirectory(prefix="vggc-quant-") as d:
+        fp32 = qo.export_fp32(model, Path(d) / "fp32.onnx", input_size=preprocess.input_size, opset=opset,
+                              preprocess=preprocess)
+        fp32_size = fp32.stat().st_size
+        pre_path = qo.preprocess_for_quant(fp32, Path(d) / "pre.onnx")
+        q_path = Path(d) / "int8.onnx"
+        if mode == "static":
+            arrays = qo.batches_to_numpy(batches)
+            bar = iter(progress(range(len(arrays)), total=len(arrays), desc="calibrate"))
+            facts = qo.quantize_onnx_static(pre_path, q_path, arrays, calib_method=method, per_channel=per_channel,
+                                            reduce_range=reduce_range, percentile=percentile,
+                                            tick=lambda: next(bar, None))
+            for _ in bar:  # close the progress bar
+                pass
+        else:
+            facts = qo.quantize_onnx_dynamic(pre_path, q_path, per_channel=per_channel, reduce_range=reduce_range)
+        qo.set_vggc_metadata(q_path, {"precision": "int8", "quant_mode": mode, "preprocess": preprocess.to_dict(),
+                                      "arch": arch, "input_size": str(preprocess.input_size)})
+        import onnx
+
+        facts["quantized_layers"] = qo.count_quantized_ops(onnx.load(str(q_path)))
+        facts["runtime_ops"] = qo.optimized_op_types(q_path)
+        facts["opset"] = opset
+        tmp.write_bytes(q_path.read_bytes())
+    return facts, fp32_size
+
+
+def _quantize_torch(model, tmp: Path, *, mode, batches, method, reduce_range, percentile, example, weights,
+                    progress) -> tuple[dict, int]:
+    from vggc.compress import quantize_torch as qt
+
+    model = copy.deepcopy(model)
+    if mode == "static":
+        ep, facts = qt.quantize_static_pt2e(model, progress(batches, total=len(batches), desc="calibrate"),
+                                            example, calib_method=method, reduce_range=reduce_range,
+                                            percentile=percentile)
+    else:
+        ep, facts = qt.quantize_dynamic_torchao(model, example)
+    qt.save_pt2(ep, tmp)
+    fp32_size = weights.stat().st_size
+    facts["quantizer"] = "X86InductorQuantizer (PT2E)" if mode == "static" else \
+        "torchao quantize_(Int8DynamicActivationInt8WeightConfig)"
+    return facts, fp32_size
+
+
+def _open_for_eval(path: Path, backend: str, preprocess, batch_size: int, threads, which: str | None = None):
+    """Open the just-written (not yet renamed) file on ``which`` or its fastest available backend."""
+    if backend == "onnxruntime":
+        from vggc.export.ort_backend import open_onnx_cpu
+
+        return open_onnx_cpu(path, threads=threads), "onnxruntime-cpu"
+    from vggc.compress.pt2_backend import _compiled_reason, open_pt2
+
+    if which == "torch-int8-compiled":
+        reason = _compiled_reason()
+        if reason:
+            from vggc.errors import UnavailableError
+
+            raise UnavailableError(f"torch-int8-compiled: {reason}")
+    compiled = which == "torch-int8-compiled" or (which in (None, "auto") and _compiled_reason() is None)
+    runner = open_pt2(path, compiled=compiled, input_size=preprocess.input_size, warmup_batches=(batch_size,))
+    return runner, "torch-int8-compiled" if compiled else "torch-int8-eager"
