@@ -24,6 +24,7 @@ COMMANDS = {
     "engine": "engine",
     "distill": "distill",
     "quantize": "quantize",
+    "pipeline": "pipeline",
 }
 
 

@@ -74,15 +74,15 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
                     label=f"ONNX {'FP16' if fp16 else 'FP32'} export")
 
     def quant_step(name: str, src: str | None, out: str, mode: str, backend: str) -> Step:
-        settings = {"mode": mode, "backend": backend, "calib_size": preset.calib_size, "seed": seed,
-                    "eval_limit": preset.eval_limit}
+        settings = {"mode": mode, "backend": backend, "calib_size": preset.calib_size, "seed": seed}
 
         def run(ctx: StepContext) -> dict:
             from vggc.compress.quantize import quantize
 
             source = weights if src is None else ctx.dep(src)
+            # accuracy of the INT8 file is measured once, by the bench step, on the same images as every row
             res = quantize(source, mode=mode, backend=backend, data=data_s, calib_size=preset.calib_size,
-                           seed=seed, out=ctx.output(), eval_limit=preset.eval_limit, progress=progress)
+                           seed=seed, out=ctx.output(), evaluate=False, progress=progress)
             return {k: v for k, v in (res or {}).items() if isinstance(v, (int, float, str, bool)) or v is None}
 
         return Step(name, [out], run, deps=[src] if src else [], inputs=[] if src else [weights],

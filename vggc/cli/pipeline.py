@@ -1,0 +1,69 @@
+"""``vggc pipeline``: every stage on one state_dict, cached and resumable, ending in the comparison table."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from vggc.cli.common import set_threads, threads_option
+from vggc.errors import InputError
+
+STEP_NAMES = ("onnx_fp32, onnx_fp16, int8_ort_dynamic, int8_ort_static, int8_torch_dynamic, int8_torch_static, "
+              "prune, pruned_onnx, pruned_int8_ort_static, pruned_int8_torch_static, distill, student_onnx, "
+              "trt_fp16, trt_int8")
+
+
+def default_inputs(weights: str | None, data: str | None) -> tuple[str, str]:
+    """Return (weights, data): the arguments, else VGGC_WEIGHTS / VGGC_DATA, else ../shared's."""
+    weights = weights or os.environ.get("VGGC_WEIGHTS") or "../shared/models/vgg16_bn_cifar10.pt"
+    data = data or os.environ.get("VGGC_DATA") or "../shared/data/cifar10-jpeg"
+    if not Path(weights).is_file():
+        raise InputError(f"{weights}: no such weights file (pass WEIGHTS or set VGGC_WEIGHTS)")
+    return weights, data
+
+
+@click.command("pipeline")
+@click.argument("weights", required=False, type=click.Path(dir_okay=False, path_type=str))
+@click.option("--data", default=None, type=click.Path(file_okay=False, path_type=str),
+              help="CIFAR-10 directory (cifar-10-batches-py or ImageFolder train/ + test/). "
+                   "Default: $VGGC_DATA, else ../shared/data/cifar10-jpeg.")
+@click.option("--preset", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
+              help="quick: about 10 minutes on a 2-core CPU, training stages on tiny budgets and the bench on "
+                   "2,000 test images; full: real fine-tune/distillation budgets and all 10,000 test images.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False, path_type=str),
+              help="Run directory (default artifacts/<weights stem>-<preset>). Finished steps found there are "
+                   "reused when their inputs and settings are unchanged.")
+@click.option("--only", default=None,
+              help=f"Comma-separated steps to run (plus what they need), then the bench. Steps: {STEP_NAMES}.")
+@click.option("--force", is_flag=True, help="Rerun every step even when a cached result matches.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for every subset, calibration and training.")
+@threads_option
+def command(weights, data, preset, out_dir, only, force, seed, threads):
+    """Run every stage on WEIGHTS and print the comparison table.
+
+    Stages: ONNX FP32/FP16 export, dynamic and static INT8 (ONNX Runtime and torchao PT2E), L1 pruning +
+    fine-tune (and pruned INT8), distillation into MobileNetV2, TensorRT engines where TensorRT and a GPU
+    exist, then `vggc bench` over everything. A step that fails is reported in the table and the rest go on;
+    Ctrl-C or a kill leaves no complete-looking artifact and the next run resumes. WEIGHTS defaults to
+    $VGGC_WEIGHTS, else ../shared/models/vgg16_bn_cifar10.pt.
+    """
+    from vggc.bench.report import screen_table
+    from vggc.pipeline import run_pipeline
+    from vggc.progress import tqdm_progress
+
+    set_threads(threads)
+    weights, data = default_inputs(weights, data)
+    summary = run_pipeline(weights, data, preset=preset, out_dir=out_dir, seed=seed, force=force,
+                           only=[s.strip() for s in only.split(",") if s.strip()] if only else None,
+                           progress=tqdm_progress, log=lambda m: click.echo(m, err=True))
+    click.echo("")
+    click.echo("step                      status       seconds")
+    for s in summary["steps"]:
+        click.echo(f"{s['name']:<25} {s['status'][:70]:<12} {s['seconds']:>7.1f}")
+    click.echo(f"step work: {summary['step_seconds']:.0f} s, wall: {summary['wall_seconds']:.0f} s")
+    click.echo("")
+    if summary["rows"]:
+        click.echo(screen_table(summary["rows"]))
+    click.echo(f"report: {summary['report']}")
