@@ -18,12 +18,12 @@ COMMANDS = {
     "info": "info",
     "evaluate": "eval",
     "train": "train",
+    "quantize": "quantize",
     "prune": "prune",
-    "bench": "bench",
+    "distill": "distill",
     "export": "export",
     "engine": "engine",
-    "distill": "distill",
-    "quantize": "quantize",
+    "bench": "bench",
     "pipeline": "pipeline",
 }
 
