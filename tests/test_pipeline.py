@@ -97,3 +97,41 @@ def test_unavailable_step_is_reported_not_run(tmp_path):
     step = Step("trt", ["x.engine"], rec.writer("trt", lambda: "x"), available=lambda: "tensorrt not installed")
     (res,) = run_steps([step], tmp_path / "run")
     assert res.status == "unavailable: tensorrt not installed" and rec.calls == []
+
+
+def test_pipeline_end_to_end_on_tiny_model(tmp_path, monkeypatch):
+    """A real (small) run: export, static INT8, prune, an unavailable TensorRT step, the bench;
+    then a rerun that is fully cached with identical accuracies."""
+    import torch
+    from conftest import make_imagefolder, make_tiny_vgg
+
+    from vggc import pipeline
+
+    monkeypatch.setenv("VGGC_CACHE", str(tmp_path / "cache"))
+    data = make_imagefolder(tmp_path / "data", per_class=4)
+    weights = tmp_path / "tiny.pt"
+    torch.save(make_tiny_vgg().state_dict(), weights)
+    tiny = pipeline.Preset("tiny", parity_limit=None, calib_size=20, prune_target_macs=0.5, prune_finetune_epochs=1,
+                           prune_limit=None, distill_epochs=1, distill_limit=None, distill_width=0.25,
+                           eval_limit=None, bench_quick=True, bench_limit=None, bench_batch=8,
+                           train_batch=8)
+    monkeypatch.setitem(pipeline.PRESETS, "tiny", tiny)
+    out = tmp_path / "run"
+    only = ["onnx_fp32", "int8_ort_static", "prune", "trt_fp16"]
+    first = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=only)
+    status = {s["name"]: s["status"] for s in first["steps"]}
+    assert status["onnx_fp32"] == "ok" and status["int8_ort_static"] == "ok" and status["prune"] == "ok"
+    assert status["trt_fp16"].startswith("unavailable:")  # no TensorRT / CUDA here
+    assert status["bench"] == "ok"
+    rows = first["rows"]
+    models = {r["model"] for r in rows if r["status"] == "ok"}
+    assert {"tiny.pt", "tiny.onnx", "tiny_int8_ort_static.onnx", "tiny_pruned.pt"} <= models
+    trt = [r for r in rows if r["model"] == "tiny_fp16.engine"]
+    assert trt and trt[0]["status"].startswith("unavailable:")
+    assert (out / "bench" / "report.md").is_file() and (out / "pipeline.json").is_file()
+
+    second = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=only)
+    assert {s["name"]: s["status"] for s in second["steps"] if s["status"] != "cached"} == {
+        "trt_fp16": status["trt_fp16"]}
+    acc = lambda rs: {(r["model"], r["backend"]): r["top1"] for r in rs}  # noqa: E731
+    assert acc(second["rows"]) == acc(rows)

@@ -33,25 +33,27 @@ class Preset:
     distill_width: float
     eval_limit: int | None
     bench_quick: bool
+    bench_limit: int | None = None
     bench_batch: int = 64
+    train_batch: int = 128
 
 
 PRESETS = {
     # ~10 minutes on a 2-core CPU: every stage runs, training stages on small budgets (their
     # accuracy is labelled as such; use --preset full for real numbers).
-    "quick": Preset("quick", parity_limit=500, calib_size=256, prune_target_macs=0.5, prune_finetune_epochs=1,
-                    prune_limit=1000, distill_epochs=1, distill_limit=1000, distill_width=1.0, eval_limit=1000,
-                    bench_quick=True),
+    "quick": Preset("quick", parity_limit=256, calib_size=128, prune_target_macs=0.5, prune_finetune_epochs=1,
+                    prune_limit=1000, distill_epochs=1, distill_limit=1000, distill_width=1.0, eval_limit=500,
+                    bench_quick=True, bench_limit=1000),
     "full": Preset("full", parity_limit=None, calib_size=1000, prune_target_macs=0.5, prune_finetune_epochs=10,
                    prune_limit=None, distill_epochs=30, distill_limit=None, distill_width=1.0, eval_limit=None,
                    bench_quick=False),
 }
 
 
-def _train_cfg(epochs: int, seed: int, lr: float):
+def _train_cfg(epochs: int, seed: int, lr: float, batch_size: int = 128):
     from vggc.train import TrainConfig
 
-    return TrainConfig(epochs=epochs, lr=lr, seed=seed)
+    return TrainConfig(epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
 
 
 def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
@@ -93,14 +95,14 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
 
         spec = PruneSpec(strategy="uniform", target_macs=preset.prune_target_macs, round_to=8)
         return prune_file(weights, data_s, ctx.output(), spec,
-                          train_cfg=_train_cfg(preset.prune_finetune_epochs, seed, lr=0.01),
+                          train_cfg=_train_cfg(preset.prune_finetune_epochs, seed, 0.01, preset.train_batch),
                           finetune_epochs=preset.prune_finetune_epochs, limit=preset.prune_limit,
                           eval_limit=preset.eval_limit, seed=seed, progress=progress)
 
     def distill_run(ctx: StepContext) -> dict:
         from vggc.compress.distill import KDConfig, distill
 
-        return distill(weights, data_s, ctx.output(), _train_cfg(preset.distill_epochs, seed, lr=0.05),
+        return distill(weights, data_s, ctx.output(), _train_cfg(preset.distill_epochs, seed, 0.05, preset.train_batch),
                        KDConfig(temperature=4.0, alpha=0.9), width_mult=preset.distill_width,
                        limit=preset.distill_limit, eval_limit=preset.eval_limit, progress=progress)
 
@@ -118,9 +120,9 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
         return Step(name, [out], run, deps=[src], settings={"precision": precision}, available=available,
                     label=f"TensorRT {precision.upper()} engine")
 
-    ft = {"epochs": preset.prune_finetune_epochs, "limit": preset.prune_limit, "target": preset.prune_target_macs,
+    ft = {"epochs": preset.prune_finetune_epochs, "batch": preset.train_batch, "limit": preset.prune_limit, "target": preset.prune_target_macs,
           "eval_limit": preset.eval_limit, "seed": seed}
-    kd = {"epochs": preset.distill_epochs, "limit": preset.distill_limit, "width": preset.distill_width,
+    kd = {"epochs": preset.distill_epochs, "batch": preset.train_batch, "limit": preset.distill_limit, "width": preset.distill_width,
           "eval_limit": preset.eval_limit, "seed": seed, "T": 4.0, "alpha": 0.9}
     return [
         export_step("onnx_fp32", None, f"{stem}.onnx", fp16=False),
@@ -197,11 +199,12 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
     # The bench is a step too: keyed by every model file it measures and its settings.
     models = [weights] + [out / s.outputs[0] for s, r in zip(steps, results) if r.ok]
     bench_dir = out / "bench"
-    bench_settings = {"quick": p.bench_quick, "batch": p.bench_batch, "models": [m.name for m in models],
+    bench_settings = {"quick": p.bench_quick, "limit": p.bench_limit, "batch": p.bench_batch,
+                      "models": [m.name for m in models],
                       "failed": {s.name: r.status for s, r in zip(steps, results) if not r.ok}}
 
     def bench_run(ctx: StepContext) -> dict:
-        rows = run_bench(models, data, batch=p.bench_batch, quick=p.bench_quick, baseline=weights,
+        rows = run_bench(models, data, batch=p.bench_batch, quick=p.bench_quick, limit=p.bench_limit, baseline=weights,
                          out=bench_dir, progress=progress, log=log,
                          command=f"vggc pipeline {weights} --data {data} --preset {preset}")
         extra = [_unavailable_row(s, r, p.bench_batch) for s, r in zip(steps, results) if not r.ok]
