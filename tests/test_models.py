@@ -103,3 +103,17 @@ def test_macs_scale_with_input_size():
     m32, m64 = count_macs(m, 32), count_macs(m, 64)
     conv_share = m64 - m32  # linear MACs do not change (pool to 1x1), convs scale 4x
     assert conv_share > 0 and abs((m64 - m32) - 3 * (m32 - 32 * 32 - 32 * 32 - 32 * 10)) < 10
+
+
+def test_manifest_preprocess_wins_over_defaults(tmp_path):
+    """A file written by vggc (train/prune/distill) carries its normalisation in <file>.json;
+    every loader (export, quantize, eval) must use it, not CIFAR defaults."""
+    import json
+
+    from vggc.data import resolve_preprocess
+
+    torch.save(make_tiny_vgg().state_dict(), tmp_path / "m.pt")
+    (tmp_path / "m.pt.json").write_text(json.dumps(
+        {"kind": "state_dict", "preprocess": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "input_size": 32}}))
+    pre = resolve_preprocess(load_weights(tmp_path / "m.pt").sidecar)
+    assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.25, 0.25, 0.25)

@@ -83,15 +83,24 @@ def model_from_state_dict(sd: dict[str, torch.Tensor]) -> tuple[nn.Module, Archi
 
 
 def read_sidecar(weights: str | Path) -> dict:
-    """Return the parsed ``<weights stem>.json`` beside a weights file, or ``{}``."""
-    p = Path(weights).with_suffix(".json")
-    if not p.is_file():
-        return {}
-    try:
-        doc = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelFormatError(f"{p}: unreadable sidecar JSON ({err})") from None
-    return doc if isinstance(doc, dict) else {}
+    """Return the model's metadata: ``preprocess`` of a vggc manifest ``<file>.json`` when present,
+    else the user's sidecar ``<stem>.json`` (keys ``mean``, ``std``, ``input_size``, ``classes``), else ``{}``."""
+    weights = Path(weights)
+    for p, is_manifest in ((weights.with_name(weights.name + ".json"), True), (weights.with_suffix(".json"), False)):
+        if not p.is_file():
+            continue
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ModelFormatError(f"{p}: unreadable sidecar JSON ({err})") from None
+        if not isinstance(doc, dict):
+            continue
+        if is_manifest:
+            if isinstance(doc.get("preprocess"), dict):
+                return dict(doc["preprocess"])
+            continue
+        return doc
+    return {}
 
 
 def load_weights(path: str | Path) -> LoadedModel:
