@@ -36,7 +36,7 @@ def main(seconds: float = 10.0) -> None:
     for prec in ("fp32", "bf16"):
         ac = dict(device_type="cpu", dtype=torch.bfloat16, enabled=prec == "bf16")
 
-        def train_step():
+        def train_step(ac=ac):
             model.train()
             with torch.autocast(**ac):
                 loss = torch.nn.functional.cross_entropy(model(x), y)
@@ -44,7 +44,7 @@ def main(seconds: float = 10.0) -> None:
             loss.backward()
             opt.step()
 
-        def eval_step():
+        def eval_step(ac=ac):
             model.eval()
             with torch.inference_mode(), torch.autocast(**ac):
                 model(xe)
