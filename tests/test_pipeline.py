@@ -127,7 +127,7 @@ def test_pipeline_end_to_end_on_tiny_model(tmp_path, monkeypatch):
     models = {r["model"] for r in rows if r["status"] == "ok"}
     assert {"tiny.pt", "tiny.onnx", "tiny_int8_ort_static.onnx", "tiny_pruned.pt"} <= models
     trt = [r for r in rows if r["model"] == "tiny_fp16.engine"]
-    assert trt and trt[0]["status"].startswith("unavailable:")
+    assert trt and trt[0]["status"] == status["trt_fp16"].removeprefix("unavailable: ") and trt[0]["top1"] is None
     assert (out / "bench" / "report.md").is_file() and (out / "pipeline.json").is_file()
 
     second = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=only)
