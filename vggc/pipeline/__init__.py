@@ -72,7 +72,9 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
             source = str(weights if src is None else ctx.dep(src))
             facts = export_file(source, str(ctx.output()), data=data_s, fp16=fp16,
                                 parity_limit=preset.parity_limit, seed=seed, progress=progress)
-            return {k: facts.get(k) for k in ("agreement", "max_abs_diff", "top1_onnx", "top1_torch") if k in facts}
+            parity = facts.get("parity") or {}
+            return {"precision": facts.get("precision"), "size_bytes": facts.get("size_bytes"),
+                    **{k: v for k, v in parity.items() if isinstance(v, (int, float))}}
 
         return Step(name, [out], run, deps=[src] if src else [], inputs=[] if src else [weights],
                     settings={"fp16": fp16, "parity_limit": preset.parity_limit, "seed": seed},
