@@ -248,3 +248,16 @@ def test_reference_static_int8_keeps_accuracy(ref_weights, cifar_dir, tmp_path, 
         assert res["runtime_ops"].get("QLinearConv") == 13
     else:
         assert out.stat().st_size < 0.3 * Path(ref_weights).stat().st_size
+
+
+def test_percentile_observer_clips_outliers():
+    from vggc.compress.quantize_torch import _percentile_observer_cls, static_quantization_config
+
+    obs = _percentile_observer_cls()(dtype=torch.quint8, quant_min=0, quant_max=255, percentile=99.0)
+    x = torch.rand(100_000, generator=torch.Generator().manual_seed(0))
+    x[:10] = 100.0  # 0.01% outliers: min/max would give scale 100/255
+    obs(x)
+    scale, zp = obs.calculate_qparams()
+    assert 0.9 / 255 < float(scale) < 1.1 / 255 and int(zp) == 0
+    cfg = static_quantization_config("minmax", reduce_range=True)
+    assert cfg.input_activation.quant_max == 127  # reduce_range: 7-bit activations

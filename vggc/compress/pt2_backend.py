@@ -24,7 +24,6 @@ Backends (``precision="file"``: a row reports the file's precision, ``int8`` for
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -79,9 +78,10 @@ class Pt2Runner(Runner):
         if compiled:
             register_inductor_int8_passes()
             self.fn = torch.compile(self.module)
-            with torch.inference_mode():
-                for b in sorted({int(b) for b in warmup_batches if b and int(b) > 0}):
-                    self._call(torch.zeros(b, in_channels, input_size, input_size))
+            # through predict() with ordinary (non-inference) tensors, like callers' inputs: Dynamo guards
+            # on tensor inference-ness, so a warm-up on inference tensors would compile again on first use
+            for b in sorted({int(b) for b in warmup_batches if b and int(b) > 0}):
+                self.predict(torch.zeros(b, in_channels, input_size, input_size))
             self.compile_seconds = time.perf_counter() - t0
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,15 +98,13 @@ class Pt2Runner(Runner):
         if pad_to is not None:
             x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
         new_shape = pad_to is None and n not in self._sizes
-        with inductor_config.patch(freezing=True), warnings.catch_warnings():
-            if new_shape:  # compiles now; Inductor's int8 lowering warns about torch.tensor(tensor)
-                warnings.simplefilter("ignore")
+        with inductor_config.patch(freezing=True):
             out = self.fn(x)
         if new_shape:
             self._sizes.add(n)
         return out[:n]
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: inference tensors would fail Dynamo's guards -> recompiles
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().to("cpu", torch.float32).contiguous()
         return self._call(x).float().cpu()

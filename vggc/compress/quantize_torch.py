@@ -31,6 +31,7 @@ import dataclasses
 import io
 import json
 import logging
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Iterable
@@ -80,6 +81,11 @@ def register_inductor_int8_passes() -> None:
     to float convolutions with separate quantize/dequantize kernels (slower than FP32)."""
     import_torchao()
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
+
+    # torch 2.14's int8 conv lowering calls torch.tensor(tensor) and warns once per compile; the
+    # warning is about Inductor's own code, not the user's, so it is hidden (narrow filter)
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning,
+                            module=r"torch\._inductor\.mkldnn_lowerings")
 
 
 # ----------------------------------------------------------------------------- observers
