@@ -205,7 +205,8 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     batches: list[torch.Tensor] = []
     if mode == "static":
         batches, calib_facts = calibration_batches(data, pre, calib_size, seed, progress)
-    example = batches[0][:2] if batches else torch.zeros(2, lm.config.in_channels, pre.input_size, pre.input_size)
+    in_ch = getattr(lm.config, "in_channels", 3)
+    example = batches[0][:2] if batches else torch.zeros(2, in_ch, pre.input_size, pre.input_size)
     notes: list[str] = []
     if mode == "dynamic":
         notes.append(dynamic_note(model, pre.input_size))
