@@ -7,6 +7,7 @@ the same library function its command calls; the pipeline only wires files betwe
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -227,8 +228,6 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
                       settings=bench_settings, label=f"bench {len(models)} model files")
     bench_result = run_steps([bench_step], out, force=force, log=log)[0]
     results.append(bench_result)
-    import json
-
     rows = json.loads((bench_dir / "results.json").read_text()) if bench_result.ok else []
     summary = {
         "weights": str(weights), "weights_sha256": sha256_file(weights), "data": str(data),
