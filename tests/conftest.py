@@ -84,3 +84,22 @@ def make_imagefolder(root: Path, per_class: int = 6, classes: int = 10, size: in
 def tiny_data(tmp_path) -> Path:
     """A tiny random ImageFolder dataset (6 images per class per split)."""
     return make_imagefolder(tmp_path / "data")
+
+
+def run_cli(*args, catch_exceptions: bool = True):
+    """Invoke the ``vggc`` CLI in-process with ``args`` (stringified); return Click's result."""
+    from click.testing import CliRunner
+
+    from vggc.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=catch_exceptions)
+
+
+def assert_one_line_error(res, code, pattern):
+    """Assert a CLI result failed with exit ``code`` and exactly one ``error:`` line containing
+    ``pattern``, and no traceback."""
+    assert res.exit_code == code, res.output
+    out = res.output.strip()
+    assert "Traceback" not in out
+    errs = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(errs) == 1 and pattern in errs[0], out

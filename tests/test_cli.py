@@ -10,21 +10,13 @@ import pytest
 import torch
 import torchvision
 from click.testing import CliRunner
-from conftest import make_tiny_vgg
+from conftest import assert_one_line_error, make_tiny_vgg
 
 from vggc.cli import COMMANDS, main
 
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(res, code, pattern):
-    assert res.exit_code == code, res.output
-    out = res.output.strip()
-    assert "Traceback" not in out
-    err_lines = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert len(err_lines) == 1 and pattern in err_lines[0], out
 
 
 def test_help_lists_every_command_and_explains_options():

@@ -16,15 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import make_tiny_vgg
+from conftest import assert_one_line_error, make_tiny_vgg
+from conftest import run_cli as run
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from vggc import runtime  # noqa: E402
 from vggc.artifacts import save_state_dict, write_manifest  # noqa: E402
-from vggc.cli import main  # noqa: E402
 from vggc.errors import InputError, UnavailableError, VggcError  # noqa: E402
 from vggc.export import tensorrt as vtrt  # noqa: E402
 from vggc.export.triton import parse_pbtxt, to_pbtxt, write_triton_repo  # noqa: E402
@@ -32,18 +31,6 @@ from vggc.export.triton import parse_pbtxt, to_pbtxt, write_triton_repo  # noqa:
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 HAVE_TORCH_TRT = importlib.util.find_spec("torch_tensorrt") is not None
 HAVE_CUDA = torch.cuda.is_available()
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(res, code, pattern):
-    assert res.exit_code == code, res.output
-    out = res.output.strip()
-    assert "Traceback" not in out
-    errs = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert len(errs) == 1 and pattern in errs[0], out
 
 
 @pytest.fixture(scope="module")

@@ -14,27 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import make_imagefolder, make_tiny_vgg
+from conftest import assert_one_line_error, make_imagefolder, make_tiny_vgg
+from conftest import run_cli as run
 
 from vggc import runtime
 from vggc.artifacts import save_state_dict
-from vggc.cli import main
 from vggc.errors import InputError, ModelFormatError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(res, code, pattern):
-    assert res.exit_code == code, res.output
-    out = res.output.strip()
-    assert "Traceback" not in out
-    errs = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert len(errs) == 1 and pattern in errs[0], out
 
 
 @pytest.fixture(scope="module")
