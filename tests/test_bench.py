@@ -13,7 +13,7 @@ from conftest import make_imagefolder, make_tiny_vgg
 from vggc import runtime
 from vggc.artifacts import save_state_dict
 from vggc.bench import CONTRACT, TimingPolicy, measure, percentile, run_bench
-from vggc.bench.plot import pareto_front
+from vggc.bench.plot import label_groups, pareto_front, short_names
 from vggc.bench.report import screen_table
 from vggc.errors import InputError
 
@@ -255,3 +255,11 @@ def test_reference_model_quick_subset(ref_weights, cifar_dir, tmp_path):
     assert r["params"] == 15_253_578 and r["macs"] == 313_725_952
     assert r["size_mb"] == pytest.approx(61.08, abs=0.05)
     assert r["is_baseline"] and r["delta_pt"] == 0.0
+
+
+def test_plot_labels_short_names_and_merges_coinciding_points():
+    assert short_names(["m.pt", "m.onnx", "m_int8_ort_static.onnx", "m_pruned.pt"]) == [
+        "baseline", "baseline", "int8_ort_static", "pruned"]
+    assert short_names(["a.pt", "b.onnx"]) == ["a", "b"]  # no shared stem: names kept
+    # 48 and 50 img/s at the same accuracy print on top of each other on a log axis; 70 does not
+    assert label_groups([(48.0, 89.3), (70.0, 89.3), (50.0, 89.4), (50.0, 50.8)]) == [[0, 2], [1], [3]]

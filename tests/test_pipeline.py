@@ -135,3 +135,95 @@ def test_pipeline_end_to_end_on_tiny_model(tmp_path, monkeypatch):
         "trt_fp16": status["trt_fp16"]}
     acc = lambda rs: {(r["model"], r["backend"]): r["top1"] for r in rs}  # noqa: E731
     assert acc(second["rows"]) == acc(rows)
+
+
+def _tiny_setup(tmp_path, monkeypatch, **preset):
+    import torch
+    from conftest import make_imagefolder, make_tiny_vgg
+
+    from vggc import pipeline
+
+    monkeypatch.setenv("VGGC_CACHE", str(tmp_path / "cache"))
+    data = make_imagefolder(tmp_path / "data", per_class=4)
+    weights = tmp_path / "tiny.pt"
+    torch.save(make_tiny_vgg().state_dict(), weights)
+    settings = dict(parity_limit=None, calib_size=20, prune_target_macs=0.5, prune_finetune_epochs=1,
+                    prune_limit=None, distill_epochs=1, distill_limit=None, distill_width=0.25, eval_limit=None,
+                    bench_quick=True, bench_limit=None, bench_batch=8, train_batch=8)
+    settings.update(preset)
+    monkeypatch.setitem(pipeline.PRESETS, "tiny", pipeline.Preset("tiny", **settings))
+    return pipeline, weights, data
+
+
+def _kill_after_first_epoch(monkeypatch):
+    """Make the next fit() raise KeyboardInterrupt once its first epoch's checkpoint is written."""
+    import vggc.train
+
+    real_fit, calls = vggc.train.fit, []
+
+    def fit(*args, on_epoch=None, **kw):
+        calls.append(kw.get("resume"))
+
+        def boom(rec):
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            if on_epoch:
+                on_epoch(rec)
+        return real_fit(*args, on_epoch=boom, **kw)
+
+    monkeypatch.setattr(vggc.train, "fit", fit)
+    return calls
+
+
+@pytest.mark.parametrize("step", ["prune", "distill"])
+def test_killed_training_step_resumes_from_its_checkpoint(tmp_path, monkeypatch, step):
+    """A kill during a fine-tune/distillation leaves no output and no marker; the rerun continues
+    from the per-epoch checkpoint (not from scratch) and the step then succeeds."""
+    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch, prune_finetune_epochs=2, distill_epochs=2)
+    calls = _kill_after_first_epoch(monkeypatch)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=[step])
+    name = {"prune": "tiny_pruned.pt", "distill": "tiny_student_mbv2.pt"}[step]
+    assert not (out / name).exists() and not (out / ".steps" / f"{step}.json").exists()
+    assert any(p.name.startswith(name) and p.name.endswith(".ckpt") for p in out.iterdir())
+
+    second = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=[step])
+    assert {s["name"]: s["status"] for s in second["steps"]}[step] == "ok"
+    assert calls == [False, True]  # the second fit resumed
+    manifest = json.loads((out / f"{name}.json").read_text())
+    history = (manifest["metrics"]["steps"][0]["history"] if step == "prune"
+               else manifest["metrics"]["train"]["history"])
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert not [p for p in out.iterdir() if p.name.endswith((".ckpt", ".state.pt"))]
+
+
+def test_stale_checkpoint_from_other_settings_is_discarded(tmp_path, monkeypatch):
+    """A checkpoint left by a killed run with other settings is not resumed: the step starts over."""
+    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch, prune_finetune_epochs=2)
+    calls = _kill_after_first_epoch(monkeypatch)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"])
+    _tiny_setup(tmp_path, monkeypatch, prune_finetune_epochs=3)  # the user changed the budget
+    res = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"])
+    assert {s["name"]: s["status"] for s in res["steps"]}["prune"] == "ok"
+    assert calls == [False, True, False]  # tried to resume, found it stale, started over
+    manifest = json.loads((out / "tiny_pruned.pt.json").read_text())
+    assert [h["epoch"] for h in manifest["metrics"]["steps"][0]["history"]] == [1, 2, 3]
+
+
+def test_sensitivity_preset_adds_a_cached_scan_step_not_benched(tmp_path, monkeypatch):
+    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch, prune_strategy="sensitivity", scan_limit=20,
+                                          prune_finetune_epochs=0)
+    out = tmp_path / "run"
+    first = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"])
+    status = {s["name"]: s["status"] for s in first["steps"]}
+    assert status["prune_scan"] == "ok" and status["prune"] == "ok"
+    assert (out / "prune_scan" / "sensitivity.png").is_file()
+    assert not [r for r in first["rows"] if "sensitivity" in r["model"]]
+    manifest = json.loads((out / "tiny_pruned.pt.json").read_text())
+    assert manifest["settings"]["prune"]["strategy"] == "sensitivity"
+    assert manifest["inputs"]["sensitivity"]["path"].endswith("sensitivity.csv.json")
+    second = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"])
+    assert {s["name"]: s["status"] for s in second["steps"]}["prune_scan"] == "cached"

@@ -7,7 +7,7 @@ import torch
 from conftest import make_tiny_vgg
 
 from vggc.data import Preprocess, Split
-from vggc.errors import InputError
+from vggc.errors import InputError, StaleCheckpointError
 from vggc.train import TrainConfig, epoch_order, fit, freeze
 
 
@@ -62,6 +62,12 @@ def test_fit_is_deterministic_and_resume_matches(tmp_path):
     assert res.resumed_from == 1 and res.epochs_run == 2
     for k, v in a.state_dict().items():
         assert torch.allclose(v.float(), c.state_dict()[k].float(), atol=1e-6), k
+    # a checkpoint is only resumed by the run that wrote it: other settings or widths are refused
+    with pytest.raises(StaleCheckpointError, match=r"other training settings \(epochs 3 -> 5\)"):
+        fit(_model(), split, pre, _cfg(epochs=5), checkpoint=ckpt, resume=True)
+    with pytest.raises(StaleCheckpointError, match="other layers or widths"):
+        fit(make_tiny_vgg(num_classes=3, widths=(8, "M", 16, "M", 16, 16, "M", 32, 32, "M", 32, 16, "M"), seed=1),
+            split, pre, _cfg(), checkpoint=ckpt, resume=True)
 
 
 def test_freeze_features_trains_only_classifier():

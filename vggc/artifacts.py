@@ -182,3 +182,11 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     except Exception as err:  # noqa: BLE001 - any other decoder failure: not a torch file
         raise ModelFormatError(f"{path}: not a torch state_dict file ({type(err).__name__}: "
                                f"{str(err)[:120]})") from None
+
+
+def check_out_path(out: str, suffixes: tuple[str, ...]) -> None:
+    """Raise :class:`InputError` when ``--out`` has the wrong suffix or is a directory."""
+    if os.path.isdir(out):
+        raise InputError(f"--out {out}: is a directory, expected a file path")
+    if suffixes and not out.endswith(suffixes):
+        raise InputError(f"--out {out}: expected a file ending in {' or '.join(suffixes)}")

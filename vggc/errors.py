@@ -25,6 +25,10 @@ class DataError(InputError):
     """A data directory that is missing or has no supported layout."""
 
 
+class StaleCheckpointError(InputError):
+    """``--resume`` found a checkpoint written by a run with other settings (or another model)."""
+
+
 class UnavailableError(VggcError):
     """An optional dependency or device (TensorRT, CUDA, ...) is not present."""
 

@@ -23,12 +23,13 @@ from torch import nn
 
 from vggc.artifacts import atomic_path, safe_torch_load
 from vggc.data import Preprocess, Split, augment_batch
-from vggc.errors import InputError
+from vggc.errors import InputError, StaleCheckpointError
 from vggc.progress import Progress, no_progress
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("onecycle", "cosine", "constant")
+ARCHS = {"vgg16_bn": True, "vgg16": False}  # trainable from scratch by train_baseline: name -> batch_norm
 
 
 @dataclass
@@ -152,6 +153,24 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def check_same_run(ckpt: dict, cfg: TrainConfig, model: nn.Module, path: Path) -> None:
+    """Raise :class:`StaleCheckpointError` unless ``ckpt`` was written by a run with the same
+    training settings (``device`` may differ) and a model of the same shapes."""
+    import json
+
+    saved, now = ckpt.get("config") or {}, asdict(cfg)
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731
+    diff = [k for k in now if k != "device" and k in saved and not same(saved[k], now[k])]
+    if diff:
+        changes = ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in diff)
+        raise StaleCheckpointError(f"--resume: {path} was written with other training settings ({changes}); "
+                                   "rerun with the same options or without --resume")
+    state, own = ckpt["model"], model.state_dict()
+    if set(state) != set(own) or any(tuple(state[k].shape) != tuple(v.shape) for k, v in own.items()):
+        raise StaleCheckpointError(f"--resume: {path} holds a model of other layers or widths; "
+                                   "rerun with the same options or without --resume")
+
+
 def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig, *,
         loss_fn: LossFn | None = None, checkpoint: str | Path | None = None, resume: bool = False,
         progress: Progress = no_progress, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
@@ -190,6 +209,7 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
         if ckpt_path is None or not ckpt_path.is_file():
             raise InputError(f"--resume: no checkpoint at {ckpt_path}")
         ckpt = load_checkpoint(ckpt_path)
+        check_same_run(ckpt, cfg, model, ckpt_path)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -280,3 +300,48 @@ def init_from_pretrained(path: str | Path, num_classes: int) -> nn.Module:
     keep = {k: v for k, v in sd.items() if not k.startswith(last + ".")}
     model.load_state_dict(keep, strict=False)
     return model
+
+
+def train_baseline(data: str, out: str, cfg: TrainConfig, *, arch: str = "vgg16_bn", init: str | None = None,
+                   freeze_what: str = "none", limit: int | None = None, mean=None, std=None,
+                   input_size: int | None = None, resume: bool = False, eval_limit: int | None = None,
+                   do_eval: bool = True, download: bool = False, progress: Progress = no_progress,
+                   on_epoch=None) -> dict:
+    """Train and save a state_dict at ``out`` (+ ``out.json`` manifest, ``out.ckpt`` checkpoint).
+
+    Returns the manifest's metrics: training history, test top-1 (when ``do_eval``), timings.
+    """
+    from vggc.artifacts import save_state_dict, write_manifest
+    from vggc.data import limit_split, load_split, resolve_preprocess
+    from vggc.evaluate import evaluate
+    from vggc.models import VGGConfig, build_vgg, count_macs, count_params
+
+    pre = resolve_preprocess({}, mean, std, input_size)
+    train = limit_split(load_split(data, "train", download=download, progress=progress), limit, cfg.seed)
+    classes = len(train.classes)
+    if init:
+        model = init_from_pretrained(init, classes)
+    else:
+        torch.manual_seed(cfg.seed)
+        pool = 1 if pre.input_size == 32 else 7
+        head = [512, 512, 512, classes] if pool == 1 else [512 * 49, 4096, 4096, classes]
+        model = build_vgg(VGGConfig(batch_norm=ARCHS[arch], classifier=head, pool_size=pool))
+    freeze(model, freeze_what)
+    ckpt = Path(out).with_name(Path(out).name + ".ckpt")
+    result = fit(model, train, pre, cfg, checkpoint=ckpt, resume=resume, progress=progress, on_epoch=on_epoch)
+    metrics = {"train": result.to_dict(), "train_images": len(train)}
+    if do_eval:
+        test = limit_split(load_split(data, "test", progress=progress), eval_limit, cfg.seed)
+        with torch.inference_mode():
+            res = evaluate(lambda x: model(x), test, pre, progress=progress)
+        metrics.update(top1=res.top1, n=res.n)
+    save_state_dict(model.state_dict(), out)
+    inputs = {"init": init} if init else {}
+    write_manifest(out, kind="state_dict", inputs=inputs,
+                   settings={"train": asdict(cfg), "arch": arch, "freeze": freeze_what, "limit": limit,
+                             "data": str(data)},
+                   metrics=metrics,
+                   extra={"preprocess": pre.to_dict(), "params": count_params(model),
+                          "macs": count_macs(model, pre.input_size), "precision": "fp32"})
+    ckpt.unlink(missing_ok=True)
+    return metrics

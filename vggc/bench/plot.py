@@ -20,6 +20,35 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
 
 
+def short_names(models: Sequence[str]) -> list[str]:
+    """Return the model names without their shared stem prefix (``vgg16_x_pruned`` -> ``pruned``);
+    the name equal to the prefix itself becomes ``baseline``."""
+    stems = [Path(m).stem for m in models]
+    if len(set(stems)) < 2:
+        return stems
+    prefix = min(stems, key=len)
+    if not all(s.startswith(prefix) for s in stems):
+        return stems
+    return [s[len(prefix):].strip("_-.") or "baseline" for s in stems]
+
+
+def label_groups(pts: Sequence[tuple[float, float]], dx: float = 0.04, dy: float = 0.8) -> list[list[int]]:
+    """Group points that would print on top of each other (x within ``dx`` in log10, y within ``dy``
+    points); return lists of indices, each list labelled once."""
+    import math
+
+    groups: list[list[int]] = []
+    for i, (x, y) in enumerate(pts):
+        for g in groups:
+            gx, gy = pts[g[0]]
+            if abs(math.log10(x) - math.log10(gx)) <= dx and abs(y - gy) <= dy:
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
 def plot_pareto(rows: list[dict], path: str | Path, title: str = "") -> Path:
     """Draw the plot for the rows with ``status == "ok"`` into ``path`` (PNG, written atomically)."""
     import matplotlib
@@ -31,7 +60,7 @@ def plot_pareto(rows: list[dict], path: str | Path, title: str = "") -> Path:
     ok = [r for r in rows if r.get("status") == "ok" and r.get("throughput") and r.get("top1") is not None]
     pts = [(float(r["throughput"]), 100.0 * float(r["top1"])) for r in ok]
     front = pareto_front(pts)
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=110)
     try:
         if pts:
             others = [i for i in range(len(pts)) if i not in front]
@@ -39,16 +68,22 @@ def plot_pareto(rows: list[dict], path: str | Path, title: str = "") -> Path:
                        label="measured", zorder=2)
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-o", c="tab:red", ms=7,
                     lw=1.5, label="Pareto frontier", zorder=3)
-            for i, (r, (x, y)) in enumerate(zip(ok, pts, strict=True)):  # alternate above/below to limit overlaps
-                ax.annotate(f"{Path(r['model']).stem}\n{r['backend']}", (x, y), textcoords="offset points",
-                            xytext=(5, 4 if i % 2 == 0 else -20), fontsize=7)
+            # numbers on the points (one label per cluster of coinciding points), names in a key
+            for g in label_groups(pts):
+                ax.annotate(",".join(str(i + 1) for i in g), pts[g[0]], textcoords="offset points",
+                            xytext=(5, 4), fontsize=8, fontweight="bold")
+            names = short_names([r["model"] for r in ok])
+            key = "\n".join(f"{i + 1:>2}  {n} · {r['backend']} ({y:.1f}%, {x:.0f}/s)"
+                            for i, (n, r, (x, y)) in enumerate(zip(names, ok, pts, strict=True)))
+            fig.text(0.62, 0.93, key, fontsize=7, va="top", ha="left", family="monospace")
+            fig.subplots_adjust(right=0.6)
             ax.set_xscale("log")
             plain = matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:g}")
             ax.xaxis.set_major_formatter(plain)
             if max(p[0] for p in pts) < 8 * min(p[0] for p in pts):  # under a decade: label minor ticks too
                 ax.xaxis.set_minor_formatter(plain)
                 ax.tick_params(axis="x", which="minor", labelsize=7)
-            ax.legend(loc="lower left", fontsize=8)
+            ax.legend(loc="best", fontsize=8)
             xs = [p[0] for p in pts]
             ax.set_xlim(min(xs) / 1.5, max(xs) * 2.5)
         else:
@@ -59,7 +94,7 @@ def plot_pareto(rows: list[dict], path: str | Path, title: str = "") -> Path:
         ax.grid(True, which="both", alpha=0.3)
         if title:
             ax.set_title(title, fontsize=8, wrap=True)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 0.6 if pts else 1, 1))
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
     finally:

@@ -8,8 +8,6 @@ import os
 import click
 import torch
 
-from vggc.errors import InputError
-
 
 def floats3(ctx, param, value):
     """Click callback: parse ``"a,b,c"`` into three floats (or ``None``)."""
@@ -64,9 +62,3 @@ def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
-def check_out_path(out: str, suffixes: tuple[str, ...]) -> None:
-    """Raise :class:`InputError` when ``--out`` has the wrong suffix or is a directory."""
-    if os.path.isdir(out):
-        raise InputError(f"--out {out}: is a directory, expected a file path")
-    if suffixes and not out.endswith(suffixes):
-        raise InputError(f"--out {out}: expected a file ending in {' or '.join(suffixes)}")

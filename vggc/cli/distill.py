@@ -6,7 +6,8 @@ import os
 
 import click
 
-from vggc.cli.common import check_out_path, data_option, download_option, set_threads, threads_option
+from vggc.artifacts import check_out_path
+from vggc.cli.common import data_option, download_option, set_threads, threads_option
 from vggc.train import PRECISIONS, SCHEDULES, TrainConfig
 
 

@@ -2,65 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from vggc.cli.common import check_out_path, data_option, emit_json, preprocess_options, set_threads, threads_option
-from vggc.errors import InputError
-from vggc.progress import Progress, no_progress
-
-# --format choice -> output suffixes; a later TensorRT/Triton stage adds its entries here.
-FORMATS = {"onnx": (".onnx",)}
-
-
-def export_file(weights: str, out: str, *, fmt: str = "onnx", data: str | None = None, opset: int = 18,
-                fp16: bool = False, parity: bool = True, parity_limit: int | None = None, seed: int = 0,
-                batch_size: int = 256, mean=None, std=None, input_size=None, threads: int | None = None,
-                progress: Progress = no_progress, triton: str | None = None, triton_engine: str | None = None,
-                triton_max_batch: int = 256, triton_instance: str = "gpu") -> dict:
-    """Export the state_dict ``weights`` to ``out``; return the facts ``vggc export`` prints.
-
-    With ``parity`` (the default) the export is compared with PyTorch on the CIFAR-10 test split
-    under ``data`` (all of it, or a class-balanced ``parity_limit`` subset drawn with ``seed``).
-    ``triton``: also write a Triton model repository there (:func:`vggc.export.triton.write_triton_repo`).
-    """
-    from vggc.data import limit_split, load_split, resolve_preprocess
-    from vggc.export.onnx import check_opset, export_with_parity
-    from vggc.models import load_weights
-
-    if fmt not in FORMATS:
-        raise InputError(f"--format {fmt}: unsupported; choose from {', '.join(FORMATS)}")
-    check_out_path(out, FORMATS[fmt])
-    check_opset(opset)
-    if Path(out).resolve() == Path(weights).resolve():
-        raise InputError(f"--out {out}: would overwrite the input weights")
-    if triton_engine and not triton:
-        raise InputError("--triton-engine needs --triton DIR")
-    if triton:
-        from vggc.export.triton import check_triton_options
-
-        check_triton_options(triton, name=Path(out).stem, engine=triton_engine, max_batch=triton_max_batch,
-                             instance_kind=triton_instance)
-    if parity and not data:
-        raise InputError("the parity check needs test images: pass --data DIR (or set VGGC_DATA), "
-                         "or --no-parity to skip it")
-    lm = load_weights(weights)
-    pre = resolve_preprocess(lm.sidecar, mean, std, input_size)
-    split = None
-    if parity:
-        split = limit_split(load_split(data, "test", progress=progress), parity_limit, seed)
-    facts = export_with_parity(lm.model, out, preprocess=pre, split=split, opset=opset, fp16=fp16,
-                               batch_size=batch_size, threads=threads, source=weights, arch=lm.name,
-                               settings={"parity_limit": parity_limit, "seed": seed, "format": fmt},
-                               extra={"config": lm.config.to_dict()}, progress=progress)
-    result = {**facts, "format": fmt, "source": str(weights), "input_size": pre.input_size}
-    if triton:
-        from vggc.export.triton import write_triton_repo
-
-        result["triton"] = write_triton_repo(triton, out, engine=triton_engine, max_batch=triton_max_batch,
-                                             instance_kind=triton_instance)
-    return result
+from vggc.cli.common import data_option, emit_json, preprocess_options, set_threads, threads_option
+from vggc.export.job import FORMATS, export_file
 
 
 @click.command("export")

@@ -7,7 +7,8 @@ import os
 
 import click
 
-from vggc.cli.common import check_out_path, data_option, preprocess_options, set_threads, threads_option
+from vggc.artifacts import check_out_path
+from vggc.cli.common import data_option, preprocess_options, set_threads, threads_option
 from vggc.compress.prune import STRATEGIES
 from vggc.errors import InputError
 
@@ -35,7 +36,7 @@ def _fractions(ctx, param, value):
               help="Fraction of conv output channels to remove, in (0,1): per layer for uniform, over all "
                    "layers for global/sensitivity. Give this or --target-macs.")
 @click.option("--target-macs", type=float, default=None,
-              help="Keep at most this fraction of the source's MACs, in (0,1) (0.5: <= 50%%); the strategy's "
+              help="Keep at most this fraction of the source's MACs, in (0,1) (0.5: <= 50%); the strategy's "
                    "ratio/threshold/tolerance is searched to meet it. Give this or --amount.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="uniform", show_default=True,
               help="uniform: same fraction of every conv. global: L1 (divided by the layer's mean L1) ranked "

@@ -2,68 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from pathlib import Path
-
 import click
-import torch
 
-from vggc.artifacts import save_state_dict, write_manifest
+from vggc.artifacts import check_out_path
 from vggc.cli.common import (
-    check_out_path,
     data_option,
     download_option,
     preprocess_options,
     set_threads,
     threads_option,
 )
-from vggc.data import limit_split, load_split, resolve_preprocess
-from vggc.evaluate import evaluate
-from vggc.models import VGGConfig, build_vgg, count_macs, count_params
-from vggc.progress import Progress, no_progress
-from vggc.train import PRECISIONS, SCHEDULES, TrainConfig, fit, freeze, init_from_pretrained
-
-ARCHS = {"vgg16_bn": True, "vgg16": False}
-
-
-def train_baseline(data: str, out: str, cfg: TrainConfig, *, arch: str = "vgg16_bn", init: str | None = None,
-                   freeze_what: str = "none", limit: int | None = None, mean=None, std=None,
-                   input_size: int | None = None, resume: bool = False, eval_limit: int | None = None,
-                   do_eval: bool = True, download: bool = False, progress: Progress = no_progress,
-                   on_epoch=None) -> dict:
-    """Train and save a state_dict at ``out`` (+ ``out.json`` manifest, ``out.ckpt`` checkpoint).
-
-    Returns the manifest's metrics: training history, test top-1 (when ``do_eval``), timings.
-    """
-    pre = resolve_preprocess({}, mean, std, input_size)
-    train = limit_split(load_split(data, "train", download=download, progress=progress), limit, cfg.seed)
-    classes = len(train.classes)
-    if init:
-        model = init_from_pretrained(init, classes)
-    else:
-        torch.manual_seed(cfg.seed)
-        pool = 1 if pre.input_size == 32 else 7
-        head = [512, 512, 512, classes] if pool == 1 else [512 * 49, 4096, 4096, classes]
-        model = build_vgg(VGGConfig(batch_norm=ARCHS[arch], classifier=head, pool_size=pool))
-    freeze(model, freeze_what)
-    ckpt = Path(out).with_name(Path(out).name + ".ckpt")
-    result = fit(model, train, pre, cfg, checkpoint=ckpt, resume=resume, progress=progress, on_epoch=on_epoch)
-    metrics = {"train": result.to_dict(), "train_images": len(train)}
-    if do_eval:
-        test = limit_split(load_split(data, "test", progress=progress), eval_limit, cfg.seed)
-        with torch.inference_mode():
-            res = evaluate(lambda x: model(x), test, pre, progress=progress)
-        metrics.update(top1=res.top1, n=res.n)
-    save_state_dict(model.state_dict(), out)
-    inputs = {"init": init} if init else {}
-    write_manifest(out, kind="state_dict", inputs=inputs,
-                   settings={"train": asdict(cfg), "arch": arch, "freeze": freeze_what, "limit": limit,
-                             "data": str(data)},
-                   metrics=metrics,
-                   extra={"preprocess": pre.to_dict(), "params": count_params(model),
-                          "macs": count_macs(model, pre.input_size), "precision": "fp32"})
-    ckpt.unlink(missing_ok=True)
-    return metrics
+from vggc.train import ARCHS, PRECISIONS, SCHEDULES, TrainConfig, train_baseline
 
 
 @click.command("train")

@@ -37,7 +37,7 @@ from torch import nn
 
 from vggc.artifacts import save_state_dict, sha256_file, write_json, write_manifest
 from vggc.data import Preprocess, limit_split, load_split
-from vggc.errors import InputError
+from vggc.errors import InputError, StaleCheckpointError
 from vggc.evaluate import evaluate
 from vggc.progress import Progress, no_progress
 from vggc.train import TrainConfig, fit, load_checkpoint
@@ -194,6 +194,12 @@ def _run_record(teacher_sha: str, kd: KDConfig, cfg: TrainConfig, student_cfg: d
             "limit": limit, "data": str(Path(data).resolve())}
 
 
+def work_files(out: str | Path) -> list[Path]:
+    """Return the resumable state :func:`distill` keeps beside ``out``: checkpoint, run settings."""
+    out = Path(out)
+    return [out.with_name(out.name + ".ckpt"), out.with_name(out.name + ".ckpt.json")]
+
+
 def _check_resume(ckpt: Path, run_file: Path, run: dict, student: nn.Module) -> None:
     """Refuse to resume a checkpoint made by a different run (teacher, settings, student shape)."""
     if not ckpt.is_file():
@@ -201,7 +207,7 @@ def _check_resume(ckpt: Path, run_file: Path, run: dict, student: nn.Module) -> 
     state = load_checkpoint(ckpt)["model"]
     own = student.state_dict()
     if set(state) != set(own) or any(tuple(state[k].shape) != tuple(v.shape) for k, v in own.items()):
-        raise InputError(f"--resume: {ckpt} holds a different student (other --student or --width-mult)")
+        raise StaleCheckpointError(f"--resume: {ckpt} holds a different student (other --student or --width-mult)")
     if run_file.is_file():
         try:
             before = json.loads(run_file.read_text())
@@ -209,7 +215,7 @@ def _check_resume(ckpt: Path, run_file: Path, run: dict, student: nn.Module) -> 
             return
         diff = sorted(k for k in run if json.dumps(run[k], sort_keys=True) != json.dumps(before.get(k), sort_keys=True))
         if diff:
-            raise InputError(f"--resume: {ckpt} was made with different settings ({', '.join(diff)}); "
+            raise StaleCheckpointError(f"--resume: {ckpt} was made with different settings ({', '.join(diff)}); "
                              "rerun with the same options or without --resume")
 
 
@@ -239,8 +245,7 @@ def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: Tr
     if t_out != classes:
         raise InputError(f"teacher {teacher_path.name} predicts {t_out} classes but the data has {classes}")
     model = build_student(student, width_mult, classes, cfg.seed)
-    ckpt = out.with_name(out.name + ".ckpt")
-    run_file = out.with_name(out.name + ".ckpt.json")
+    ckpt, run_file = work_files(out)
     teacher_sha = sha256_file(teacher_path)
     run = _run_record(teacher_sha, kd, cfg, model.config.to_dict(), limit, data)
     if resume:

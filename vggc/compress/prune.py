@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 from torch import nn
 
-from vggc.errors import InputError, VggcError
+from vggc.errors import InputError, StaleCheckpointError, VggcError
 from vggc.progress import Progress, no_progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -470,12 +470,16 @@ def _state_paths(work: Path) -> tuple[Path, Callable[[int], Path]]:
             lambda k: work.with_name(work.name + f".step{k}.ckpt"))
 
 
+def work_files(work: str | Path, steps: int) -> list[Path]:
+    """Return the resumable-state paths :func:`prune_and_finetune` keeps beside ``work``."""
+    state_path, ckpt_of = _state_paths(Path(work))
+    return [state_path, *(ckpt_of(k) for k in range(1, steps + 1))]
+
+
 def remove_work_files(work: str | Path, steps: int) -> None:
     """Delete the resumable state :func:`prune_and_finetune` keeps beside ``work``."""
-    state_path, ckpt_of = _state_paths(Path(work))
-    state_path.unlink(missing_ok=True)
-    for k in range(1, steps + 1):
-        ckpt_of(k).unlink(missing_ok=True)
+    for p in work_files(work, steps):
+        p.unlink(missing_ok=True)
 
 
 def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | None", preprocess: "Preprocess",
@@ -519,7 +523,7 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
         if state_path.is_file():
             st = safe_torch_load(state_path)
             if not isinstance(st, dict) or st.get("key") != key:
-                raise InputError(f"--resume: {state_path} was written with different settings; "
+                raise StaleCheckpointError(f"--resume: {state_path} was written with different settings; "
                                  "rerun without --resume or with the same options")
             model, _, _ = model_from_state_dict(st["model"])
             start = int(st["step"])

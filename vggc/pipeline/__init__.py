@@ -37,6 +37,8 @@ class Preset:
     bench_limit: int | None = None
     bench_batch: int = 64
     train_batch: int = 128
+    prune_strategy: str = "uniform"  # sensitivity adds a cached per-layer scan step first
+    scan_limit: int = 1000
     skip: tuple[str, ...] = ()  # steps left out of this preset (their rows say so)
 
 
@@ -48,9 +50,12 @@ PRESETS = {
                     bench_quick=True, bench_limit=1000,
                     # each torch.compile'd INT8 program costs ~1 min of compile time in the bench
                     skip=("int8_torch_dynamic", "pruned_int8_torch_static")),
-    "full": Preset("full", parity_limit=None, calib_size=1000, prune_target_macs=0.5, prune_finetune_epochs=10,
-                   prune_limit=None, distill_epochs=30, distill_limit=None, distill_width=1.0, eval_limit=None,
-                   bench_quick=False),
+    # Real budgets, sized for a 2-core CPU (about 4 hours: prune fine-tune ~70 min, distillation
+    # ~2.3 h, bench on all 10,000 test images); a CUDA machine trains the same steps in minutes.
+    # Every training step checkpoints each epoch, so a killed run resumes where it stopped.
+    "full": Preset("full", parity_limit=None, calib_size=1000, prune_target_macs=0.5, prune_finetune_epochs=5,
+                   prune_limit=None, distill_epochs=5, distill_limit=None, distill_width=1.0, eval_limit=None,
+                   bench_quick=False, prune_strategy="sensitivity", scan_limit=1000),
 }
 
 
@@ -58,6 +63,24 @@ def _train_cfg(epochs: int, seed: int, lr: float, batch_size: int = 128):
     from vggc.train import TrainConfig
 
     return TrainConfig(epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
+
+
+def _resumable(run: Callable[[bool], dict], work: list[Path], checkpoints: list[Path] | None = None) -> dict:
+    """Run a training step, continuing from the checkpoint a killed run left behind.
+
+    When any of ``checkpoints`` (default: all of ``work``) exists, ``run(True)`` resumes from it;
+    if it was made with other settings (a changed preset or seed) every ``work`` file is deleted
+    and the step starts over with ``run(False)``. Returns what ``run`` returns.
+    """
+    from vggc.errors import StaleCheckpointError
+
+    if any(p.is_file() for p in (work if checkpoints is None else checkpoints)):
+        try:
+            return run(True)
+        except StaleCheckpointError:
+            for p in work:
+                p.unlink(missing_ok=True)
+    return run(False)
 
 
 def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
@@ -68,7 +91,7 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
 
     def export_step(name: str, src: str | None, out: str, fp16: bool) -> Step:
         def run(ctx: StepContext) -> dict:
-            from vggc.cli.export import export_file
+            from vggc.export.job import export_file
 
             source = str(weights if src is None else ctx.dep(src))
             facts = export_file(source, str(ctx.output()), data=data_s, fp16=fp16,
@@ -97,20 +120,32 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
                     settings=settings, label=f"{mode} INT8 ({backend})")
 
     def prune_run(ctx: StepContext) -> dict:
-        from vggc.compress.prune import PruneSpec, prune_file
+        from vggc.compress.prune import PruneSpec, prune_file, work_files
 
-        spec = PruneSpec(strategy="uniform", target_macs=preset.prune_target_macs, round_to=8)
-        return prune_file(weights, data_s, ctx.output(), spec,
-                          train_cfg=_train_cfg(preset.prune_finetune_epochs, seed, 0.01, preset.train_batch),
-                          finetune_epochs=preset.prune_finetune_epochs, limit=preset.prune_limit,
-                          eval_limit=preset.eval_limit, seed=seed, progress=progress)
+        spec = PruneSpec(strategy=preset.prune_strategy, target_macs=preset.prune_target_macs, round_to=8)
+        scan = ctx.dep("prune_scan") if "prune_scan" in ctx.step.deps else None
+        return _resumable(lambda resume: prune_file(
+            weights, data_s, ctx.output(), spec, sensitivity=scan,
+            train_cfg=_train_cfg(preset.prune_finetune_epochs, seed, 0.01, preset.train_batch),
+            finetune_epochs=preset.prune_finetune_epochs, limit=preset.prune_limit,
+            eval_limit=preset.eval_limit, seed=seed, resume=resume, progress=progress),
+            work_files(ctx.output(), spec.steps))
+
+    def scan_run(ctx: StepContext) -> dict:
+        from vggc.compress.sensitivity import scan_file
+
+        table, _ = scan_file(weights, data_s, ctx.output().parent, scan_limit=preset.scan_limit, seed=seed,
+                             progress=progress)
+        return {"baseline_top1": table.baseline, "n": table.n, "max_drop": table.max_drop()}
 
     def distill_run(ctx: StepContext) -> dict:
-        from vggc.compress.distill import KDConfig, distill
+        from vggc.compress.distill import KDConfig, distill, work_files
 
-        return distill(weights, data_s, ctx.output(), _train_cfg(preset.distill_epochs, seed, 0.05, preset.train_batch),
-                       KDConfig(temperature=4.0, alpha=0.9), width_mult=preset.distill_width,
-                       limit=preset.distill_limit, eval_limit=preset.eval_limit, progress=progress)
+        return _resumable(lambda resume: distill(
+            weights, data_s, ctx.output(), _train_cfg(preset.distill_epochs, seed, 0.05, preset.train_batch),
+            KDConfig(temperature=4.0, alpha=0.9), width_mult=preset.distill_width,
+            limit=preset.distill_limit, eval_limit=preset.eval_limit, resume=resume, progress=progress),
+            work_files(ctx.output()), checkpoints=work_files(ctx.output())[:1])
 
     def engine_step(name: str, src: str, out: str, precision: str) -> Step:
         def run(ctx: StepContext) -> dict:
@@ -126,7 +161,13 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
         return Step(name, [out], run, deps=[src], settings={"precision": precision}, available=available,
                     label=f"TensorRT {precision.upper()} engine")
 
-    ft = {"epochs": preset.prune_finetune_epochs, "batch": preset.train_batch, "limit": preset.prune_limit, "target": preset.prune_target_macs,
+    scan_steps = []
+    if preset.prune_strategy == "sensitivity":
+        scan_steps.append(Step("prune_scan", ["prune_scan/sensitivity.csv.json", "prune_scan/sensitivity.csv",
+                                              "prune_scan/sensitivity.png"], scan_run, inputs=[weights],
+                               settings={"scan_limit": preset.scan_limit, "seed": seed}, model=False,
+                               label=f"per-layer pruning sensitivity on {preset.scan_limit} training images"))
+    ft = {"strategy": preset.prune_strategy, "epochs": preset.prune_finetune_epochs, "batch": preset.train_batch, "limit": preset.prune_limit, "target": preset.prune_target_macs,
           "eval_limit": preset.eval_limit, "seed": seed}
     kd = {"epochs": preset.distill_epochs, "batch": preset.train_batch, "limit": preset.distill_limit, "width": preset.distill_width,
           "eval_limit": preset.eval_limit, "seed": seed, "T": 4.0, "alpha": 0.9}
@@ -137,8 +178,10 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
         quant_step("int8_ort_static", None, f"{stem}_int8_ort_static.onnx", "static", "onnxruntime"),
         quant_step("int8_torch_dynamic", None, f"{stem}_int8_torch_dynamic.pt2", "dynamic", "torch"),
         quant_step("int8_torch_static", None, f"{stem}_int8_torch_static.pt2", "static", "torch"),
+        *scan_steps,
         Step("prune", [f"{stem}_pruned.pt"], prune_run, inputs=[weights], settings=ft,
-             label=f"L1 prune to {preset.prune_target_macs:.0%} MACs + fine-tune"),
+             deps=[s.name for s in scan_steps],
+             label=f"L1 prune ({preset.prune_strategy}) to {preset.prune_target_macs:.0%} MACs + fine-tune"),
         export_step("pruned_onnx", "prune", f"{stem}_pruned.onnx", fp16=False),
         quant_step("pruned_int8_ort_static", "prune", f"{stem}_pruned_int8_ort_static.onnx", "static", "onnxruntime"),
         quant_step("pruned_int8_torch_static", "prune", f"{stem}_pruned_int8_torch_static.pt2", "static", "torch"),
@@ -208,7 +251,7 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
         results.append(StepResult(s.name, f"skipped: not in the {p.name} preset (use --preset full or --only)"))
 
     # The bench is a step too: keyed by every model file it measures and its settings.
-    models = [weights] + [out / s.outputs[0] for s, r in zip(steps, results) if r.ok]
+    models = [weights] + [out / s.outputs[0] for s, r in zip(steps, results) if r.ok and s.model]
     bench_dir = out / "bench"
     bench_settings = {"quick": p.bench_quick, "limit": p.bench_limit, "batch": p.bench_batch,
                       "models": [m.name for m in models],
@@ -218,7 +261,7 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
         rows = run_bench(models, data, batch=p.bench_batch, quick=p.bench_quick, limit=p.bench_limit, baseline=weights,
                          out=bench_dir, progress=progress, log=log,
                          command=f"vggc pipeline {weights} --data {data} --preset {preset}")
-        extra = [_unavailable_row(s, r, p.bench_batch) for s, r in zip(steps, results) if not r.ok]
+        extra = [_unavailable_row(s, r, p.bench_batch) for s, r in zip(steps, results) if not r.ok and s.model]
         if extra:
             rows.extend(extra)
             write_outputs(rows, bench_dir, plot=True)

@@ -26,7 +26,8 @@ from vggc.errors import UnavailableError, VggcError
 class Step:
     """One unit of work. ``run(ctx)`` writes ``outputs`` (paths relative to the run directory)
     and returns a metrics dict. ``inputs``: extra input files (absolute) besides the outputs of
-    ``deps``. ``available()``: ``None`` or why the step cannot run on this machine."""
+    ``deps``. ``available()``: ``None`` or why the step cannot run on this machine. ``model``:
+    whether ``outputs[0]`` is a model for the bench."""
 
     name: str
     outputs: list[str]
@@ -36,6 +37,7 @@ class Step:
     settings: dict = field(default_factory=dict)
     available: Callable[[], str | None] = lambda: None
     label: str = ""
+    model: bool = True  # outputs[0] is a model file the bench measures (a scan table is not)
 
 
 @dataclass
