@@ -263,3 +263,11 @@ def test_plot_labels_short_names_and_merges_coinciding_points():
     assert short_names(["a.pt", "b.onnx"]) == ["a", "b"]  # no shared stem: names kept
     # 48 and 50 img/s at the same accuracy print on top of each other on a log axis; 70 does not
     assert label_groups([(48.0, 89.3), (70.0, 89.3), (50.0, 89.4), (50.0, 50.8)]) == [[0, 2], [1], [3]]
+
+
+def test_load_note_only_when_the_machine_was_busier_than_its_cores():
+    from vggc.bench.report import load_note
+
+    assert load_note([1.7, 1.3, 1.5], [1.9, 1.5, 1.6], 2) == ""  # the bench's own 2 threads
+    assert "other processes were competing" in load_note([1.7, 1.3, 1.5], [3.5, 3.7, 4.0], 2)
+    assert load_note(None, None, 2) == ""

@@ -20,6 +20,15 @@ COLUMNS = CONTRACT + ("speedup", "format", "device", "note", "n_images", "quick"
                       "path")
 
 
+def load_note(start, end, cores) -> str:
+    """Return a warning when the 1-minute load average was above the core count (other processes
+    competed with the bench, inflating its timings), else an empty string."""
+    loads = [float(x[0]) for x in (start, end) if x]
+    if not cores or not loads or max(loads) <= cores + 0.5:
+        return ""
+    return f" (1-min load above the {cores} cores: other processes were competing and timings are inflated)"
+
+
 def ordered(row: dict) -> dict:
     """Return ``row`` with the known columns first, in :data:`COLUMNS` order."""
     out = {k: row.get(k) for k in COLUMNS}
@@ -176,8 +185,8 @@ def markdown_report(rows: list[dict], ctx: dict) -> str:
               f"- CPU flags: {describe_flags(m.get('cpu_flags') or [])}; native bf16: "
               f"{'yes' if m.get('native_bf16') else 'no (emulated)'}",
               f"- Threads used: {m.get('threads')}; load average (1, 5, 15 min) at the start "
-              f"{ctx.get('load_average_start')}, at the end {m.get('load_average')} (above the core count, "
-              "other processes were competing and timings are inflated)",
+              f"{ctx.get('load_average_start')}, at the end {m.get('load_average')}"
+              + load_note(ctx.get("load_average_start"), m.get("load_average"), m.get("logical_cores")),
               "- GPU: " + (", ".join(f"{g['name']} ({g['memory_gb']} GB, sm {g['capability']})" for g in gpus)
                            if gpus else "none (torch.cuda.is_available() is False)"),
               "- Libraries: " + ", ".join(f"{k} {v}" for k, v in (m.get("libraries") or {}).items()),
