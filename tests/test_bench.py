@@ -271,3 +271,28 @@ def test_load_note_only_when_the_machine_was_busier_than_its_cores():
     assert load_note([1.7, 1.3, 1.5], [1.9, 1.5, 1.6], 2) == ""  # the bench's own 2 threads
     assert "other processes were competing" in load_note([1.7, 1.3, 1.5], [3.5, 3.7, 4.0], 2)
     assert load_note(None, None, 2) == ""
+
+
+def test_best_backend_per_model_and_best_variant():
+    from vggc.bench.report import best_per_model, best_variant, markdown_report, ordered, summary_lines
+
+    def row(model, backend, top1, thr, p50, base=False):
+        return {"model": model, "backend": backend, "status": "ok", "top1": top1, "throughput": thr,
+                "latency_p50_ms": p50, "speedup": thr / 100, "delta_pt": 100 * (top1 - 0.88), "is_baseline": base,
+                "precision": "fp32", "batch": 64}
+
+    rows = [row("m.pt", "torch-fp32", 0.88, 100.0, 20.0, base=True), row("m.onnx", "onnxruntime-cpu", 0.88, 150.0, 9.0),
+            row("m_int8.onnx", "onnxruntime-cpu", 0.875, 300.0, 5.0),
+            row("m_student.pt", "torch-fp32", 0.80, 250.0, 21.0), row("m_student.onnx", "onnxruntime-cpu", 0.80, 350.0, 4.0),
+            {"model": "m.engine", "backend": "tensorrt", "status": "tensorrt not installed", "top1": None,
+             "throughput": None, "latency_p50_ms": None}]
+    best = {b["model"]: b for b in best_per_model(rows)}
+    assert list(best) == ["m", "m_int8", "m_student"]  # .pt and .onnx of one model are one entry
+    assert (best["m"]["file"], best["m"]["backend"], best["m"]["throughput"]) == ("m.onnx", "onnxruntime-cpu", 150.0)
+    assert best["m_student"]["latency_p50_ms"] == 4.0 and best["m_student"]["p50_file"] == "m_student.onnx"
+    # the student is faster but below 99 % of the baseline's top-1; INT8 (99.4 %) qualifies
+    assert best_variant(rows)["model"] == "m_int8.onnx"
+    assert best_variant(rows, min_fraction=0.995)["model"] == "m.onnx"
+    assert "m_int8.onnx on onnxruntime-cpu" in summary_lines(rows)[-1]
+    assert "## Each model on its best backend" in markdown_report([ordered(r) for r in rows], {"batch": 64})
+    assert best_variant([r for r in rows if not r.get("is_baseline")]) is None

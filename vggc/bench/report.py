@@ -117,7 +117,58 @@ def screen_table(rows: list[dict], ctx: dict | None = None, width: int = 34) -> 
         lines.append(f"[{i}] {text}")
     if any(r.get("timing_stable") is False and r["status"] == "ok" for r in rows):
         lines.append(UNSTABLE)
+    summary = summary_lines(rows)
+    if summary:
+        lines += ["", "each model on its best backend:", *(f"  {x}" for x in summary)]
     return "\n".join(lines)
+
+
+def best_per_model(rows: list[dict]) -> list[dict]:
+    """Return, for each model (files with the same stem, e.g. ``m.pt`` and its export ``m.onnx``,
+    are one model) with a row that ran, its best backend: the highest throughput at the bench batch
+    (``file``, ``backend``, ``throughput``, ``speedup``, ``top1``, ``delta_pt``) and the lowest
+    batch-1 p50 (``p50_file``, ``p50_backend``, ``latency_p50_ms``), in the rows' order."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r.get("status") != "ok" or r.get("throughput") is None:
+            continue
+        stem = Path(r["model"]).stem
+        b = best.setdefault(stem, {"model": stem, "throughput": -1.0, "latency_p50_ms": None})
+        if r["throughput"] > b["throughput"]:
+            b.update(file=r["model"], backend=r["backend"], throughput=r["throughput"], speedup=r.get("speedup"),
+                     top1=r.get("top1"), delta_pt=r.get("delta_pt"), precision=r.get("precision"))
+        p50 = r.get("latency_p50_ms")
+        if p50 is not None and (b["latency_p50_ms"] is None or p50 < b["latency_p50_ms"]):
+            b.update(p50_file=r["model"], p50_backend=r["backend"], latency_p50_ms=p50)
+    return list(best.values())
+
+
+def best_variant(rows: list[dict], min_fraction: float = 0.99) -> dict | None:
+    """Return the fastest row that ran with top-1 >= ``min_fraction`` x the baseline row's top-1
+    (``None`` without a baseline or when no row qualifies)."""
+    base = next((r for r in rows if r.get("is_baseline") and r.get("status") == "ok"), None)
+    if base is None or base.get("top1") is None:
+        return None
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("throughput") is not None
+          and r.get("top1") is not None and r["top1"] >= min_fraction * base["top1"]]
+    return max(ok, key=lambda r: r["throughput"], default=None)
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """Return the summary printed under the table: each model on its best backend, and the fastest
+    variant that keeps >= 99 % of the baseline's top-1."""
+    lines = []
+    for b in best_per_model(rows):
+        speed = f" ({b['speedup']:.2f}x)" if b.get("speedup") is not None else ""
+        acc = f"{100 * b['top1']:.2f}%" if b.get("top1") is not None else "-"
+        lines.append(f"{b['model']}: {acc}; {b['throughput']:.1f} img/s{speed} ({Path(b['file']).suffix} on "
+                     f"{b['backend']}); batch-1 p50 {b['latency_p50_ms']:.2f} ms ({Path(b['p50_file']).suffix} on "
+                     f"{b['p50_backend']})")
+    v = best_variant(rows)
+    if v is not None:
+        lines.append(f"fastest variant with >= 99% of the baseline's top-1: {v['model']} on {v['backend']} — "
+                     f"{v['throughput']:.1f} img/s, {v['speedup']:.2f}x the baseline, top-1 {100 * v['top1']:.2f}%")
+    return lines
 
 
 def _md_escape(text: str) -> str:
@@ -159,6 +210,21 @@ def markdown_report(rows: list[dict], ctx: dict) -> str:
                      + ".")
     else:
         lines.append("Baseline: none of the requested baseline rows ran, so Δ pt and speedup are empty.")
+    best = best_per_model(rows)
+    if best:
+        lines += ["", "## Each model on its best backend", "",
+                  f"| model | top-1 % | Δ pt | best img/s (batch {ctx.get('batch')}) | speedup | file, backend | "
+                  "best p50 ms (batch 1) | file, backend |", "|---|---:|---:|---:|---:|---|---:|---|"]
+        for b in best:
+            lines.append(f"| {_md_escape(b['model'])} | {_f(100 * b['top1'] if b.get('top1') is not None else None, '.2f')}"
+                         f" | {_delta(b.get('delta_pt'))} | {b['throughput']:.1f} | {_f(b.get('speedup'), '.2f')}x | "
+                         f"{_md_escape(b['file'])}, {b['backend']} | {_f(b['latency_p50_ms'], '.2f')} | "
+                         f"{_md_escape(b['p50_file'])}, {b['p50_backend']} |")
+        v = best_variant(rows)
+        if v is not None:
+            lines += ["", f"Fastest variant with ≥ 99 % of the baseline's top-1: **{v['model']} on {v['backend']}**, "
+                          f"{v['throughput']:.1f} img/s = {v['speedup']:.2f}× the baseline row "
+                          f"(top-1 {100 * v['top1']:.2f}%, Δ {v['delta_pt']:+.2f} pt)."]
     if ctx.get("not_run_by_default"):
         lines += ["", "Not run (not in the default backend set here; name them in `--backends` or use `all`):"]
         lines += [f"- `{k}`: {_md_escape(v)}" for k, v in ctx["not_run_by_default"].items()]
