@@ -358,3 +358,37 @@ def test_reference_pruned_to_half_the_macs_loads_and_evaluates(ref_weights, cifa
     widths = lm.config.conv_widths
     assert all(w % 8 == 0 for w in widths) and max(widths) < 512
     assert count_macs(lm.model) == m["macs_after"]
+
+
+def test_finetune_can_distil_from_the_unpruned_source(tmp_path, monkeypatch):
+    """--kd-alpha: the fine-tune loss is KD from a frozen copy of the *unpruned* source (+ CE);
+    recorded in the manifest and in the resume key."""
+    import vggc.compress.distill as distill_mod
+    from vggc.compress.distill import KDConfig
+
+    data = make_imagefolder(tmp_path / "data", per_class=4)
+    w = tmp_path / "tiny.pt"
+    torch.save(wide_vgg().state_dict(), w)
+    spec = PruneSpec(target_macs=0.5, round_to=4)
+    teachers = []
+
+    class Recording(distill_mod.DistillLoss):
+        def __init__(self, teacher, *a, **kw):
+            teachers.append(teacher)
+            super().__init__(teacher, *a, **kw)
+
+    monkeypatch.setattr(distill_mod, "DistillLoss", Recording)
+    m = prune_file(w, data, tmp_path / "kd.pt", spec, train_cfg=_ft(), finetune_epochs=1, do_eval=False,
+                   kd=KDConfig(temperature=2.0, alpha=0.9))
+    assert {"kd", "ce", "agree"} <= set(m["steps"][0]["history"][0])
+    (teacher,) = teachers
+    assert count_macs(teacher) == m["macs_before"] and not any(p.requires_grad for p in teacher.parameters())
+    source = torch.load(w, weights_only=True)
+    for k, v in teacher.state_dict().items():  # the teacher stays the source, untouched by the fine-tune
+        torch.testing.assert_close(v, source[k], msg=k)
+    man = json.loads((tmp_path / "kd.pt.json").read_text())
+    assert man["settings"]["distill_from_source"] == {"temperature": 2.0, "alpha": 0.9}
+
+    plain = prune_file(w, data, tmp_path / "ce.pt", spec, train_cfg=_ft(), finetune_epochs=1, do_eval=False)
+    assert "kd" not in plain["steps"][0]["history"][0] and len(teachers) == 1
+    assert json.loads((tmp_path / "ce.pt.json").read_text())["settings"]["distill_from_source"] is None

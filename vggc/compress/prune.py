@@ -44,9 +44,10 @@ from vggc.errors import InputError, StaleCheckpointError, VggcError
 from vggc.progress import Progress, no_progress
 
 if TYPE_CHECKING:  # pragma: no cover
+    from vggc.compress.distill import KDConfig
     from vggc.compress.sensitivity import SensitivityTable
     from vggc.data import Preprocess, Split
-    from vggc.train import TrainConfig
+    from vggc.train import LossFn, TrainConfig
 
 STRATEGIES = ("uniform", "global", "sensitivity")
 Plan = dict  # conv (group root) name -> output channels to keep
@@ -488,7 +489,8 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
                        resume: bool = False, cleanup: bool = True,
                        evaluate_step: Callable[[nn.Module], float] | None = None,
                        progress: Progress = no_progress, on_epoch: Callable[[dict], None] | None = None,
-                       on_step: Callable[[dict], None] | None = None) -> tuple[nn.Module, PruneRun]:
+                       on_step: Callable[[dict], None] | None = None, loss_fn: "LossFn | None" = None,
+                       loss_settings: dict | None = None) -> tuple[nn.Module, PruneRun]:
     """Prune ``model`` to ``spec`` in ``spec.steps`` steps, fine-tuning with :func:`vggc.train.fit`.
 
     The final widths are planned once on the original model; step ``k`` prunes every layer
@@ -499,7 +501,9 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
     ``<work>.step<k>.ckpt`` (fit's per-epoch checkpoint); ``resume=True`` continues from them.
     ``cleanup``: delete them at the end (:func:`prune_file` does so only once its output is saved).
     ``evaluate_step(model) -> top1`` is called after each step but the last (whose result the
-    caller evaluates anyway).
+    caller evaluates anyway). ``loss_fn``: the fine-tune loss (default: the trainer's
+    cross-entropy), e.g. :class:`vggc.compress.distill.DistillLoss` from the unpruned model;
+    ``loss_settings`` describe it in the resume key.
     Returns ``(pruned model, PruneRun)``; the model is on CPU in eval mode.
     """
     from vggc.artifacts import atomic_path, safe_torch_load, sha256_json
@@ -513,7 +517,8 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
     before = plan.widths_before
     per_step = epochs_per_step(finetune_epochs, spec.steps)
     key = sha256_json({"spec": spec.to_dict(), "keep": plan.keep, "epochs": per_step,
-                       "train": asdict(train_cfg) if train_cfg else None, "n_train": len(train) if train else 0})
+                       "train": asdict(train_cfg) if train_cfg else None, "n_train": len(train) if train else 0,
+                      **({"loss": loss_settings} if loss_settings else {})})
     state_path, ckpt_of = _state_paths(Path(work)) if work else (None, None)
     run = PruneRun(plan=plan)
     start = 0
@@ -548,7 +553,7 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
             ckpt = ckpt_of(k) if ckpt_of else None
             resume_fit = bool(resume and ckpt is not None and ckpt.is_file())
             t0, c0 = time.perf_counter(), time.process_time()
-            res = fit(model.train(), train, preprocess, cfg, checkpoint=ckpt, resume=resume_fit,
+            res = fit(model.train(), train, preprocess, cfg, loss_fn=loss_fn, checkpoint=ckpt, resume=resume_fit,
                       progress=progress, on_epoch=on_epoch)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             run.finetune_seconds += wall
@@ -583,7 +588,7 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
                scan_limit: int = 1000, fractions=None, preprocess: "Preprocess | None" = None,
                resume: bool = False, seed: int = 0, progress: Progress = no_progress,
                on_epoch: Callable[[dict], None] | None = None,
-               on_step: Callable[[dict], None] | None = None) -> dict:
+               on_step: Callable[[dict], None] | None = None, kd: "KDConfig | None" = None) -> dict:
     """Prune a weights file, fine-tune, evaluate, save ``out`` (state_dict) + ``out.json`` manifest.
 
     ``preprocess`` defaults to the source's manifest/sidecar (so the result evaluates with the
@@ -591,7 +596,9 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
     (directory or its JSON); for ``--strategy sensitivity`` without one, a scan is run on
     ``scan_limit`` class-balanced training images. ``limit``: fine-tune on a class-balanced
     subset; ``eval_limit``: evaluate on a class-balanced subset of the test split.
-    Returns the manifest's metrics.
+    ``kd``: fine-tune with knowledge distillation from the unpruned source (a frozen copy is the
+    teacher; ``kd.alpha`` weights the KD term, ``1 - alpha`` the cross-entropy); ``None`` or
+    ``alpha == 0``: plain cross-entropy. Returns the manifest's metrics.
     """
     from vggc.artifacts import save_state_dict, write_manifest
     from vggc.compress import sensitivity as sens
@@ -636,7 +643,14 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
         del probe
 
     train = limit_split(train_full, limit, seed) if train_full is not None and finetune_epochs > 0 else None
+    loss_fn = loss_settings = None
+    if kd is not None and kd.alpha > 0 and finetune_epochs > 0:
+        from vggc.compress.distill import DistillLoss
+
+        loss_fn = DistillLoss(copy.deepcopy(model), kd, train_cfg.label_smoothing if train_cfg else 0.0)
+        loss_settings = {"distill_from_source": asdict(kd)}
     pruned, run = prune_and_finetune(model, spec, train=train, preprocess=pre, train_cfg=train_cfg,
+                                     loss_fn=loss_fn, loss_settings=loss_settings,
                                      finetune_epochs=finetune_epochs, table=table, work=out, resume=resume,
                                      cleanup=False,
                                      evaluate_step=top1 if do_eval else None, progress=progress,
@@ -668,7 +682,8 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
                              "finetune": asdict(train_cfg) if train_cfg and finetune_epochs > 0 else None,
                              "limit": limit, "eval_limit": eval_limit, "seed": seed, "data": str(data),
                              "importance": "L1 norm of each conv filter (Li et al. 2017), independent per step",
-                             "sensitivity_scan": scan_info},
+                             "sensitivity_scan": scan_info,
+                             "distill_from_source": loss_settings["distill_from_source"] if loss_settings else None},
                    metrics=metrics,
                    extra={"preprocess": pre.to_dict(), "params": params, "macs": macs, "precision": "fp32",
                           "arch": lm.name, "widths_before": run.plan.widths_before, "widths": widths_after,
