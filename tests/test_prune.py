@@ -392,3 +392,27 @@ def test_finetune_can_distil_from_the_unpruned_source(tmp_path, monkeypatch):
     plain = prune_file(w, data, tmp_path / "ce.pt", spec, train_cfg=_ft(), finetune_epochs=1, do_eval=False)
     assert "kd" not in plain["steps"][0]["history"][0] and len(teachers) == 1
     assert json.loads((tmp_path / "ce.pt.json").read_text())["settings"]["distill_from_source"] is None
+
+
+def test_resume_refuses_a_checkpoint_from_another_loss(tmp_path):
+    """Killed in the first fine-tune epoch-run (only OUT.step1.ckpt exists): resuming with another
+    fine-tune loss (here KD switched on) is refused instead of silently mixing the two runs."""
+    from vggc.compress.distill import KDConfig
+    from vggc.errors import StaleCheckpointError
+
+    data = make_imagefolder(tmp_path / "data", per_class=4)
+    w = tmp_path / "tiny.pt"
+    torch.save(wide_vgg().state_dict(), w)
+    spec, out = PruneSpec(target_macs=0.5, round_to=4), tmp_path / "p.pt"
+
+    def stop(rec):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prune_file(w, data, out, spec, train_cfg=_ft(epochs=2), finetune_epochs=2, do_eval=False, on_epoch=stop)
+    assert (tmp_path / "p.pt.step1.ckpt").is_file() and not (tmp_path / "p.pt.state.pt").exists()
+    with pytest.raises(StaleCheckpointError, match="other settings"):
+        prune_file(w, data, out, spec, train_cfg=_ft(epochs=2), finetune_epochs=2, do_eval=False, resume=True,
+                   kd=KDConfig(alpha=0.5))
+    m = prune_file(w, data, out, spec, train_cfg=_ft(epochs=2), finetune_epochs=2, do_eval=False, resume=True)
+    assert m["steps"][0]["resumed_from_epoch"] == 1

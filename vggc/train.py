@@ -153,9 +153,9 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def check_same_run(ckpt: dict, cfg: TrainConfig, model: nn.Module, path: Path) -> None:
+def check_same_run(ckpt: dict, cfg: TrainConfig, model: nn.Module, path: Path, run_key: str | None = None) -> None:
     """Raise :class:`StaleCheckpointError` unless ``ckpt`` was written by a run with the same
-    training settings (``device`` may differ) and a model of the same shapes."""
+    training settings (``device`` may differ), the same ``run_key`` and a model of the same shapes."""
     import json
 
     saved, now = ckpt.get("config") or {}, asdict(cfg)
@@ -165,6 +165,9 @@ def check_same_run(ckpt: dict, cfg: TrainConfig, model: nn.Module, path: Path) -
         changes = ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in diff)
         raise StaleCheckpointError(f"--resume: {path} was written with other training settings ({changes}); "
                                    "rerun with the same options or without --resume")
+    if ckpt.get("run_key") != run_key:
+        raise StaleCheckpointError(f"--resume: {path} was written by a run with other settings; "
+                                   "rerun with the same options or without --resume")
     state, own = ckpt["model"], model.state_dict()
     if set(state) != set(own) or any(tuple(state[k].shape) != tuple(v.shape) for k, v in own.items()):
         raise StaleCheckpointError(f"--resume: {path} holds a model of other layers or widths; "
@@ -173,11 +176,14 @@ def check_same_run(ckpt: dict, cfg: TrainConfig, model: nn.Module, path: Path) -
 
 def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig, *,
         loss_fn: LossFn | None = None, checkpoint: str | Path | None = None, resume: bool = False,
-        progress: Progress = no_progress, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+        progress: Progress = no_progress, on_epoch: Callable[[dict], None] | None = None,
+        run_key: str | None = None) -> TrainResult:
     """Train ``model`` in place on ``train``; return a :class:`TrainResult`.
 
     ``checkpoint``: path written atomically after every epoch (rank 0 only); with ``resume=True``
-    training continues from it (same seed -> same result as an uninterrupted run).
+    training continues from it (same seed -> same result as an uninterrupted run). ``run_key``: what
+    the caller's settings hash to beyond ``cfg`` (e.g. a pruning plan, a loss); stored in the
+    checkpoint, and a checkpoint with another key is refused on resume.
     ``on_epoch(record)`` is called after each epoch with ``{"epoch", "loss", "lr", "seconds", ...}``.
     Returns with ``model`` on CPU in eval mode.
     """
@@ -209,7 +215,7 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
         if ckpt_path is None or not ckpt_path.is_file():
             raise InputError(f"--resume: no checkpoint at {ckpt_path}")
         ckpt = load_checkpoint(ckpt_path)
-        check_same_run(ckpt, cfg, model, ckpt_path)
+        check_same_run(ckpt, cfg, model, ckpt_path, run_key)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -266,7 +272,7 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                             "epoch": epoch + 1, "rng": torch.get_rng_state(), "history": history,
-                            "config": asdict(cfg)}, tmp)
+                            "config": asdict(cfg), "run_key": run_key}, tmp)
         if on_epoch:
             on_epoch(record)
     model.to("cpu").eval()

@@ -554,7 +554,7 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
             resume_fit = bool(resume and ckpt is not None and ckpt.is_file())
             t0, c0 = time.perf_counter(), time.process_time()
             res = fit(model.train(), train, preprocess, cfg, loss_fn=loss_fn, checkpoint=ckpt, resume=resume_fit,
-                      progress=progress, on_epoch=on_epoch)
+                      progress=progress, on_epoch=on_epoch, run_key=key)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             run.finetune_seconds += wall
             run.finetune_cpu_seconds += cpu
