@@ -303,6 +303,10 @@ def test_iterative_prune_reaches_target_and_resume_matches(tmp_path):
     assert not b.exists() and (tmp_path / "b.pt.state.pt").is_file() and (tmp_path / "b.pt.step2.ckpt").is_file()
     mb = prune_file(w, data, b, spec, resume=True, **kw)
     assert mb["steps"][1]["resumed_from_epoch"] == 1
+    # time spent before the kill still counts: totals are summed over all epoch records
+    s2b = mb["steps"][1]
+    assert len(s2b["history"]) == 2 and all(h["cpu_seconds"] > 0 for h in s2b["history"])
+    assert s2b["finetune_seconds"] == pytest.approx(sum(h["seconds"] for h in s2b["history"]), abs=0.02)
     sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
     assert sa.keys() == sb.keys()
     for k in sa:

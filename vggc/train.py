@@ -232,7 +232,7 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
     t_start = time.perf_counter()
 
     for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         net.train()
         for m in frozen_bn:
             m.eval()
@@ -263,7 +263,7 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
             if hasattr(bar, "set_postfix") and (step % 10 == 0 or step == steps_per_epoch - 1):
                 bar.set_postfix({k: f"{v / (step + 1):.3f}" for k, v in sums.items()}, refresh=False)
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
-                  "seconds": round(time.perf_counter() - t0, 2),
+                  "seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 2),
                   "images_per_s": round(steps_per_epoch * cfg.batch_size * world / (time.perf_counter() - t0), 1),
                   **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}}
         history.append(record)

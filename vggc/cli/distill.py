@@ -87,7 +87,7 @@ def command(teacher, data, out, student, width_mult, temperature, alpha, epochs,
             if rank != 0:
                 return
             extras = " ".join(f"{k}={v}" for k, v in rec.items()
-                              if k not in ("epoch", "seconds", "images_per_s", "lr"))
+                              if k not in ("epoch", "seconds", "images_per_s", "lr", "cpu_seconds"))
             click.echo(f"epoch {rec['epoch']}/{epochs}: {extras} lr={rec['lr']:.4g} "
                        f"({rec['seconds']:.0f} s, {rec['images_per_s']:.0f} img/s)", err=True)
 

@@ -134,7 +134,7 @@ def command(weights, data, out, scan, amount, target_macs, strategy, sensitivity
                       precision=precision, seed=seed, device=device)
 
     def on_epoch(rec):
-        extras = " ".join(f"{k}={v}" for k, v in rec.items() if k not in ("epoch", "seconds", "images_per_s", "lr"))
+        extras = " ".join(f"{k}={v}" for k, v in rec.items() if k not in ("epoch", "seconds", "images_per_s", "lr", "cpu_seconds"))
         click.echo(f"  fine-tune epoch {rec['epoch']}: {extras} lr={rec['lr']:.4g} "
                    f"({rec['seconds']:.0f} s, {rec['images_per_s']:.0f} img/s)", err=True)
 

@@ -59,7 +59,7 @@ def command(data, out, epochs, batch_size, lr, weight_decay, label_smoothing, sc
                       device=device)
 
     def on_epoch(rec):
-        extras = " ".join(f"{k}={v}" for k, v in rec.items() if k not in ("epoch", "seconds", "images_per_s", "lr"))
+        extras = " ".join(f"{k}={v}" for k, v in rec.items() if k not in ("epoch", "seconds", "images_per_s", "lr", "cpu_seconds"))
         click.echo(f"epoch {rec['epoch']}/{epochs}: {extras} lr={rec['lr']:.4g} "
                    f"({rec['seconds']:.0f} s, {rec['images_per_s']:.0f} img/s)", err=True)
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -552,10 +551,11 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
             cfg = replace(train_cfg, epochs=per_step[k - 1], seed=train_cfg.seed + k - 1)
             ckpt = ckpt_of(k) if ckpt_of else None
             resume_fit = bool(resume and ckpt is not None and ckpt.is_file())
-            t0, c0 = time.perf_counter(), time.process_time()
             res = fit(model.train(), train, preprocess, cfg, loss_fn=loss_fn, checkpoint=ckpt, resume=resume_fit,
                       progress=progress, on_epoch=on_epoch, run_key=key)
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            # summed over the epoch records, so epochs done before a kill (restored on resume) count too
+            wall = sum(h["seconds"] for h in res.history)
+            cpu = sum(h.get("cpu_seconds", 0.0) for h in res.history)
             run.finetune_seconds += wall
             run.finetune_cpu_seconds += cpu
             rec.update(finetune_seconds=round(wall, 2), finetune_cpu_seconds=round(cpu, 2),
