@@ -172,6 +172,9 @@ def _kill_after_first_epoch(monkeypatch):
         return real_fit(*args, on_epoch=boom, **kw)
 
     monkeypatch.setattr(vggc.train, "fit", fit)
+    import vggc.compress.distill  # binds fit at import: patch its name too
+
+    monkeypatch.setattr(vggc.compress.distill, "fit", fit)
     return calls
 
 

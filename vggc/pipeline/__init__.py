@@ -62,7 +62,8 @@ PRESETS = {
 def _train_cfg(epochs: int, seed: int, lr: float, batch_size: int = 128):
     from vggc.train import TrainConfig
 
-    return TrainConfig(epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
+    # a 0-epoch budget (prune without fine-tune) still needs a valid config; fit is not called then
+    return TrainConfig(epochs=max(1, epochs), lr=lr, seed=seed, batch_size=batch_size)
 
 
 def _resumable(run: Callable[[bool], dict], work: list[Path], checkpoints: list[Path] | None = None) -> dict:
