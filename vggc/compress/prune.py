@@ -517,7 +517,7 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
     per_step = epochs_per_step(finetune_epochs, spec.steps)
     key = sha256_json({"spec": spec.to_dict(), "keep": plan.keep, "epochs": per_step,
                        "train": asdict(train_cfg) if train_cfg else None, "n_train": len(train) if train else 0,
-                      **({"loss": loss_settings} if loss_settings else {})})
+                       **({"loss": loss_settings} if loss_settings else {})})
     state_path, ckpt_of = _state_paths(Path(work)) if work else (None, None)
     run = PruneRun(plan=plan)
     start = 0
