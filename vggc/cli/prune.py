@@ -73,7 +73,7 @@ def _fractions(ctx, param, value):
 @click.option("--kd-alpha", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Fine-tune with knowledge distillation from the unpruned source model: loss = alpha x "
                    "Hinton KD on its temperature-softened logits + (1 - alpha) x cross-entropy. 0: plain "
-                   "cross-entropy. Costs one teacher forward per batch (about +40% fine-tune time on CPU).")
+                   "cross-entropy. Costs one forward pass of the unpruned model per batch.")
 @click.option("--kd-temperature", type=float, default=4.0, show_default=True,
               help="With --kd-alpha: softmax temperature of the KD term (its loss is scaled by T^2).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.state.pt / OUT.step<k>.ckpt.")
