@@ -683,7 +683,7 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
                              "limit": limit, "eval_limit": eval_limit, "seed": seed, "data": str(data),
                              "importance": "L1 norm of each conv filter (Li et al. 2017), independent per step",
                              "sensitivity_scan": scan_info,
-                             "distill_from_source": loss_settings["distill_from_source"] if loss_settings else None},
+                             "distill_from_source": asdict(kd) if loss_fn is not None else None},
                    metrics=metrics,
                    extra={"preprocess": pre.to_dict(), "params": params, "macs": macs, "precision": "fp32",
                           "arch": lm.name, "widths_before": run.plan.widths_before, "widths": widths_after,

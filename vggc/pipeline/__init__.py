@@ -142,11 +142,12 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
     def distill_run(ctx: StepContext) -> dict:
         from vggc.compress.distill import KDConfig, distill, work_files
 
+        work = work_files(ctx.output())  # [checkpoint, its settings]: only the checkpoint means "resume"
         return _resumable(lambda resume: distill(
             weights, data_s, ctx.output(), _train_cfg(preset.distill_epochs, seed, 0.05, preset.train_batch),
             KDConfig(temperature=4.0, alpha=0.9), width_mult=preset.distill_width,
             limit=preset.distill_limit, eval_limit=preset.eval_limit, resume=resume, progress=progress),
-            work_files(ctx.output()), checkpoints=work_files(ctx.output())[:1])
+            work, checkpoints=work[:1])
 
     def engine_step(name: str, src: str, out: str, precision: str) -> Step:
         def run(ctx: StepContext) -> dict:
