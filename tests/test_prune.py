@@ -259,6 +259,10 @@ def test_cli_bad_input(tmp_path, tiny_data):
     one_line_error(run_cli("prune", w, "--data", tiny_data, "--target-macs", 0.001, "--finetune-epochs", 0,
                            "--no-eval", "--out", out), 2, "cannot reach")
     one_line_error(run_cli("prune", w, "--data", tiny_data, "--scan", "--out", out), 2, "directory")
+    one_line_error(run_cli("prune", w, "--data", tiny_data, "--amount", 0.5, "--kd-alpha", 1.5, "--out", out),
+                   2, "--kd-alpha")
+    one_line_error(run_cli("prune", w, "--data", tiny_data, "--amount", 0.5, "--kd-alpha", 0.9,
+                           "--kd-temperature", -1, "--out", out), 2, "--kd-temperature")
     one_line_error(run_cli("prune", w, "--data", tiny_data, "--amount", 0.5, "--out", tmp_path / "p.onnx"),
                    2, "--out")
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))

@@ -70,7 +70,7 @@ def _fractions(ctx, param, value):
               help="Scan fractions (default 0.1,0.2,...,0.9).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for subsets, fine-tune order and augmentation.")
-@click.option("--kd-alpha", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--kd-alpha", type=float, default=0.0, show_default=True,
               help="Fine-tune with knowledge distillation from the unpruned source model: loss = alpha x "
                    "Hinton KD on its temperature-softened logits + (1 - alpha) x cross-entropy. 0: plain "
                    "cross-entropy. Costs one forward pass of the unpruned model per batch.")
@@ -130,6 +130,10 @@ def command(weights, data, out, scan, amount, target_macs, strategy, sensitivity
     check_out_path(out, (".pt", ".pth"))
     if sensitivity and strategy != "sensitivity":
         raise InputError("--sensitivity is only used with --strategy sensitivity")
+    if not 0.0 <= kd_alpha <= 1.0:
+        raise InputError(f"--kd-alpha must be between 0 and 1, got {kd_alpha}")
+    if not kd_temperature > 0:
+        raise InputError(f"--kd-temperature must be > 0, got {kd_temperature}")
     cfg = TrainConfig(epochs=max(1, finetune_epochs), batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       precision=precision, seed=seed, device=device)
 
