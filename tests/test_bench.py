@@ -12,7 +12,8 @@ from conftest import make_imagefolder, make_tiny_vgg
 
 from vggc import runtime
 from vggc.artifacts import save_state_dict
-from vggc.bench import CONTRACT, TimingPolicy, measure, percentile, run_bench
+from vggc.bench import CONTRACT, RoundsPolicy, TimingPolicy, measure, measure_rounds, percentile, run_bench
+from vggc.bench.timing import Task
 from vggc.bench.plot import label_groups, pareto_front, short_names
 from vggc.bench.report import screen_table
 from vggc.errors import InputError
@@ -172,11 +173,17 @@ def _cli_checks(main, a, data, tmp_path):
     out = tmp_path / "cli"
     res = CliRunner().invoke(main, ["bench", str(a), "--data", str(data), "--backends", "torch-fp32",
                                     "--limit", "20", "--batch", "8", "--threads", "1", "--out", str(out),
-                                    "--no-plot", "--json"])
+                                    "--no-plot", "--json", "--rounds", "2"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc[0]["status"] == "ok" and doc[0]["threads"] == 1 and doc[0]["n_images"] == 20
+    assert doc[0]["timing_reps_batch"] >= 4  # 2 rounds x at least 2 calls
     assert (out / "results.json").is_file() and not (out / "pareto.png").exists()
+    assert "2 interleaved rounds" in (out / "report.md").read_text()
+    res = CliRunner().invoke(main, ["bench", str(a), "--data", str(data), "--timing", "sequential", "--rounds", "3",
+                                    "--out", str(tmp_path / "cli3")])
+    assert res.exit_code != 0 and "--rounds applies to --timing interleaved only" in res.output
+    assert not (tmp_path / "cli3").exists()
     res = CliRunner().invoke(main, ["bench", str(a), "--data", str(data), "--backends", "torch-cuda-fp16",
                                     "--limit", "10", "--out", str(tmp_path / "cli2")])
     if not torch.cuda.is_available():
@@ -296,3 +303,76 @@ def test_best_backend_per_model_and_best_variant():
     assert "m_int8.onnx on onnxruntime-cpu" in summary_lines(rows)[-1]
     assert "## Each model on its best backend" in markdown_report([ordered(r) for r in rows], {"batch": 64})
     assert best_variant([r for r in rows if not r.get("is_baseline")]) is None
+
+
+# ----------------------------------------------------------------------------- interleaved rounds
+
+class SlowingClock(FakeClock):
+    """Every call costs ``cost`` seconds, times ``factor`` once the clock passes ``at`` (the machine got busy)."""
+
+    def __init__(self, at: float, factor: float):
+        super().__init__([])
+        self.at, self.factor, self.log = at, factor, []
+
+    def task(self, name: str, cost: float):
+        def run():
+            self.log.append(name)
+            self.t += cost * (self.factor if self.t >= self.at else 1.0)
+        return run
+
+
+def test_rounds_interleave_and_reverse_order():
+    clock = SlowingClock(at=1e9, factor=1.0)
+    tasks = [Task(clock.task("a", 0.1), calls=1, seconds=0.0), Task(clock.task("b", 0.1), calls=2, seconds=0.0)]
+    res = measure_rounds(tasks, RoundsPolicy(rounds=3, warmup=1), clock=clock)
+    assert clock.log == ["a", "b"] + ["a", "b", "b"] + ["b", "b", "a"] + ["a", "b", "b"]
+    assert [r.reps for r in res] == [3, 6] and all(len(r.round_medians) == 3 for r in res)
+    assert all(r.stable and r.p50 == pytest.approx(0.1) for r in res)
+
+
+def test_rounds_share_a_busy_spell_that_sequential_timing_blames_on_one_row():
+    # Two equally fast models (0.1 s a call); from t = 2.45 s on, the machine is 2x slower.
+    seq = SlowingClock(at=2.45, factor=2.0)
+    pol = TimingPolicy(warmup=0, min_reps=5, min_time=2.0, max_time=2.0)
+    a = measure(seq.task("a", 0.1), pol, clock=seq)
+    b = measure(seq.task("b", 0.1), pol, clock=seq)
+    assert b.p50 / a.p50 == pytest.approx(2.0)  # timed alone, b looks half as fast
+    inter = SlowingClock(at=2.45, factor=2.0)
+    ra, rb = measure_rounds([Task(inter.task("a", 0.1), calls=1, seconds=0.0),
+                             Task(inter.task("b", 0.1), calls=1, seconds=0.0)],
+                            RoundsPolicy(rounds=20, warmup=0), clock=inter)
+    slow = [sum(m > 0.15 for m in r.round_medians) for r in (ra, rb)]
+    assert min(slow) >= 7 and abs(slow[0] - slow[1]) <= 1  # both saw the busy spell
+    assert rb.p50 / ra.p50 == pytest.approx(1.0)
+    assert not ra.stable and not rb.stable  # rounds disagreed by 2x: flagged
+
+
+def test_rounds_drop_a_failing_task_and_keep_the_others():
+    clock = SlowingClock(at=1e9, factor=1.0)
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        clock.t += 0.1
+        if calls["n"] == 3:
+            raise RuntimeError("engine lost")
+
+    res = measure_rounds([Task(flaky, calls=1, seconds=0.0), Task(clock.task("ok", 0.1), calls=1, seconds=0.0)],
+                         RoundsPolicy(rounds=4, warmup=1), clock=clock)
+    assert isinstance(res[0], RuntimeError) and calls["n"] == 3
+    assert res[1].reps == 4 and res[1].stable
+    with pytest.raises(ValueError):
+        measure_rounds([], RoundsPolicy(rounds=0))
+
+
+def test_run_bench_interleaves_by_default(tiny_files):
+    root, data, a, b = tiny_files
+    rows = run_bench([a, b], data, batch=8, backends="torch-fp32", limit=10, out=None,
+                     timing=RoundsPolicy(rounds=2, warmup=1))
+    assert rows.context["timing"]["mode"] == "interleaved" and rows.context["timing"]["rounds"] == 2
+    for r in rows:
+        assert r["status"] == "ok" and r["timing_reps_batch"] >= 4 and r["timing_reps_b1"] >= 10
+        assert 0 < r["latency_p50_ms"] <= r["latency_p90_ms"] and isinstance(r["timing_stable"], bool)
+    assert rows[1]["speedup"] == pytest.approx(rows[1]["throughput"] / rows[0]["throughput"], rel=1e-2)
+    default = run_bench([a], data, batch=8, backends="torch-fp32", limit=10, out=None, quick=True)
+    assert default.context["timing"] == {"mode": "interleaved", "rounds": 3, "warmup": 1, "spread_tol": 0.15}

@@ -11,7 +11,10 @@ Per row (backend opened once, options ``{"threads": T, "batch": N}``):
 2. top-1 over the test split (or a class-balanced subset) at batch N; a short last batch is padded
    to N by repeating an image and the extra outputs dropped, so a backend only ever sees batch N
    and batch 1 (static-shape engines and ``torch.compile`` compile exactly two shapes);
-3. throughput at batch N and latency p50/p90 at batch 1 with :func:`vggc.bench.timing.measure`;
+3. throughput at batch N and latency p50/p90 at batch 1: by default every row that ran is timed
+   together in interleaved rounds (:func:`vggc.bench.timing.measure_rounds`) after all accuracy
+   passes, so ratios between rows come from the same minutes of the machine; with a
+   :class:`TimingPolicy` each row is timed alone (:func:`vggc.bench.timing.measure`);
 4. ``compile_s`` = ``Runner.compile_seconds`` + first-call excess at batch N and at batch 1.
 
 Accuracy of a given file on a given backend is deterministic, so it is cached in
@@ -35,7 +38,8 @@ import torch
 from vggc import runtime
 from vggc.artifacts import sha256_file, write_json
 from vggc.bench.machine import machine_info
-from vggc.bench.timing import FULL, QUICK, TimingPolicy, measure
+from vggc.bench.timing import (FULL_ROUNDS, QUICK_ROUNDS, RoundsPolicy, Task, TimingPolicy, measure,
+                               measure_rounds)
 from vggc.data import Split, limit_split, load_split
 from vggc.errors import InputError, VggcError
 from vggc.evaluate import evaluate
@@ -46,6 +50,8 @@ QUICK_IMAGES = 2000
 SUBSET_SEED = 0
 CACHE_NAME = "accuracy-cache.json"
 CACHE_VERSION = 1
+# per round and row in interleaved timing: (at least calls, at least seconds) at batch N and at batch 1
+ROUND_TASK = {"batch": (2, 0.5), "b1": (5, 0.2)}
 METRICS = ("top1", "delta_pt", "latency_p50_ms", "latency_p90_ms", "throughput", "speedup", "compile_s",
            "load_s")
 
@@ -204,10 +210,39 @@ def _timing_input(split: Split, mf: runtime.ModelFile, batch: int) -> torch.Tens
     return mf.preprocess(split.images[idx])
 
 
-def bench_one(mf: runtime.ModelFile, be: runtime.Backend, split: Split, *, batch: int, policy: TimingPolicy,
-              threads: int, quick: bool, cache: AccuracyCache, data_digest: str,
-              progress: Progress = no_progress, clock: Callable[[], float] = time.perf_counter) -> dict:
-    """Measure one (model, backend); return its row (``status`` holds the reason if it cannot run)."""
+class _Open:
+    """A row whose model is open and whose top-1 is known, waiting to be timed."""
+
+    def __init__(self, row: dict, runner, x_n: torch.Tensor, first_n: float, notes: list[str]):
+        self.row, self.runner, self.x_n, self.first_n, self.notes = row, runner, x_n, first_n, notes
+        self.x_1 = x_n[:1].clone()
+        self.first_1: float | None = None
+        self.b1_error: str | None = None
+
+    def close(self) -> None:
+        if self.runner is not None:
+            try:
+                self.runner.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.runner = None
+        gc.collect()
+
+
+def _fail(row: dict, err: BaseException) -> None:
+    for k in METRICS + ("accuracy_cached", "timing_reps_batch", "timing_reps_b1", "timing_stable"):
+        row[k] = None
+    row["status"] = one_line(err)
+
+
+def open_row(mf: runtime.ModelFile, be: runtime.Backend, split: Split, *, batch: int, threads: int, quick: bool,
+             cache: AccuracyCache, data_digest: str, progress: Progress = no_progress,
+             clock: Callable[[], float] = time.perf_counter) -> dict | _Open:
+    """Open (model, backend), time its first calls and measure top-1 (or take it from the cache).
+
+    Returns the finished row when it cannot run (``status`` holds the reason), else an open row to
+    be timed by :func:`time_alone` or :func:`time_interleaved`.
+    """
     row = _empty_row(mf, mf.path, be, batch=batch, n_images=len(split), quick=quick, threads=threads)
     notes = []
     try:
@@ -243,41 +278,91 @@ def bench_one(mf: runtime.ModelFile, be: runtime.Backend, split: Split, *, batch
             cache.put(key, {"top1": res.top1, "correct": res.correct, "n": res.n, "model": mf.path.name,
                             "backend": be.key, "created": _dt.datetime.now(_dt.timezone.utc)
                             .isoformat(timespec="seconds")})
+        opened = _Open(row, runner, x_n, first_n, notes)
+        try:
+            t0 = clock()
+            runner.predict(opened.x_1)
+            opened.first_1 = clock() - t0
+        except Exception as err:  # noqa: BLE001 - e.g. an engine built for batch N only
+            opened.b1_error = f"batch-1 latency not measured: {one_line(err)}"
+        return opened
+    except Exception as err:  # noqa: BLE001 - one failing row never stops the others
+        _fail(row, err)
+        if runner is not None:
+            _Open(row, runner, torch.zeros(1), 0.0, notes).close()
+        row["note"] = "; ".join(notes) or None
+        return row
 
-        t_n = measure(lambda: runner.predict(x_n), policy, clock=clock)
+
+def _finish(o: _Open, t_n, t_1) -> dict:
+    """Fill the timing columns of ``o.row`` from its batch-N and batch-1 :class:`Timing` (or errors)."""
+    row, batch = o.row, o.row["batch"]
+    notes = list(o.notes)
+    if isinstance(t_n, BaseException):
+        _fail(row, t_n)
+    else:
         row["throughput"] = round(batch / t_n.p50, 2)
         row["timing_reps_batch"] = t_n.reps
-        compile_s = float(getattr(runner, "compile_seconds", 0.0) or 0.0) + max(0.0, first_n - t_n.p50)
+        compile_s = float(getattr(o.runner, "compile_seconds", 0.0) or 0.0) + max(0.0, o.first_n - t_n.p50)
         stable = t_n.stable
-        try:
-            x_1 = x_n[:1].clone()
-            t0 = clock()
-            runner.predict(x_1)
-            first_1 = clock() - t0
-            t_1 = measure(lambda: runner.predict(x_1), policy, clock=clock)
+        if o.b1_error or isinstance(t_1, BaseException) or t_1 is None:
+            notes.append(o.b1_error or f"batch-1 latency not measured: {one_line(t_1)}")
+        else:
             row["latency_p50_ms"] = round(1e3 * t_1.p50, 3)
             row["latency_p90_ms"] = round(1e3 * t_1.p90, 3)
             row["timing_reps_b1"] = t_1.reps
-            compile_s += max(0.0, first_1 - t_1.p50)
+            compile_s += max(0.0, (o.first_1 or 0.0) - t_1.p50)
             stable = stable and t_1.stable
-        except Exception as err:  # noqa: BLE001 - e.g. an engine built for batch N only
-            notes.append(f"batch-1 latency not measured: {one_line(err)}")
         row["compile_s"] = round(compile_s, 3)
         row["timing_stable"] = stable
-    except Exception as err:  # noqa: BLE001 - one failing row never stops the others
-        for k in METRICS + ("accuracy_cached", "timing_reps_batch", "timing_reps_b1", "timing_stable"):
-            row[k] = None
-        row["status"] = one_line(err)
-    finally:
-        if runner is not None:
-            try:
-                runner.close()
-            except Exception:  # noqa: BLE001
-                pass
-        runner = None
-        gc.collect()
     row["note"] = "; ".join(notes) or None
+    o.close()
     return row
+
+
+def time_alone(o: _Open, policy: TimingPolicy, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Time one open row by itself with :func:`measure` (batch N, then batch 1); return the row."""
+    try:
+        t_n = measure(lambda: o.runner.predict(o.x_n), policy, clock=clock)
+    except Exception as err:  # noqa: BLE001
+        return _finish(o, err, None)
+    t_1 = None
+    if not o.b1_error:
+        try:
+            t_1 = measure(lambda: o.runner.predict(o.x_1), policy, clock=clock)
+        except Exception as err:  # noqa: BLE001
+            t_1 = err
+    return _finish(o, t_n, t_1)
+
+
+def time_interleaved(opened: Sequence[_Open], policy: RoundsPolicy,
+                     clock: Callable[[], float] = time.perf_counter) -> list[dict]:
+    """Time every open row in interleaved rounds (:func:`measure_rounds`); return the rows in order.
+
+    Each round times each row at batch N and then at batch 1 (calls and seconds per round:
+    ``ROUND_TASK``), so over the run every row sees the same machine; the rows are closed after.
+    """
+    tasks: list[Task] = []
+    where: list[tuple[int, int | None]] = []
+    for o in opened:
+        i_n = len(tasks)
+        tasks.append(Task(lambda o=o: o.runner.predict(o.x_n), *ROUND_TASK["batch"]))
+        i_1 = None
+        if not o.b1_error:
+            i_1 = len(tasks)
+            tasks.append(Task(lambda o=o: o.runner.predict(o.x_1), *ROUND_TASK["b1"]))
+        where.append((i_n, i_1))
+    res = measure_rounds(tasks, policy, clock=clock)
+    return [_finish(o, res[i_n], res[i_1] if i_1 is not None else None) for o, (i_n, i_1) in zip(opened, where)]
+
+
+def bench_one(mf: runtime.ModelFile, be: runtime.Backend, split: Split, *, batch: int, policy: TimingPolicy,
+              threads: int, quick: bool, cache: AccuracyCache, data_digest: str,
+              progress: Progress = no_progress, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Measure one (model, backend) alone; return its row (``status`` holds the reason if it cannot run)."""
+    o = open_row(mf, be, split, batch=batch, threads=threads, quick=quick, cache=cache, data_digest=data_digest,
+                 progress=progress, clock=clock)
+    return o if isinstance(o, dict) else time_alone(o, policy, clock)
 
 
 # ----------------------------------------------------------------------------- baseline
@@ -328,7 +413,7 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
               quick: bool = False, threads: int | None = None, limit: int | None = None,
               progress: Progress = no_progress, out: str | os.PathLike | None = DEFAULT_OUT,
               use_cache: bool = True, plot: bool = True, command: str | None = None,
-              timing: TimingPolicy | None = None, seed: int = SUBSET_SEED,
+              timing: TimingPolicy | RoundsPolicy | None = None, seed: int = SUBSET_SEED,
               log: Callable[[str], None] | None = None) -> BenchRows:
     """Benchmark every model file on every selected backend that runs its format; return the rows.
 
@@ -338,7 +423,9 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
     model's first row that ran. ``quick``: a class-balanced subset of 2,000 test images (``limit``
     overrides the count) and shorter timing. ``out``: directory for results.json, results.csv,
     report.md, pareto.png and the accuracy cache (``None``: write nothing, no cache).
-    ``timing`` overrides the timing policy (tests use a tiny one).
+    ``timing``: a :class:`RoundsPolicy` times all rows together in interleaved rounds (the default:
+    ``FULL_ROUNDS``, ``QUICK_ROUNDS`` with ``quick``), a :class:`TimingPolicy` times each row alone
+    right after its accuracy pass (tests use a tiny one).
     """
     log = log or (lambda _msg: None)
     if batch < 1:
@@ -366,7 +453,7 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
     split = data if isinstance(data, Split) else load_split(data, "test", progress=progress)
     n_req = limit if limit is not None else (QUICK_IMAGES if quick else None)
     sub = limit_split(split, n_req, seed)
-    policy = timing or (QUICK if quick else FULL)
+    policy = timing or (QUICK_ROUNDS if quick else FULL_ROUNDS)
     threads = int(threads or os.cpu_count() or 1)
     cache = AccuracyCache(out_dir / CACHE_NAME if (out_dir is not None and use_cache) else None)
     digest = _split_digest(sub)
@@ -401,21 +488,42 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
                 plan.append((p, mf, None, f"{what} {mf.format} files"))
             for b in chosen:
                 plan.append((p, mf, b, None))
+        interleave = isinstance(policy, RoundsPolicy)
+        waiting: list[tuple[int, _Open]] = []
         for i, (p, mf, be, err) in enumerate(plan, 1):
             if err is not None:
                 row = _empty_row(mf, p, None, batch=batch, n_images=len(sub), quick=quick, threads=threads)
                 row["status"] = err
                 log(f"[{i}/{len(plan)}] {p.name}: {err}")
-            else:
-                log(f"[{i}/{len(plan)}] {p.name} on {be.key} ...")
-                row = bench_one(mf, be, sub, batch=batch, policy=policy, threads=threads, quick=quick,
-                                cache=cache, data_digest=digest, progress=progress)
-                if row["status"] == "ok":
-                    log(f"[{i}/{len(plan)}] {p.name} on {be.key}: top-1 {100 * row['top1']:.2f}%, "
-                        f"{row['throughput']} img/s")
-                else:
-                    log(f"[{i}/{len(plan)}] {p.name} on {be.key}: {row['status']}")
+                rows.append(row)
+                continue
+            log(f"[{i}/{len(plan)}] {p.name} on {be.key} ...")
+            got = open_row(mf, be, sub, batch=batch, threads=threads, quick=quick, cache=cache, data_digest=digest,
+                           progress=progress)
+            if isinstance(got, dict):
+                log(f"[{i}/{len(plan)}] {p.name} on {be.key}: {got['status']}")
+                rows.append(got)
+                continue
+            log(f"[{i}/{len(plan)}] {p.name} on {be.key}: top-1 {100 * got.row['top1']:.2f}%")
+            if interleave:
+                waiting.append((len(rows), got))
+                rows.append(got.row)
+                continue
+            row = time_alone(got, policy)
             rows.append(row)
+            log(f"[{i}/{len(plan)}] {p.name} on {be.key}: " + (f"{row['throughput']} img/s" if row["status"] == "ok"
+                                                                else row["status"]))
+        if waiting:
+            log(f"timing {len(waiting)} rows in {policy.rounds} interleaved rounds ...")
+            try:
+                timed = time_interleaved([o for _, o in waiting], policy)
+            finally:
+                for _, o in waiting:
+                    o.close()
+            for (k, _), row in zip(waiting, timed):
+                rows[k] = row
+                log(f"{row['model']} on {row['backend']}: " + (f"{row['throughput']} img/s" if row["status"] == "ok"
+                                                               else row["status"]))
     finally:
         torch.set_num_threads(prev_threads)
 

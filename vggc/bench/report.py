@@ -64,7 +64,8 @@ def subset_label(ctx: dict) -> str:
     return f"top-1 on all {n:,} test images"
 
 
-UNSTABLE = "~ = a timing hit its time cap before the median settled (noisy or very slow); treat as rough"
+UNSTABLE = ("~ = a timing that did not settle (its interleaved rounds disagreed, or it hit the time cap); "
+            "treat as rough")
 
 
 def _cells(r: dict) -> list[str]:
@@ -194,6 +195,21 @@ def markdown_table(rows: list[dict], batch) -> str:
     return "\n".join(out)
 
 
+def timing_method(pol: dict) -> str:
+    """Return the report's one-paragraph description of a timing policy (``ctx["timing"]``)."""
+    if pol.get("mode") == "interleaved":
+        return (f"- Timing: after every accuracy pass, all rows that ran are timed together in {pol.get('rounds')} "
+                f"interleaved rounds ({pol.get('warmup')} warm-up calls each first); a round times every row at "
+                "batch N and then at batch 1, in reverse order every other round, so the ratios between rows "
+                "come from the same minutes of the machine. Medians and p90 are over all calls of all rounds; "
+                f"`timing_stable: false` (~) when a row's per-round medians differ by more than "
+                f"{100 * (pol.get('spread_tol') or 0):.0f}% of their median.")
+    return (f"- Timing: each row alone, right after its accuracy pass: {pol.get('warmup')} warm-up calls, then at "
+            f"least {pol.get('min_reps')} calls and {pol.get('min_time_s')} s, until the median moves < "
+            f"{100 * (pol.get('rel_tol') or 0):.0f}% when the last quarter of samples is added; capped at "
+            f"{pol.get('max_time_s')} s (`timing_stable: false` in results.json when the cap stopped it).")
+
+
 def markdown_report(rows: list[dict], ctx: dict) -> str:
     """Return report.md: what was measured, the table, how, and on which machine."""
     m = ctx.get("machine", {})
@@ -235,10 +251,7 @@ def markdown_report(rows: list[dict], ctx: dict) -> str:
               "`accuracy_cached` in results.json says which rows came from it.",
               f"- Latency: p50/p90 of single calls at batch 1 (ms). Throughput: batch {ctx.get('batch')} / "
               "median call time (img/s); a call includes the host->device copy and the logits back on the CPU.",
-              f"- Each timing: {pol.get('warmup')} warm-up calls, then at least {pol.get('min_reps')} calls and "
-              f"{pol.get('min_time_s')} s, until the median moves < {100 * (pol.get('rel_tol') or 0):.0f}% when "
-              f"the last quarter of samples is added; capped at {pol.get('max_time_s')} s "
-              "(`timing_stable: false` in results.json when the cap stopped it).",
+              timing_method(pol),
               "- compile s: the runner's own build time plus how much longer the first call at batch N and "
               "at batch 1 took than the steady median (torch.compile, engine builds).",
               f"- Threads: {ctx.get('threads')} (torch.set_num_threads and ONNX Runtime intra-op threads).",

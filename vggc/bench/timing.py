@@ -10,6 +10,13 @@ first of:
 * ``max_reps`` calls.
 
 The clock is injectable (``clock=``) so the rule is tested on a fake clock.
+
+:func:`measure_rounds` is the bench's default: it times *several* callables in interleaved rounds
+(every round times every callable once, for at least ``calls`` calls and ``seconds`` seconds; the
+order is reversed every other round so a slow drift of the machine hits all of them alike). On a
+shared machine a row timed alone can land in a busy minute and another in a quiet one, which made
+ratios between rows of one bench run differ by up to 2x; rounds spread that noise over every row.
+A callable that raises is dropped from the later rounds and its error returned in its place.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ class TimingPolicy:
     max_reps: int = 100_000
 
     def to_dict(self) -> dict:
-        return {"warmup": self.warmup, "min_reps": self.min_reps, "min_time_s": self.min_time,
+        return {"mode": "sequential", "warmup": self.warmup, "min_reps": self.min_reps, "min_time_s": self.min_time,
                 "max_time_s": self.max_time, "rel_tol": self.rel_tol, "max_reps": self.max_reps}
 
 
@@ -63,6 +70,7 @@ class Timing:
     samples: list[float] = field(default_factory=list)
     stable: bool = False
     total_s: float = 0.0
+    round_medians: list[float] = field(default_factory=list)  # measure_rounds only: one per round
 
     @property
     def reps(self) -> int:
@@ -108,3 +116,80 @@ def measure(fn: Callable[[], object], policy: TimingPolicy = FULL, *,
             return out
         if elapsed >= policy.max_time or out.reps >= policy.max_reps:
             return out
+
+
+@dataclass(frozen=True)
+class RoundsPolicy:
+    """Interleaved timing (:func:`measure_rounds`). ``QUICK_ROUNDS``/``FULL_ROUNDS`` are the bench's.
+
+    A timing is ``stable`` when its per-round medians differ by at most ``spread_tol`` of their
+    median ((max - min) / median): the rounds agreed.
+    """
+
+    rounds: int = 7
+    warmup: int = 2
+    spread_tol: float = 0.15
+
+    def to_dict(self) -> dict:
+        return {"mode": "interleaved", "rounds": self.rounds, "warmup": self.warmup, "spread_tol": self.spread_tol}
+
+
+FULL_ROUNDS = RoundsPolicy(rounds=7, warmup=2)
+QUICK_ROUNDS = RoundsPolicy(rounds=3, warmup=1)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One callable for :func:`measure_rounds`: each round times it ``calls`` times and at least
+    ``seconds`` seconds."""
+
+    fn: Callable[[], object]
+    calls: int = 2
+    seconds: float = 0.5
+
+
+def measure_rounds(tasks: Sequence[Task], policy: RoundsPolicy = FULL_ROUNDS, *,
+                   clock: Callable[[], float] = time.perf_counter) -> list[Timing | BaseException]:
+    """Time ``tasks`` in ``policy.rounds`` interleaved rounds (see the module docstring).
+
+    Returns, per task in order, a :class:`Timing` over all its samples (``round_medians`` holds one
+    median per round) or the exception it raised (it is then left out of the later rounds).
+    """
+    if policy.rounds < 1:
+        raise ValueError(f"rounds {policy.rounds}: must be at least 1")
+    out: list[Timing | BaseException] = [Timing() for _ in tasks]
+    for i, t in enumerate(tasks):
+        try:
+            for _ in range(policy.warmup):
+                t.fn()
+        except Exception as err:  # noqa: BLE001 - returned in the task's place
+            out[i] = err
+    for r in range(policy.rounds):
+        order = range(len(tasks)) if r % 2 == 0 else range(len(tasks) - 1, -1, -1)
+        for i in order:
+            res = out[i]
+            if not isinstance(res, Timing):
+                continue
+            task = tasks[i]
+            got: list[float] = []
+            start = clock()
+            try:
+                while True:
+                    t0 = clock()
+                    task.fn()
+                    t1 = clock()
+                    got.append(t1 - t0)
+                    if len(got) >= max(1, task.calls) and t1 - start >= task.seconds:
+                        break
+            except Exception as err:  # noqa: BLE001
+                out[i] = err
+                continue
+            res.samples.extend(got)
+            res.round_medians.append(median(got))
+            res.total_s += clock() - start
+    for res in out:
+        if isinstance(res, Timing) and res.round_medians:
+            mid = median(res.round_medians)
+            spread = (max(res.round_medians) - min(res.round_medians)) / mid if mid > 0 else 0.0
+            res.stable = spread <= policy.spread_tol
+    return out

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 
 import click
 
 from vggc.cli.common import data_option, emit_json, threads_option
-from vggc.errors import VggcError
+from vggc.errors import InputError, VggcError
 
 
 def backend_help_rows() -> list[tuple[str, str]]:
@@ -70,8 +71,17 @@ class BenchCommand(click.Command):
 @click.option("--no-cache", is_flag=True,
               help="Ignore and do not update accuracy-cache.json (top-1 of a file on a backend is deterministic, "
                    "so by default a rerun reuses it and only re-times).")
+@click.option("--timing", "timing_mode", type=click.Choice(["interleaved", "sequential"]), default="interleaved",
+              show_default=True,
+              help="interleaved: after all accuracy passes, time every row together in rounds (each round times "
+                   "each row once), so speedups between rows come from the same minutes of a noisy machine; all "
+                   "models stay loaded meanwhile. sequential: time each row alone right after its accuracy pass "
+                   "(one model in memory at a time).")
+@click.option("--rounds", type=click.IntRange(1, 100), default=None,
+              help="Interleaved timing rounds. Default: 7, or 3 with --quick.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list instead of the table.")
-def command(models, data, batch, backends, baseline, quick, limit, threads, out, no_plot, no_cache, as_json):
+def command(models, data, batch, backends, baseline, quick, limit, threads, out, no_plot, no_cache, timing_mode,
+            rounds, as_json):
     """Measure every MODEL file on every backend that can run its format.
 
     Per (model, backend) row: top-1 on the CIFAR-10 test split, delta_pt against the baseline row,
@@ -79,18 +89,27 @@ def command(models, data, batch, backends, baseline, quick, limit, threads, out,
     MACs and compile/first-call time. A row that cannot run here (no CUDA, missing library, failing
     file) says why and the others still run. Writes results.json, results.csv, report.md and
     pareto.png into --out. Timings are medians of repeated calls after warm-up with a fixed thread
-    count; other load on the machine makes them noisy.
+    count, by default taken in interleaved rounds over all rows (see --timing); other load on the
+    machine still makes absolute numbers noisy.
     """
-    from vggc.bench import run_bench, screen_table
+    from vggc.bench import FULL, FULL_ROUNDS, QUICK, QUICK_ROUNDS, run_bench, screen_table
     from vggc.bench.report import subset_label
     from vggc.cli.common import set_threads
     from vggc.progress import tqdm_progress
 
+    if timing_mode == "sequential" and rounds is not None:
+        raise InputError("--rounds applies to --timing interleaved only")
+    if timing_mode == "sequential":
+        policy = QUICK if quick else FULL
+    else:
+        policy = QUICK_ROUNDS if quick else FULL_ROUNDS
+        if rounds is not None:
+            policy = dataclasses.replace(policy, rounds=rounds)
     n_threads = set_threads(threads)
     cmdline = " ".join(shlex.quote(a) for a in ["vggc", *sys.argv[1:]])
     rows = run_bench(models, data, batch=batch, backends=backends, baseline=baseline, quick=quick,
                      threads=n_threads, limit=limit, progress=tqdm_progress, out=out, use_cache=not no_cache,
-                     plot=not no_plot, command=cmdline, log=lambda msg: click.echo(msg, err=True))
+                     plot=not no_plot, command=cmdline, timing=policy, log=lambda msg: click.echo(msg, err=True))
     ctx = rows.context
     if as_json:
         emit_json(list(rows))
