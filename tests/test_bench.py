@@ -13,9 +13,9 @@ from conftest import make_imagefolder, make_tiny_vgg
 from vggc import runtime
 from vggc.artifacts import save_state_dict
 from vggc.bench import CONTRACT, RoundsPolicy, TimingPolicy, measure, measure_rounds, percentile, run_bench
-from vggc.bench.timing import Task
 from vggc.bench.plot import label_groups, pareto_front, short_names
 from vggc.bench.report import screen_table
+from vggc.bench.timing import Task
 from vggc.errors import InputError
 
 FAST = TimingPolicy(warmup=1, min_reps=3, min_time=0.02, max_time=0.3)
@@ -327,7 +327,7 @@ def test_rounds_interleave_and_reverse_order():
     res = measure_rounds(tasks, RoundsPolicy(rounds=3, warmup=1), clock=clock)
     assert clock.log == ["a", "b"] + ["a", "b", "b"] + ["b", "b", "a"] + ["a", "b", "b"]
     assert [r.reps for r in res] == [3, 6] and all(len(r.round_medians) == 3 for r in res)
-    assert all(r.stable and r.p50 == pytest.approx(0.1) for r in res)
+    assert all(r.stable and r.p50 == pytest.approx(0.1) and r.spread == pytest.approx(0.0, abs=1e-9) for r in res)
 
 
 def test_rounds_share_a_busy_spell_that_sequential_timing_blames_on_one_row():
@@ -345,6 +345,7 @@ def test_rounds_share_a_busy_spell_that_sequential_timing_blames_on_one_row():
     assert min(slow) >= 7 and abs(slow[0] - slow[1]) <= 1  # both saw the busy spell
     assert rb.p50 / ra.p50 == pytest.approx(1.0)
     assert not ra.stable and not rb.stable  # rounds disagreed by 2x: flagged
+    assert ra.spread == pytest.approx(1.0)  # IQR of the round medians = 0.1 s over a 0.1 s median
 
 
 def test_rounds_drop_a_failing_task_and_keep_the_others():
@@ -375,4 +376,17 @@ def test_run_bench_interleaves_by_default(tiny_files):
         assert 0 < r["latency_p50_ms"] <= r["latency_p90_ms"] and isinstance(r["timing_stable"], bool)
     assert rows[1]["speedup"] == pytest.approx(rows[1]["throughput"] / rows[0]["throughput"], rel=1e-2)
     default = run_bench([a], data, batch=8, backends="torch-fp32", limit=10, out=None, quick=True)
-    assert default.context["timing"] == {"mode": "interleaved", "rounds": 3, "warmup": 1, "spread_tol": 0.15}
+    assert default.context["timing"] == {"mode": "interleaved", "rounds": 3, "warmup": 1, "spread_tol": 0.10}
+    assert all(isinstance(r["timing_spread"], float) and r["timing_spread"] >= 0 for r in rows)
+
+
+def test_one_odd_round_does_not_make_a_timing_unstable():
+    clock = SlowingClock(at=1e9, factor=1.0)
+    n = {"calls": 0}
+
+    def hiccup():  # the 4th of 7 rounds is 3x slower (another process woke up)
+        n["calls"] += 1
+        clock.t += 0.3 if n["calls"] == 4 else 0.1
+
+    (res,) = measure_rounds([Task(hiccup, calls=1, seconds=0.0)], RoundsPolicy(rounds=7, warmup=0), clock=clock)
+    assert res.stable and res.spread == pytest.approx(0.0, abs=1e-9) and res.p50 == pytest.approx(0.1)

@@ -38,8 +38,7 @@ import torch
 from vggc import runtime
 from vggc.artifacts import sha256_file, write_json
 from vggc.bench.machine import machine_info
-from vggc.bench.timing import (FULL_ROUNDS, QUICK_ROUNDS, RoundsPolicy, Task, TimingPolicy, measure,
-                               measure_rounds)
+from vggc.bench.timing import FULL_ROUNDS, QUICK_ROUNDS, RoundsPolicy, Task, TimingPolicy, measure, measure_rounds
 from vggc.data import Split, limit_split, load_split
 from vggc.errors import InputError, VggcError
 from vggc.evaluate import evaluate
@@ -200,7 +199,8 @@ def _empty_row(mf: runtime.ModelFile | None, path: Path, be: runtime.Backend | N
         "params": mf.params if mf else None, "macs": mf.macs if mf else None,
         "n_images": n_images, "quick": quick, "threads": threads,
         "compile_s": None, "load_s": None, "accuracy_cached": None,
-        "timing_reps_batch": None, "timing_reps_b1": None, "timing_stable": None, "is_baseline": False,
+        "timing_reps_batch": None, "timing_reps_b1": None, "timing_stable": None, "timing_spread": None,
+        "is_baseline": False,
     }
     return row
 
@@ -230,7 +230,7 @@ class _Open:
 
 
 def _fail(row: dict, err: BaseException) -> None:
-    for k in METRICS + ("accuracy_cached", "timing_reps_batch", "timing_reps_b1", "timing_stable"):
+    for k in METRICS + ("accuracy_cached", "timing_reps_batch", "timing_reps_b1", "timing_stable", "timing_spread"):
         row[k] = None
     row["status"] = one_line(err)
 
@@ -303,6 +303,7 @@ def _finish(o: _Open, t_n, t_1) -> dict:
     else:
         row["throughput"] = round(batch / t_n.p50, 2)
         row["timing_reps_batch"] = t_n.reps
+        row["timing_spread"] = round(t_n.spread, 4) if t_n.spread is not None else None
         compile_s = float(getattr(o.runner, "compile_seconds", 0.0) or 0.0) + max(0.0, o.first_n - t_n.p50)
         stable = t_n.stable
         if o.b1_error or isinstance(t_1, BaseException) or t_1 is None:

@@ -16,8 +16,8 @@ from vggc.bench.machine import describe_flags
 CONTRACT = ("model", "backend", "precision", "status", "top1", "delta_pt", "latency_p50_ms", "latency_p90_ms",
             "throughput", "batch", "size_mb", "params", "macs")
 COLUMNS = CONTRACT + ("speedup", "format", "device", "note", "n_images", "quick", "threads", "compile_s", "load_s",
-                      "accuracy_cached", "timing_reps_batch", "timing_reps_b1", "timing_stable", "is_baseline",
-                      "path")
+                      "accuracy_cached", "timing_reps_batch", "timing_reps_b1", "timing_stable", "timing_spread",
+                      "is_baseline", "path")
 
 
 def load_note(start, end, cores) -> str:
@@ -202,8 +202,9 @@ def timing_method(pol: dict) -> str:
                 f"interleaved rounds ({pol.get('warmup')} warm-up calls each first); a round times every row at "
                 "batch N and then at batch 1, in reverse order every other round, so the ratios between rows "
                 "come from the same minutes of the machine. Medians and p90 are over all calls of all rounds; "
-                f"`timing_stable: false` (~) when a row's per-round medians differ by more than "
-                f"{100 * (pol.get('spread_tol') or 0):.0f}% of their median.")
+                f"`timing_spread` is the interquartile range of a row's per-round batch-N medians over their "
+                f"median, and `timing_stable: false` (~) when it (or batch 1's) exceeds "
+                f"{100 * (pol.get('spread_tol') or 0):.0f}%.")
     return (f"- Timing: each row alone, right after its accuracy pass: {pol.get('warmup')} warm-up calls, then at "
             f"least {pol.get('min_reps')} calls and {pol.get('min_time_s')} s, until the median moves < "
             f"{100 * (pol.get('rel_tol') or 0):.0f}% when the last quarter of samples is added; capped at "

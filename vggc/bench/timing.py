@@ -71,6 +71,7 @@ class Timing:
     stable: bool = False
     total_s: float = 0.0
     round_medians: list[float] = field(default_factory=list)  # measure_rounds only: one per round
+    spread: float | None = None  # measure_rounds only: (p75 - p25) / p50 of round_medians
 
     @property
     def reps(self) -> int:
@@ -122,13 +123,13 @@ def measure(fn: Callable[[], object], policy: TimingPolicy = FULL, *,
 class RoundsPolicy:
     """Interleaved timing (:func:`measure_rounds`). ``QUICK_ROUNDS``/``FULL_ROUNDS`` are the bench's.
 
-    A timing is ``stable`` when its per-round medians differ by at most ``spread_tol`` of their
-    median ((max - min) / median): the rounds agreed.
+    A timing is ``stable`` when the interquartile range of its per-round medians is at most
+    ``spread_tol`` of their median: most rounds agreed (one odd round does not count against it).
     """
 
     rounds: int = 7
     warmup: int = 2
-    spread_tol: float = 0.15
+    spread_tol: float = 0.10
 
     def to_dict(self) -> dict:
         return {"mode": "interleaved", "rounds": self.rounds, "warmup": self.warmup, "spread_tol": self.spread_tol}
@@ -190,6 +191,7 @@ def measure_rounds(tasks: Sequence[Task], policy: RoundsPolicy = FULL_ROUNDS, *,
     for res in out:
         if isinstance(res, Timing) and res.round_medians:
             mid = median(res.round_medians)
-            spread = (max(res.round_medians) - min(res.round_medians)) / mid if mid > 0 else 0.0
-            res.stable = spread <= policy.spread_tol
+            iqr = percentile(res.round_medians, 75.0) - percentile(res.round_medians, 25.0)
+            res.spread = iqr / mid if mid > 0 else 0.0
+            res.stable = res.spread <= policy.spread_tol
     return out
