@@ -6,16 +6,16 @@
 from vggc.bench.core import DEFAULT_OUT, QUICK_IMAGES, BenchRows, apply_baseline, parse_backends, run_bench
 from vggc.bench.report import COLUMNS, CONTRACT, screen_table, write_outputs
 from vggc.bench.timing import (
-                               FULL,
-                               FULL_ROUNDS,
-                               QUICK,
-                               QUICK_ROUNDS,
-                               RoundsPolicy,
-                               Timing,
-                               TimingPolicy,
-                               measure,
-                               measure_rounds,
-                               percentile,
+    FULL,
+    FULL_ROUNDS,
+    QUICK,
+    QUICK_ROUNDS,
+    RoundsPolicy,
+    Timing,
+    TimingPolicy,
+    measure,
+    measure_rounds,
+    percentile,
 )
 
 __all__ = ["BenchRows", "COLUMNS", "CONTRACT", "DEFAULT_OUT", "FULL", "FULL_ROUNDS", "QUICK", "QUICK_IMAGES",
