@@ -336,8 +336,8 @@ def time_alone(o: _Open, policy: TimingPolicy, clock: Callable[[], float] = time
     return _finish(o, t_n, t_1)
 
 
-def time_interleaved(opened: Sequence[_Open], policy: RoundsPolicy,
-                     clock: Callable[[], float] = time.perf_counter) -> list[dict]:
+def time_interleaved(opened: Sequence[_Open], policy: RoundsPolicy, clock: Callable[[], float] = time.perf_counter,
+                     progress: Progress = no_progress) -> list[dict]:
     """Time every open row in interleaved rounds (:func:`measure_rounds`); return the rows in order.
 
     Each round times each row at batch N and then at batch 1 (calls and seconds per round:
@@ -353,7 +353,7 @@ def time_interleaved(opened: Sequence[_Open], policy: RoundsPolicy,
             i_1 = len(tasks)
             tasks.append(Task(lambda o=o: o.runner.predict(o.x_1), *ROUND_TASK["b1"]))
         where.append((i_n, i_1))
-    res = measure_rounds(tasks, policy, clock=clock)
+    res = measure_rounds(tasks, policy, clock=clock, progress=progress)
     return [_finish(o, res[i_n], res[i_1] if i_1 is not None else None) for o, (i_n, i_1) in zip(opened, where)]
 
 
@@ -517,7 +517,7 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
         if waiting:
             log(f"timing {len(waiting)} rows in {policy.rounds} interleaved rounds ...")
             try:
-                timed = time_interleaved([o for _, o in waiting], policy)
+                timed = time_interleaved([o for _, o in waiting], policy, progress=progress)
             finally:
                 for _, o in waiting:
                     o.close()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -150,11 +150,13 @@ class Task:
 
 
 def measure_rounds(tasks: Sequence[Task], policy: RoundsPolicy = FULL_ROUNDS, *,
-                   clock: Callable[[], float] = time.perf_counter) -> list[Timing | BaseException]:
+                   clock: Callable[[], float] = time.perf_counter,
+                   progress: Callable[..., Iterable] | None = None) -> list[Timing | BaseException]:
     """Time ``tasks`` in ``policy.rounds`` interleaved rounds (see the module docstring).
 
     Returns, per task in order, a :class:`Timing` over all its samples (``round_medians`` holds one
     median per round) or the exception it raised (it is then left out of the later rounds).
+    ``progress(iterable, total=, desc=)`` wraps the loop over rounds (a progress bar in the CLI).
     """
     if policy.rounds < 1:
         raise ValueError(f"rounds {policy.rounds}: must be at least 1")
@@ -165,7 +167,10 @@ def measure_rounds(tasks: Sequence[Task], policy: RoundsPolicy = FULL_ROUNDS, *,
                 t.fn()
         except Exception as err:  # noqa: BLE001 - returned in the task's place
             out[i] = err
-    for r in range(policy.rounds):
+    rounds: Iterable[int] = range(policy.rounds)
+    if progress is not None:
+        rounds = progress(rounds, total=policy.rounds, desc="timing rounds")
+    for r in rounds:
         order = range(len(tasks)) if r % 2 == 0 else range(len(tasks) - 1, -1, -1)
         for i in order:
             res = out[i]
