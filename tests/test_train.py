@@ -70,6 +70,45 @@ def test_fit_is_deterministic_and_resume_matches(tmp_path):
             split, pre, _cfg(), checkpoint=ckpt, resume=True)
 
 
+def test_kill_inside_an_epoch_resumes_from_the_mid_epoch_checkpoint(tmp_path):
+    # toy epochs have 5 steps; checkpoint_minutes=0 writes a checkpoint after every step but the last
+    split, pre = _toy_split(), Preprocess()
+
+    def ce(net, x, y):
+        return torch.nn.functional.cross_entropy(net(x), y), {}
+
+    a = _model()
+    ref = fit(a, split, pre, _cfg(), loss_fn=ce)
+    calls = {"n": 0}
+
+    def dies_in_epoch_2(net, x, y):
+        calls["n"] += 1
+        if calls["n"] == 5 + 4:  # epoch 2, step 3 (0-based): steps 0-2 of epoch 2 are checkpointed
+            raise KeyboardInterrupt
+        return ce(net, x, y)
+
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), split, pre, _cfg(), checkpoint=ckpt, loss_fn=dies_in_epoch_2, checkpoint_minutes=0)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["epoch"] == 1 and saved["partial"]["step"] == 3 and len(saved["history"]) == 1
+    c = _model()
+    res = fit(c, split, pre, _cfg(), checkpoint=ckpt, resume=True, loss_fn=dies_in_epoch_2, checkpoint_minutes=0)
+    assert res.resumed_from == 1 and calls["n"] == 5 + 4 + (5 - 3) + 5  # only epoch 2's last 2 steps rerun
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, c.state_dict()[k]), k  # bit-identical to the run that never stopped
+    assert [h["loss"] for h in res.history] == pytest.approx([h["loss"] for h in ref.history], abs=1e-6)
+    final = torch.load(ckpt, weights_only=True)
+    assert final["epoch"] == 3 and final["partial"] is None
+    # with checkpoint_minutes=None only epoch ends are saved
+    calls["n"] = 0
+    ckpt2 = tmp_path / "epochs.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), split, pre, _cfg(), checkpoint=ckpt2, loss_fn=dies_in_epoch_2, checkpoint_minutes=None)
+    saved = torch.load(ckpt2, weights_only=True)
+    assert saved["epoch"] == 1 and saved["partial"] is None
+
+
 def test_freeze_features_trains_only_classifier():
     split, pre = _toy_split(), Preprocess()
     model = freeze(_model(), "features")

@@ -2,7 +2,7 @@
 
 SGD (Nesterov) + OneCycle by default, random-crop + flip, label smoothing, channels_last,
 bf16 autocast on CPUs with native bf16 (AMX / AVX512-BF16) and fp16 AMP on CUDA, a checkpoint
-after every epoch (atomic) with ``resume``, deterministic under ``seed``, and DDP when
+after every epoch and every 10 minutes within one (atomic) with ``resume``, deterministic under ``seed``, and DDP when
 ``torch.distributed`` is initialised (e.g. under ``torchrun``; only rank 0 writes).
 
 The loss is pluggable: ``loss_fn(model, x, y) -> (loss, parts)`` where ``parts`` is a dict of
@@ -25,6 +25,9 @@ from vggc.artifacts import atomic_path, safe_torch_load
 from vggc.data import Preprocess, Split, augment_batch
 from vggc.errors import InputError, StaleCheckpointError
 from vggc.progress import Progress, no_progress
+
+# a training checkpoint is also written within an epoch after this many minutes (see fit)
+CHECKPOINT_MINUTES = 10.0
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -177,11 +180,14 @@ def check_same_run(ckpt: dict, cfg: TrainConfig, model: nn.Module, path: Path, r
 def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig, *,
         loss_fn: LossFn | None = None, checkpoint: str | Path | None = None, resume: bool = False,
         progress: Progress = no_progress, on_epoch: Callable[[dict], None] | None = None,
-        run_key: str | None = None) -> TrainResult:
+        run_key: str | None = None, checkpoint_minutes: float | None = CHECKPOINT_MINUTES) -> TrainResult:
     """Train ``model`` in place on ``train``; return a :class:`TrainResult`.
 
-    ``checkpoint``: path written atomically after every epoch (rank 0 only); with ``resume=True``
-    training continues from it (same seed -> same result as an uninterrupted run). ``run_key``: what
+    ``checkpoint``: path written atomically after every epoch (rank 0 only), and also within an
+    epoch once ``checkpoint_minutes`` have passed since the last write (single process only; an
+    epoch over 50,000 images takes 20-30 minutes on a 2-core CPU, so a kill then loses at most
+    that many minutes; ``None``: epoch ends only). With ``resume=True`` training continues from it,
+    mid-epoch too (same seed -> the same weights as an uninterrupted run). ``run_key``: what
     the caller's settings hash to beyond ``cfg`` (e.g. a pruning plan, a loss); stored in the
     checkpoint, and a checkpoint with another key is refused on resume.
     ``on_epoch(record)`` is called after each epoch with ``{"epoch", "loss", "lr", "seconds", ...}``.
@@ -209,8 +215,16 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
     sched = _make_scheduler(opt, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
-    start_epoch, history = 0, []
+    start_epoch, history, partial = 0, [], None
     ckpt_path = Path(checkpoint) if checkpoint else None
+    every_s = checkpoint_minutes * 60.0 if (checkpoint_minutes is not None and world == 1) else None
+
+    def save(epochs_done: int, part: dict | None = None) -> None:
+        with atomic_path(ckpt_path) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                        "epoch": epochs_done, "rng": torch.get_rng_state(), "history": history,
+                        "config": asdict(cfg), "run_key": run_key, "partial": part}, tmp)
     if resume:
         if ckpt_path is None or not ckpt_path.is_file():
             raise InputError(f"--resume: no checkpoint at {ckpt_path}")
@@ -223,6 +237,7 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
             scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"])
         start_epoch, history = int(ckpt["epoch"]), list(ckpt.get("history", []))
+        partial = ckpt.get("partial")  # written within an epoch: that epoch's progress so far
 
     net = model
     if world > 1:
@@ -239,9 +254,16 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
         order = epoch_order(len(train), cfg.seed, epoch, rank, world)[: steps_per_epoch * cfg.batch_size]
         aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank)
         sums: dict[str, float] = {}
+        first, spent, spent_cpu = 0, 0.0, 0.0
+        if partial is not None and epoch == start_epoch:  # resume inside this epoch
+            first, sums = int(partial["step"]), dict(partial["sums"])
+            spent, spent_cpu = float(partial["seconds"]), float(partial["cpu_seconds"])
+            aug_gen.set_state(partial["aug_rng"])
         batches = order.view(steps_per_epoch, cfg.batch_size)
-        bar = progress(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}")
-        for step, idx in enumerate(bar):
+        bar = progress(batches[first:], total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       **({"initial": first} if first else {}))
+        last_save = time.perf_counter()
+        for step, idx in enumerate(bar, start=first):
             images = train.images[idx]
             if cfg.augment:
                 images = augment_batch(images, aug_gen)
@@ -262,17 +284,20 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
                 sums[k] = sums.get(k, 0.0) + float(v)
             if hasattr(bar, "set_postfix") and (step % 10 == 0 or step == steps_per_epoch - 1):
                 bar.set_postfix({k: f"{v / (step + 1):.3f}" for k, v in sums.items()}, refresh=False)
+            if (every_s is not None and ckpt_path is not None and step < steps_per_epoch - 1
+                    and time.perf_counter() - last_save >= every_s):
+                save(epoch, {"step": step + 1, "sums": sums, "aug_rng": aug_gen.get_state(),
+                             "seconds": spent + time.perf_counter() - t0,
+                             "cpu_seconds": spent_cpu + time.process_time() - c0})
+                last_save = time.perf_counter()
+        seconds = spent + time.perf_counter() - t0
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
-                  "seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 2),
-                  "images_per_s": round(steps_per_epoch * cfg.batch_size * world / (time.perf_counter() - t0), 1),
+                  "seconds": round(seconds, 2), "cpu_seconds": round(spent_cpu + time.process_time() - c0, 2),
+                  "images_per_s": round(steps_per_epoch * cfg.batch_size * world / seconds, 1),
                   **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}}
         history.append(record)
         if ckpt_path is not None and rank == 0:
-            with atomic_path(ckpt_path) as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                            "epoch": epoch + 1, "rng": torch.get_rng_state(), "history": history,
-                            "config": asdict(cfg), "run_key": run_key}, tmp)
+            save(epoch + 1)
         if on_epoch:
             on_epoch(record)
     model.to("cpu").eval()

@@ -24,7 +24,8 @@ def _threads_per_process(threads: int | None) -> int | None:
 @data_option()
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="Output student state_dict (.pt). A manifest OUT.json is written beside it; OUT.ckpt "
-                   "(+ OUT.ckpt.json) hold the per-epoch checkpoint until training finishes.")
+                   "(+ OUT.ckpt.json) hold the checkpoint (written every epoch and every 10 minutes within "
+                   "one) until training finishes.")
 @click.option("--student", type=click.Choice(["mobilenet_v2"]), default="mobilenet_v2", show_default=True,
               help="Student architecture: a CIFAR MobileNetV2 (stem and first downsampling stage at stride 1; "
                    "~88 M MACs at 32x32 and width 1.0).")

@@ -19,7 +19,7 @@ from vggc.train import ARCHS, PRECISIONS, SCHEDULES, TrainConfig, train_baseline
 @data_option()
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="Output state_dict (.pt). A manifest OUT.json is written beside it; OUT.ckpt holds the "
-                   "per-epoch checkpoint until training finishes.")
+                   "checkpoint (written every epoch and every 10 minutes within one) until training finishes.")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Training epochs.")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Images per step.")
 @click.option("--lr", type=float, default=0.1, show_default=True, help="Peak learning rate (OneCycle max).")

@@ -225,7 +225,7 @@ def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: Tr
             eval_threads: int | None = None, progress: Progress = no_progress, on_epoch=None) -> dict:
     """Distil ``teacher_path`` into a fresh student; save its state_dict at ``out`` with a manifest.
 
-    ``out.ckpt`` (+ ``out.ckpt.json``, the run's settings) hold the per-epoch checkpoint until the run
+    ``out.ckpt`` (+ ``out.ckpt.json``, the run's settings) hold fit's checkpoint (every epoch, every 10 minutes) until the run
     finishes; ``resume=True`` continues from it. Under an initialised process group the trainer
     shards the data and only rank 0 evaluates and writes; other ranks return ``{}``.
     ``eval_threads``: torch threads for the final evaluation (under torchrun each process trains on

@@ -497,7 +497,7 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
     fine-tunes for its share of ``finetune_epochs`` (seed ``train_cfg.seed + k - 1``).
 
     ``work``: file prefix for resumable state — ``<work>.state.pt`` after each finished step and
-    ``<work>.step<k>.ckpt`` (fit's per-epoch checkpoint); ``resume=True`` continues from them.
+    ``<work>.step<k>.ckpt`` (fit's checkpoint: every epoch and every 10 minutes); ``resume=True`` continues from them.
     ``cleanup``: delete them at the end (:func:`prune_file` does so only once its output is saved).
     ``evaluate_step(model) -> top1`` is called after each step but the last (whose result the
     caller evaluates anyway). ``loss_fn``: the fine-tune loss (default: the trainer's

@@ -52,7 +52,8 @@ PRESETS = {
                     skip=("int8_torch_dynamic", "pruned_int8_torch_static")),
     # Real budgets, sized for a 2-core CPU (about 4 hours: prune fine-tune ~70 min, distillation
     # ~2.3 h, bench on all 10,000 test images); a CUDA machine trains the same steps in minutes.
-    # Every training step checkpoints each epoch, so a killed run resumes where it stopped.
+    # Every training step checkpoints each epoch (and every 10 minutes within one), so a killed run
+    # resumes where it stopped.
     "full": Preset("full", parity_limit=None, calib_size=1000, prune_target_macs=0.5, prune_finetune_epochs=5,
                    prune_limit=None, distill_epochs=5, distill_limit=None, distill_width=1.0, eval_limit=None,
                    bench_quick=False, prune_strategy="sensitivity", scan_limit=1000),
