@@ -2,8 +2,8 @@
 
 SGD (Nesterov) + OneCycle by default, random-crop + flip, label smoothing, channels_last,
 bf16 autocast on CPUs with native bf16 (AMX / AVX512-BF16) and fp16 AMP on CUDA, a checkpoint
-after every epoch and every 10 minutes within one (atomic) with ``resume``, deterministic under ``seed``, and DDP when
-``torch.distributed`` is initialised (e.g. under ``torchrun``; only rank 0 writes).
+after every epoch and every 10 minutes within one (atomic) with ``resume``, deterministic under
+``seed``, and DDP when ``torch.distributed`` is initialised (e.g. under ``torchrun``; only rank 0 writes).
 
 The loss is pluggable: ``loss_fn(model, x, y) -> (loss, parts)`` where ``parts`` is a dict of
 floats shown on the progress bar (distillation passes its KD loss this way).
@@ -185,8 +185,8 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
 
     ``checkpoint``: path written atomically after every epoch (rank 0 only), and also within an
     epoch once ``checkpoint_minutes`` have passed since the last write (single process only; an
-    epoch over 50,000 images takes 20-30 minutes on a 2-core CPU, so a kill then loses at most
-    that many minutes; ``None``: epoch ends only). With ``resume=True`` training continues from it,
+    epoch over 50,000 images takes 20-30 minutes on a 2-core CPU, and a kill now loses at most
+    ``checkpoint_minutes`` of it; ``None``: epoch ends only). With ``resume=True`` training continues from it,
     mid-epoch too (same seed -> the same weights as an uninterrupted run). ``run_key``: what
     the caller's settings hash to beyond ``cfg`` (e.g. a pruning plan, a loss); stored in the
     checkpoint, and a checkpoint with another key is refused on resume.
