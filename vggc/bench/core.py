@@ -38,7 +38,7 @@ import torch
 from vggc import runtime
 from vggc.artifacts import sha256_file, write_json
 from vggc.bench.machine import machine_info
-from vggc.bench.timing import FULL_ROUNDS, QUICK_ROUNDS, RoundsPolicy, Task, TimingPolicy, measure, measure_rounds
+from vggc.bench.timing import RoundsPolicy, Task, TimingPolicy, measure, measure_rounds, timing_policy
 from vggc.data import Split, limit_split, load_split
 from vggc.errors import InputError, VggcError
 from vggc.evaluate import evaluate
@@ -220,13 +220,19 @@ class _Open:
         self.b1_error: str | None = None
 
     def close(self) -> None:
-        if self.runner is not None:
-            try:
-                self.runner.close()
-            except Exception:  # noqa: BLE001
-                pass
+        _close_runner(self.runner)
         self.runner = None
-        gc.collect()
+
+
+def _close_runner(runner) -> None:
+    """Close ``runner`` (if any), ignoring its errors, and free what it held."""
+    if runner is None:
+        return
+    try:
+        runner.close()
+    except Exception:  # noqa: BLE001
+        pass
+    gc.collect()
 
 
 def _fail(row: dict, err: BaseException) -> None:
@@ -288,8 +294,7 @@ def open_row(mf: runtime.ModelFile, be: runtime.Backend, split: Split, *, batch:
         return opened
     except Exception as err:  # noqa: BLE001 - one failing row never stops the others
         _fail(row, err)
-        if runner is not None:
-            _Open(row, runner, torch.zeros(1), 0.0, notes).close()
+        _close_runner(runner)
         row["note"] = "; ".join(notes) or None
         return row
 
@@ -355,15 +360,6 @@ def time_interleaved(opened: Sequence[_Open], policy: RoundsPolicy, clock: Calla
         where.append((i_n, i_1))
     res = measure_rounds(tasks, policy, clock=clock, progress=progress)
     return [_finish(o, res[i_n], res[i_1] if i_1 is not None else None) for o, (i_n, i_1) in zip(opened, where)]
-
-
-def bench_one(mf: runtime.ModelFile, be: runtime.Backend, split: Split, *, batch: int, policy: TimingPolicy,
-              threads: int, quick: bool, cache: AccuracyCache, data_digest: str,
-              progress: Progress = no_progress, clock: Callable[[], float] = time.perf_counter) -> dict:
-    """Measure one (model, backend) alone; return its row (``status`` holds the reason if it cannot run)."""
-    o = open_row(mf, be, split, batch=batch, threads=threads, quick=quick, cache=cache, data_digest=data_digest,
-                 progress=progress, clock=clock)
-    return o if isinstance(o, dict) else time_alone(o, policy, clock)
 
 
 # ----------------------------------------------------------------------------- baseline
@@ -454,7 +450,7 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
     split = data if isinstance(data, Split) else load_split(data, "test", progress=progress)
     n_req = limit if limit is not None else (QUICK_IMAGES if quick else None)
     sub = limit_split(split, n_req, seed)
-    policy = timing or (QUICK_ROUNDS if quick else FULL_ROUNDS)
+    policy = timing or timing_policy(quick=quick)
     threads = int(threads or os.cpu_count() or 1)
     cache = AccuracyCache(out_dir / CACHE_NAME if (out_dir is not None and use_cache) else None)
     digest = _split_digest(sub)

@@ -139,6 +139,25 @@ FULL_ROUNDS = RoundsPolicy(rounds=7, warmup=2)
 QUICK_ROUNDS = RoundsPolicy(rounds=3, warmup=1)
 
 
+def timing_policy(mode: str = "interleaved", quick: bool = False,
+                  rounds: int | None = None) -> TimingPolicy | RoundsPolicy:
+    """Return the bench's timing policy: ``interleaved`` (default; ``rounds`` overrides its count)
+    or ``sequential``, each in its quick or full size. Raises :class:`InputError` for ``rounds``
+    with ``sequential`` and for an unknown mode."""
+    from dataclasses import replace
+
+    from vggc.errors import InputError
+
+    if mode == "sequential":
+        if rounds is not None:
+            raise InputError("--rounds applies to --timing interleaved only")
+        return QUICK if quick else FULL
+    if mode != "interleaved":
+        raise InputError(f"--timing {mode}: use interleaved or sequential")
+    policy = QUICK_ROUNDS if quick else FULL_ROUNDS
+    return policy if rounds is None else replace(policy, rounds=rounds)
+
+
 @dataclass(frozen=True)
 class Task:
     """One callable for :func:`measure_rounds`: each round times it ``calls`` times and at least

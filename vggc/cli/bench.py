@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 import sys
 
 import click
 
 from vggc.cli.common import data_option, emit_json, threads_option
-from vggc.errors import InputError, VggcError
+from vggc.errors import VggcError
 
 
 def backend_help_rows() -> list[tuple[str, str]]:
@@ -92,19 +91,13 @@ def command(models, data, batch, backends, baseline, quick, limit, threads, out,
     count, by default taken in interleaved rounds over all rows (see --timing); other load on the
     machine still makes absolute numbers noisy.
     """
-    from vggc.bench import FULL, FULL_ROUNDS, QUICK, QUICK_ROUNDS, run_bench, screen_table
+    from vggc.bench import run_bench, screen_table
     from vggc.bench.report import subset_label
+    from vggc.bench.timing import timing_policy
     from vggc.cli.common import set_threads
     from vggc.progress import tqdm_progress
 
-    if timing_mode == "sequential" and rounds is not None:
-        raise InputError("--rounds applies to --timing interleaved only")
-    if timing_mode == "sequential":
-        policy = QUICK if quick else FULL
-    else:
-        policy = QUICK_ROUNDS if quick else FULL_ROUNDS
-        if rounds is not None:
-            policy = dataclasses.replace(policy, rounds=rounds)
+    policy = timing_policy(timing_mode, quick, rounds)
     n_threads = set_threads(threads)
     cmdline = " ".join(shlex.quote(a) for a in ["vggc", *sys.argv[1:]])
     rows = run_bench(models, data, batch=batch, backends=backends, baseline=baseline, quick=quick,

@@ -220,7 +220,7 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
     from vggc.artifacts import sha256_file, write_json
     from vggc.bench.core import run_bench
     from vggc.bench.report import write_outputs
-    from vggc.bench.timing import FULL_ROUNDS, QUICK_ROUNDS
+    from vggc.bench.timing import timing_policy
     from vggc.data import detect_layout
     from vggc.models import load_weights
 
@@ -258,7 +258,7 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
     models = [weights] + [out / s.outputs[0] for s, r in zip(steps, results) if r.ok and s.model]
     bench_dir = out / "bench"
     bench_settings = {"quick": p.bench_quick, "limit": p.bench_limit, "batch": p.bench_batch,
-                      "timing": (QUICK_ROUNDS if p.bench_quick else FULL_ROUNDS).to_dict(),
+                      "timing": timing_policy(quick=p.bench_quick).to_dict(),
                       "models": [m.name for m in models],
                       "failed": {s.name: r.status for s, r in zip(steps, results) if not r.ok}}
 
