@@ -217,7 +217,9 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
 
     start_epoch, history, partial = 0, [], None
     ckpt_path = Path(checkpoint) if checkpoint else None
-    every_s = checkpoint_minutes * 60.0 if (checkpoint_minutes is not None and world == 1) else None
+    # mid-epoch checkpoints: single process only (each rank's augmentation RNG would need saving)
+    every_s = (checkpoint_minutes * 60.0 if (checkpoint_minutes is not None and world == 1 and ckpt_path is not None)
+               else None)
 
     def save(epochs_done: int, part: dict | None = None) -> None:
         with atomic_path(ckpt_path) as tmp:
@@ -284,7 +286,7 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
                 sums[k] = sums.get(k, 0.0) + float(v)
             if hasattr(bar, "set_postfix") and (step % 10 == 0 or step == steps_per_epoch - 1):
                 bar.set_postfix({k: f"{v / (step + 1):.3f}" for k, v in sums.items()}, refresh=False)
-            if (every_s is not None and ckpt_path is not None and step < steps_per_epoch - 1
+            if (every_s is not None and step < steps_per_epoch - 1
                     and time.perf_counter() - last_save >= every_s):
                 save(epoch, {"step": step + 1, "sums": sums, "aug_rng": aug_gen.get_state(),
                              "seconds": spent + time.perf_counter() - t0,
