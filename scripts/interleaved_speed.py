@@ -1,8 +1,8 @@
 """Throughput of several model files at one batch size, timed in interleaved rounds.
 
-`vggc bench` times its rows one after another, so on a shared machine a row can land in a busy
-or a quiet minute; ratios between rows of one bench run can then be off by 2x. Here every round
-times every file once (median of ``--calls`` calls), and the report is each file's median over
+Throughput only, without accuracy passes (`vggc bench` times the same way by default, with
+latency and top-1 too). Every round times every file once (median of ``--calls`` calls; the
+bench's :func:`vggc.bench.timing.measure_rounds`), and the report is each file's median over
 rounds and its ratio to the first file, from the same rounds:
 
     python scripts/interleaved_speed.py BASE.pt PRUNED.pt PRUNED.onnx ... --rounds 8 > speed.json
@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
+from vggc.bench.timing import RoundsPolicy, Task, measure_rounds
 from vggc.runtime import default_backend, describe, open_model
 
 
@@ -38,18 +38,13 @@ def main() -> None:
         be = default_backend(mf.format)
         r = open_model(mf, be, {"threads": args.threads})
         x = torch.randn(args.batch, 3, mf.preprocess.input_size, mf.preprocess.input_size)
-        for _ in range(2):
-            r.predict(x)  # warm-up
         runners.append((f, be.key, r, x))
-    speeds = {f: [] for f in args.files}
-    for _ in range(args.rounds):
-        for f, _key, r, x in runners:
-            times = []
-            for _ in range(args.calls):
-                t0 = time.perf_counter()
-                r.predict(x)
-                times.append(time.perf_counter() - t0)
-            speeds[f].append(args.batch / statistics.median(times))
+    tasks = [Task(lambda r=r, x=x: r.predict(x), calls=args.calls, seconds=0.0) for _f, _k, r, x in runners]
+    timings = measure_rounds(tasks, RoundsPolicy(rounds=args.rounds, warmup=2))
+    for (f, _k, _r, _x), t in zip(runners, timings):
+        if isinstance(t, BaseException):
+            raise SystemExit(f"{f}: {t}")
+    speeds = {f: [args.batch / m for m in t.round_medians] for (f, _k, _r, _x), t in zip(runners, timings)}
     base = statistics.median(speeds[args.files[0]])
     rows = []
     for f, key, _r, _x in runners:
