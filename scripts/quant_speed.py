@@ -1,7 +1,8 @@
 """INT8 vs FP32 speed on this CPU, measured back to back (interleaved rounds, medians, ratios).
 
 Other processes load the machine, so absolute numbers drift between runs; the ratios come from
-rows timed in the same rounds. Files are the ones `vggc quantize` / `vggc export` write:
+rows timed in the same rounds (the bench's :func:`vggc.bench.timing.measure_rounds`: every round
+times every row, in reverse order every other round). Files are the ones `vggc quantize` / `vggc export` write:
 
     D=../shared/data/cifar10-jpeg; REF=../shared/models/vgg16_bn_cifar10.pt; O=artifacts/quant
     vggc quantize $REF --mode static  --backend onnxruntime --data $D --out $O/vgg16_int8_ort_static.onnx
@@ -23,11 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
 import torch
+
+from vggc.bench.timing import RoundsPolicy, Task, measure_rounds
 
 
 def _frozen_fp32(path: str):
@@ -86,25 +88,26 @@ def main() -> None:
         runners[label] = r
         print(f"opened {label}: {time.perf_counter() - t0:.1f} s (compile_seconds "
               f"{getattr(r, 'compile_seconds', 0.0):.1f})", file=sys.stderr, flush=True)
-    times = {k: {"b64": [], "b1": []} for k in runners}
+    labels = list(runners)
+    tasks = []
+    for label in labels:
+        r = runners[label]
+        b64_calls = 1 if label.endswith("int8-static-eager") else 2
+        tasks.append(Task(lambda r=r: r.predict(x64), calls=b64_calls, seconds=0.0))
+        tasks.append(Task(lambda r=r: r.predict(x1), calls=10, seconds=0.0))
     t_start, load0 = time.time(), os.getloadavg()
-    for _ in range(a.rounds):
-        for label, r in runners.items():
-            for _ in range(1 if label.endswith("int8-static-eager") else 2):
-                t = time.perf_counter()
-                r.predict(x64)
-                times[label]["b64"].append(time.perf_counter() - t)
-            for _ in range(10):
-                t = time.perf_counter()
-                r.predict(x1)
-                times[label]["b1"].append(time.perf_counter() - t)
+    timings = measure_rounds(tasks, RoundsPolicy(rounds=a.rounds, warmup=0))  # warmed up above
     out = {}
-    for label in runners:
-        b64, b1 = statistics.median(times[label]["b64"]), statistics.median(times[label]["b1"])
-        out[label] = {"b64_s": b64, "throughput_img_s": 64 / b64, "b1_p50_ms": 1000 * b1}
+    for i, label in enumerate(labels):
+        b64, b1 = timings[2 * i], timings[2 * i + 1]
+        if isinstance(b64, BaseException) or isinstance(b1, BaseException):
+            out[label] = {"error": str(b64 if isinstance(b64, BaseException) else b1)}
+            continue
+        out[label] = {"b64_s": b64.p50, "throughput_img_s": 64 / b64.p50, "b1_p50_ms": 1000 * b1.p50,
+                      "b64_round_spread": round(b64.spread, 3)}
 
     def ratio(fast, base):
-        if fast in out and base in out:
+        if "b64_s" in out.get(fast, {}) and "b64_s" in out.get(base, {}):
             return {"throughput_x": out[fast]["throughput_img_s"] / out[base]["throughput_img_s"],
                     "b1_latency_x": out[base]["b1_p50_ms"] / out[fast]["b1_p50_ms"]}
         return None
