@@ -60,6 +60,11 @@ def test_fit_is_deterministic_and_resume_matches(tmp_path):
     c = _model()
     res = fit(c, split, pre, _cfg(), checkpoint=ckpt, resume=True)
     assert res.resumed_from == 1 and res.epochs_run == 2
+    # the history keeps the epoch from before the kill, so the totals cover the whole training
+    doc = res.to_dict()
+    assert [h["epoch"] for h in doc["history"]] == [1, 2, 3]
+    assert doc["total_seconds"] == pytest.approx(sum(h["seconds"] for h in res.history), abs=0.01)
+    assert doc["total_seconds"] >= res.history[0]["seconds"] > 0 and doc["total_cpu_seconds"] > 0
     for k, v in a.state_dict().items():
         assert torch.allclose(v.float(), c.state_dict()[k].float(), atol=1e-6), k
     # a checkpoint is only resumed by the run that wrote it: other settings or widths are refused

@@ -67,7 +67,10 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`fit` returns: per-epoch history and totals."""
+    """What :func:`fit` returns: per-epoch history (every epoch, including those a resumed run
+    loaded from its checkpoint) and totals. ``epochs_run`` and ``seconds`` count this process only;
+    ``total_seconds`` / ``total_cpu_seconds`` sum the history, i.e. the whole training across
+    resumes."""
 
     epochs_run: int
     history: list[dict] = field(default_factory=list)
@@ -76,8 +79,18 @@ class TrainResult:
     precision: str = "fp32"
     resumed_from: int = 0
 
+    @property
+    def total_seconds(self) -> float:
+        return round(sum(float(h.get("seconds", 0.0)) for h in self.history), 2)
+
+    @property
+    def total_cpu_seconds(self) -> float:
+        return round(sum(float(h.get("cpu_seconds", 0.0)) for h in self.history), 2)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Return the fields plus ``total_seconds`` and ``total_cpu_seconds``."""
+        return {**asdict(self), "total_seconds": self.total_seconds,
+                "total_cpu_seconds": self.total_cpu_seconds}
 
 
 def resolve_device(device: str) -> torch.device:
