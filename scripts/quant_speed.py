@@ -2,7 +2,8 @@
 
 Other processes load the machine, so absolute numbers drift between runs; the ratios come from
 rows timed in the same rounds (the bench's :func:`vggc.bench.timing.measure_rounds`: every round
-times every row, in reverse order every other round). Files are the ones `vggc quantize` / `vggc export` write:
+times every row, in reverse order every other round). Files are the ones `vggc quantize` /
+`vggc export` write:
 
     D=../shared/data/cifar10-jpeg; REF=../shared/models/vgg16_bn_cifar10.pt; O=artifacts/quant
     vggc quantize $REF --mode static  --backend onnxruntime --data $D --out $O/vgg16_int8_ort_static.onnx
