@@ -230,3 +230,34 @@ def test_sensitivity_preset_adds_a_cached_scan_step_not_benched(tmp_path, monkey
     assert manifest["inputs"]["sensitivity"]["path"].endswith("sensitivity.csv.json")
     second = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"])
     assert {s["name"]: s["status"] for s in second["steps"]}["prune_scan"] == "cached"
+
+
+def test_claim_out_dir_removes_stale_temps_and_refuses_a_second_writer(tmp_path):
+    from vggc.errors import InputError
+    from vggc.pipeline.steps import claim_out_dir
+
+    out = tmp_path / "run"
+    (out / "bench").mkdir(parents=True)
+    (out / ".tmp-model-ab12.onnx").write_text("half an export")  # what a SIGKILL leaves
+    (out / "bench" / ".tmp-results-cd34.json").write_text("{")
+    (out / "model.onnx").write_text("finished")
+    with claim_out_dir(out) as stale:
+        assert sorted(p.name for p in stale) == [".tmp-model-ab12.onnx", ".tmp-results-cd34.json"]
+        assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [".lock", "model.onnx"]
+        with pytest.raises(InputError, match="another vggc pipeline is writing there"):
+            with claim_out_dir(out):
+                pass
+    with claim_out_dir(out) as stale:  # released: the next run gets it
+        assert stale == []
+
+
+def test_pipeline_refuses_an_out_dir_another_run_holds(tmp_path, monkeypatch):
+    from vggc.errors import InputError
+    from vggc.pipeline.steps import claim_out_dir
+
+    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch)
+    out = tmp_path / "run"
+    with claim_out_dir(out):
+        with pytest.raises(InputError, match="another vggc pipeline"):
+            pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["onnx_fp32"])
+    assert not (out / ".steps").exists() and not (out / "tiny.onnx").exists()

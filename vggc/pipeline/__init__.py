@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from vggc.errors import InputError
-from vggc.pipeline.steps import Step, StepContext, StepResult, run_steps
+from vggc.pipeline.steps import Step, StepContext, StepResult, claim_out_dir, run_steps
 from vggc.progress import Progress, no_progress
 
 
@@ -248,45 +248,48 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
         steps = [s for s in steps if s.name in keep]
     skipped = [s for s in steps if s.name in p.skip and not (only and s.name in only)]
     steps = [s for s in steps if s not in skipped]
-    t0 = time.perf_counter()
-    results = run_steps(steps, out, force=force, log=log)
-    for s in skipped:
-        steps.append(s)
-        results.append(StepResult(s.name, f"skipped: not in the {p.name} preset (use --preset full or --only)"))
+    with claim_out_dir(out) as stale:
+        if stale:
+            log(f"-- removed {len(stale)} temporary file(s) left by an interrupted run")
+        t0 = time.perf_counter()
+        results = run_steps(steps, out, force=force, log=log)
+        for s in skipped:
+            steps.append(s)
+            results.append(StepResult(s.name, f"skipped: not in the {p.name} preset (use --preset full or --only)"))
 
-    # The bench is a step too: keyed by every model file it measures and its settings.
-    models = [weights] + [out / s.outputs[0] for s, r in zip(steps, results) if r.ok and s.model]
-    bench_dir = out / "bench"
-    bench_settings = {"quick": p.bench_quick, "limit": p.bench_limit, "batch": p.bench_batch,
-                      "timing": timing_policy(quick=p.bench_quick).to_dict(),
-                      "models": [m.name for m in models],
-                      "failed": {s.name: r.status for s, r in zip(steps, results) if not r.ok}}
+        # The bench is a step too: keyed by every model file it measures and its settings.
+        models = [weights] + [out / s.outputs[0] for s, r in zip(steps, results) if r.ok and s.model]
+        bench_dir = out / "bench"
+        bench_settings = {"quick": p.bench_quick, "limit": p.bench_limit, "batch": p.bench_batch,
+                          "timing": timing_policy(quick=p.bench_quick).to_dict(),
+                          "models": [m.name for m in models],
+                          "failed": {s.name: r.status for s, r in zip(steps, results) if not r.ok}}
 
-    def bench_run(ctx: StepContext) -> dict:
-        rows = run_bench(models, data, batch=p.bench_batch, quick=p.bench_quick, limit=p.bench_limit, baseline=weights,
-                         out=bench_dir, progress=progress, log=log,
-                         command=f"vggc pipeline {weights} --data {data} --preset {preset}")
-        extra = [_unavailable_row(s, r, p.bench_batch) for s, r in zip(steps, results) if not r.ok and s.model]
-        if extra:
-            rows.extend(extra)
-            write_outputs(rows, bench_dir, plot=True)
-        return {"rows": len(rows), "ok": sum(r.get("status") == "ok" for r in rows)}
+        def bench_run(ctx: StepContext) -> dict:
+            rows = run_bench(models, data, batch=p.bench_batch, quick=p.bench_quick, limit=p.bench_limit, baseline=weights,
+                             out=bench_dir, progress=progress, log=log,
+                             command=f"vggc pipeline {weights} --data {data} --preset {preset}")
+            extra = [_unavailable_row(s, r, p.bench_batch) for s, r in zip(steps, results) if not r.ok and s.model]
+            if extra:
+                rows.extend(extra)
+                write_outputs(rows, bench_dir, plot=True)
+            return {"rows": len(rows), "ok": sum(r.get("status") == "ok" for r in rows)}
 
-    bench_step = Step("bench", ["bench/results.json", "bench/report.md"], bench_run, inputs=models,
-                      settings=bench_settings, label=f"bench {len(models)} model files")
-    bench_result = run_steps([bench_step], out, force=force, log=log)[0]
-    results.append(bench_result)
-    rows = json.loads((bench_dir / "results.json").read_text()) if bench_result.ok else []
-    summary = {
-        "weights": str(weights), "weights_sha256": sha256_file(weights), "data": str(data),
-        "preset": asdict(p), "seed": seed, "out": str(out),
-        "steps": [r.to_dict() for r in results],
-        "step_seconds": round(sum(r.seconds for r in results), 2),
-        "wall_seconds": round(time.perf_counter() - t0, 2),
-        "report": str(bench_dir / "report.md"), "rows": rows,
-    }
-    write_json(out / "pipeline.json", {k: v for k, v in summary.items() if k != "rows"})
-    return summary
+        bench_step = Step("bench", ["bench/results.json", "bench/report.md"], bench_run, inputs=models,
+                          settings=bench_settings, label=f"bench {len(models)} model files")
+        bench_result = run_steps([bench_step], out, force=force, log=log)[0]
+        results.append(bench_result)
+        rows = json.loads((bench_dir / "results.json").read_text()) if bench_result.ok else []
+        summary = {
+            "weights": str(weights), "weights_sha256": sha256_file(weights), "data": str(data),
+            "preset": asdict(p), "seed": seed, "out": str(out),
+            "steps": [r.to_dict() for r in results],
+            "step_seconds": round(sum(r.seconds for r in results), 2),
+            "wall_seconds": round(time.perf_counter() - t0, 2),
+            "report": str(bench_dir / "report.md"), "rows": rows,
+        }
+        write_json(out / "pipeline.json", {k: v for k, v in summary.items() if k != "rows"})
+        return summary
 
 
 __all__ = ["PRESETS", "Preset", "build_steps", "run_pipeline"]

@@ -6,6 +6,9 @@ step succeeds, a marker ``<out>/.steps/<name>.json`` records the key and each ou
 a rerun skips a step whose marker matches and whose outputs are intact. Outputs are written
 atomically by the stage functions, and the marker is written last, so a run killed mid-step
 leaves no complete-looking step and the next run redoes exactly that step.
+
+:func:`claim_out_dir` keeps two runs from writing one output directory at once and removes the
+``.tmp-*`` files that a killed run (SIGKILL, power loss: nothing could clean up) left there.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from vggc import __version__
 from vggc.artifacts import sha256_file, sha256_json, write_json
-from vggc.errors import UnavailableError, VggcError
+from vggc.errors import InputError, UnavailableError, VggcError
+
+LOCK_NAME = ".lock"
 
 
 @dataclass
@@ -99,6 +105,35 @@ def _cached(out_dir: Path, step: Step, key: str) -> dict | None:
         if not p.is_file() or sha256_file(p) != digest:
             return None
     return doc
+
+
+@contextmanager
+def claim_out_dir(out_dir: Path) -> Iterator[list[Path]]:
+    """Hold an exclusive lock on ``out_dir`` (``<out>/.lock``, released when the process ends,
+    however it ends) and remove the ``.tmp-*`` files under it that an earlier, killed run left.
+
+    Yields the removed paths. Raises :class:`InputError` when another process holds the lock.
+    Where ``fcntl`` does not exist (Windows) nothing is locked, and nothing is removed.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield []
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_NAME, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{out_dir}: another vggc pipeline is writing there; wait for it to finish "
+                             "or pass another --out") from None
+        try:
+            stale = sorted(p for p in out_dir.rglob(".tmp-*") if p.is_file())
+            for p in stale:
+                p.unlink(missing_ok=True)
+            yield stale
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def run_steps(steps: list[Step], out_dir: Path, *, force: bool = False,
