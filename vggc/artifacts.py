@@ -35,16 +35,20 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+TMP_PREFIX = ".tmp-"  # every temporary file of atomic_path starts with this
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     On any exception the temporary file is removed and ``path`` is left untouched. The temporary
-    name keeps the final suffix (some writers, e.g. ONNX, look at it) and starts with ``.tmp-``.
+    name keeps the final suffix (some writers, e.g. ONNX, look at it) and starts with
+    :data:`TMP_PREFIX`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.stem}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -57,6 +61,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` left under ``directory`` (recursively)
+    when its process was killed before it could clean up; return their paths, sorted. Call it
+    only where no other process can be writing (the pipeline holds a lock on its directory)."""
+    stale = sorted(p for p in Path(directory).rglob(f"{TMP_PREFIX}*") if p.is_file())
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

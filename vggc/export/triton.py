@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vggc.artifacts import write_manifest
+from vggc.artifacts import TMP_PREFIX, write_manifest
 from vggc.errors import InputError, ModelFormatError
 
 ONNX_PLATFORM = "onnxruntime_onnx"
@@ -273,7 +273,7 @@ def _write_model_dir(repo: Path, name: str, config: dict, model_src: Path, model
     final = repo / name
     if final.exists() and not final.is_dir():
         raise InputError(f"--triton {repo}: {final} exists and is not a directory")
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=repo))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-", dir=repo))
     old = None
     try:
         (tmp / "1").mkdir()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from vggc import __version__
-from vggc.artifacts import sha256_file, sha256_json, write_json
+from vggc.artifacts import remove_stale_temps, sha256_file, sha256_json, write_json
 from vggc.errors import InputError, UnavailableError, VggcError
 
 LOCK_NAME = ".lock"
@@ -128,10 +128,7 @@ def claim_out_dir(out_dir: Path) -> Iterator[list[Path]]:
             raise InputError(f"{out_dir}: another vggc pipeline is writing there; wait for it to finish "
                              "or pass another --out") from None
         try:
-            stale = sorted(p for p in out_dir.rglob(".tmp-*") if p.is_file())
-            for p in stale:
-                p.unlink(missing_ok=True)
-            yield stale
+            yield remove_stale_temps(out_dir)
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
