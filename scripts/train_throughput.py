@@ -12,8 +12,8 @@ import time
 
 import torch
 
+from vggc.cpu import has_native_bf16
 from vggc.models import vgg16_cifar
-from vggc.runtime import cpu_has_native_bf16
 
 
 def rate(fn, batch: int, seconds: float) -> float:
@@ -51,7 +51,7 @@ def main(seconds: float = 10.0) -> None:
 
         out[prec] = (rate(train_step, 128, seconds), rate(eval_step, 256, seconds))
     print(f"threads {torch.get_num_threads()}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"native bf16: {cpu_has_native_bf16()}")
+          f"native bf16: {has_native_bf16()}")
     for prec, (tr, ev) in out.items():
         print(f"{prec}: train {tr:7.1f} img/s   eval {ev:7.1f} img/s")
     print(f"bf16/fp32: train {out['bf16'][0] / out['fp32'][0]:.2f}x, eval {out['bf16'][1] / out['fp32'][1]:.2f}x")

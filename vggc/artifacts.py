@@ -95,6 +95,36 @@ def manifest_path(artifact: str | os.PathLike) -> Path:
     return artifact.with_name(artifact.name + ".json")
 
 
+def read_json_object(path: str | os.PathLike, what: str = "JSON") -> dict:
+    """Return the JSON object stored at ``path``. The one rule for every manifest, sidecar and
+    settings file vggc reads: a file that exists but cannot be read, parsed, or is not a JSON
+    object raises a one-line :class:`ModelFormatError` naming it (never a silent default)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFormatError(f"{path}: unreadable {what} ({type(err).__name__}: {str(err)[:120]})") from None
+    if not isinstance(doc, dict):
+        raise ModelFormatError(f"{path}: unreadable {what} (a JSON {type(doc).__name__}, not an object)")
+    return doc
+
+
+def manifest_candidates(artifact: str | os.PathLike) -> list[Path]:
+    """Return where an artifact's metadata may live, in order: the vggc manifest ``<file>.json``,
+    then a user's sidecar ``<stem>.json``."""
+    artifact = Path(artifact)
+    return [c for c in (manifest_path(artifact), artifact.with_suffix(".json")) if c != artifact]
+
+
+def read_manifest(artifact: str | os.PathLike) -> dict:
+    """Return the first of :func:`manifest_candidates` that exists, parsed; ``{}`` when none does.
+    One that exists but is unreadable raises :class:`ModelFormatError` (:func:`read_json_object`)."""
+    for cand in manifest_candidates(artifact):
+        if cand.is_file():
+            return read_json_object(cand, "manifest JSON" if cand == manifest_path(artifact) else "sidecar JSON")
+    return {}
+
+
 def environment_info() -> dict:
     """Return library versions and host facts worth recording next to results."""
     import numpy

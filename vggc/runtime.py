@@ -10,14 +10,14 @@ TensorRT engines, ...).
 
 from __future__ import annotations
 
-import contextlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from vggc.artifacts import read_manifest
+from vggc.cpu import has_native_bf16
 from vggc.data import Preprocess, resolve_preprocess
 from vggc.errors import InputError, UnavailableError
 
@@ -166,17 +166,6 @@ def default_backend(fmt: str) -> Backend:
 
 # ----------------------------------------------------------------------------- manifests
 
-def read_manifest(path: Path) -> dict:
-    """Return the parsed ``<file>.json`` manifest, else the ``<stem>.json`` sidecar, else ``{}``."""
-    for cand in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
-        if cand.is_file() and cand != path:
-            with contextlib.suppress(OSError, json.JSONDecodeError):
-                doc = json.loads(cand.read_text())
-                if isinstance(doc, dict):
-                    return doc
-    return {}
-
-
 def preprocess_from_meta(meta: dict) -> Preprocess:
     """Return the preprocessing recorded in a manifest (``preprocess`` key) or sidecar."""
     return resolve_preprocess(meta.get("preprocess", meta))
@@ -233,23 +222,12 @@ def _loaded_module(model: ModelFile) -> torch.nn.Module:
     return copy.deepcopy(lm.model)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX); bf16 is emulated otherwise."""
-    cap = torch.backends.cpu.get_cpu_capability()
-    if "AMX" in cap or "BF16" in cap:
-        return True
-    with contextlib.suppress(OSError):
-        flags = Path("/proc/cpuinfo").read_text()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return False
-
-
 def _cuda_reason() -> str | None:
     return None if torch.cuda.is_available() else "no CUDA device"
 
 
 def _bf16_note() -> str | None:
-    if cpu_has_native_bf16():
+    if has_native_bf16():
         return None
     return "bf16 emulated on this CPU (no AVX512-BF16/AMX): ~10x slower than fp32"
 
@@ -267,7 +245,7 @@ register_backend(Backend("torch", "fp32", ("state_dict",), "cpu",
                          lambda m, o: TorchRunner(_loaded_module(m), "cpu", None, None)))
 register_backend(Backend("torch", "bf16", ("state_dict",), "cpu",
                          lambda m, o: TorchRunner(_loaded_module(m), "cpu", None, torch.bfloat16),
-                         note=_bf16_note, default=cpu_has_native_bf16()))
+                         note=_bf16_note, default=has_native_bf16()))
 register_backend(Backend("torch-cuda", "fp32", ("state_dict",), "cuda",
                          lambda m, o: TorchRunner(_loaded_module(m), "cuda", None, None),
                          available=_cuda_reason))

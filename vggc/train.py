@@ -111,9 +111,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "fp16"
-    from vggc.runtime import cpu_has_native_bf16
+    from vggc.cpu import has_native_bf16
 
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "bf16" if has_native_bf16() else "fp32"
 
 
 def cross_entropy_loss(label_smoothing: float = 0.1) -> LossFn:

@@ -40,7 +40,7 @@ from vggc.artifacts import sha256_file, write_json
 from vggc.bench.machine import machine_info
 from vggc.bench.timing import RoundsPolicy, Task, TimingPolicy, measure, measure_rounds, timing_policy
 from vggc.data import Split, limit_split, load_split
-from vggc.errors import InputError, VggcError
+from vggc.errors import InputError, first_line
 from vggc.evaluate import evaluate
 from vggc.progress import Progress, no_progress
 
@@ -65,11 +65,7 @@ class BenchRows(list):
 
 def one_line(err: BaseException, limit: int = 200) -> str:
     """Return an exception as one line: the message for vggc errors, ``Type: first line`` otherwise."""
-    text = str(err).strip()
-    first = text.splitlines()[0] if text else ""
-    if not isinstance(err, VggcError):
-        first = f"{type(err).__name__}: {first}" if first else type(err).__name__
-    return first[:limit]
+    return first_line(err, limit, typed=True)
 
 
 def parse_backends(spec: str | Sequence[str] | None) -> list[str] | str | None:

@@ -7,46 +7,11 @@ import datetime as _dt
 import os
 import platform
 from importlib import metadata
-from pathlib import Path
 
-# CPU flags that decide which kernels run (and whether bf16/int8 are native or emulated)
-_FLAG_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4")
+from vggc import cpu
+
 _LIBRARIES = ("torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "onnx", "onnxscript", "torchao",
               "tensorrt", "torch-tensorrt", "torch-pruning", "numpy")
-
-
-def _cpuinfo() -> tuple[str, list[str]]:
-    model, flags = platform.processor() or platform.machine(), []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, val = line.partition(":")
-            key = key.strip()
-            if key == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = val.strip()
-            elif key in ("flags", "Features") and not flags:
-                flags = val.split()
-    wanted = sorted({f for f in flags if f.startswith(_FLAG_PREFIXES)})
-    return model, wanted
-
-
-def _physical_cores() -> int | None:
-    with contextlib.suppress(OSError):
-        pairs = set()
-        phys = core = None
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, val = line.partition(":")
-            key = key.strip()
-            if key == "physical id":
-                phys = val.strip()
-            elif key == "core id":
-                core = val.strip()
-            elif not key and phys is not None and core is not None:
-                pairs.add((phys, core))
-                phys = core = None
-        if phys is not None and core is not None:
-            pairs.add((phys, core))
-        return len(pairs) or None
-    return None
 
 
 def library_versions() -> dict[str, str]:
@@ -75,7 +40,7 @@ def machine_info(threads: int | None = None) -> dict:
     """Return JSON-able facts about this machine for the bench report."""
     import torch
 
-    model, flags = _cpuinfo()
+    model, flags = cpu.cpu_model(), cpu.kernel_flags()
     info = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -85,9 +50,9 @@ def machine_info(threads: int | None = None) -> dict:
         "cpu_flags": flags,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "logical_cores": os.cpu_count(),
-        "physical_cores": _physical_cores(),
+        "physical_cores": cpu.physical_cores(),
         "threads": threads if threads is not None else torch.get_num_threads(),
-        "native_bf16": any(f in flags for f in ("avx512_bf16", "amx_bf16")),
+        "native_bf16": cpu.has_native_bf16(),
         "gpus": gpu_info(),
         "cuda_available": bool(torch.cuda.is_available()),
         "libraries": library_versions(),

@@ -35,12 +35,13 @@ from pathlib import Path
 import torch
 
 from vggc.artifacts import atomic_path, manifest_path, sha256_file, write_manifest
+from vggc.cpu import has_vnni
 from vggc.errors import InputError
+from vggc.limits import CALIB_METHODS
 from vggc.progress import Progress, no_progress
 
 MODES = ("dynamic", "static")
 BACKENDS = ("onnxruntime", "torch")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 SUFFIXES = {"onnxruntime": ".onnx", "torch": ".pt2"}
 DEFAULT_CALIB_METHOD = {"onnxruntime": "minmax", "torch": "entropy"}
 EVAL_BACKENDS = {"onnxruntime": ("onnxruntime-cpu",), "torch": ("torch-int8-compiled", "torch-int8-eager")}
@@ -64,24 +65,9 @@ def dynamic_note(model, input_size: int) -> str:
             "stay FP32, so size and speed barely change")
 
 
-def cpu_has_vnni() -> bool:
-    """True when the CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8)."""
-    cap = torch.backends.cpu.get_cpu_capability()
-    if "AMX" in cap or "VNNI" in cap:
-        return True
-    with contextlib.suppress(OSError):
-        flags = set()
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-                break
-        return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    return False
-
-
 def resolve_reduce_range(reduce_range: bool | None) -> bool:
     """``None`` (auto): 7-bit range on CPUs without VNNI, where int8 dot products can saturate."""
-    return (not cpu_has_vnni()) if reduce_range is None else bool(reduce_range)
+    return (not has_vnni()) if reduce_range is None else bool(reduce_range)
 
 
 def check_settings(*, mode: str, backend: str, out, data, calib_size: int, calib_method: str | None,
@@ -222,7 +208,7 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     used_backend = None
     settings = {"mode": mode, "backend": backend, "calib_size": calib_size if mode == "static" else None,
                 "calib_method": method if mode == "static" else None, "seed": seed, "per_channel": per_channel,
-                "reduce_range": rr, "reduce_range_auto": reduce_range is None, "cpu_has_vnni": cpu_has_vnni(),
+                "reduce_range": rr, "reduce_range_auto": reduce_range is None, "cpu_has_vnni": has_vnni(),
                 "eval_limit": eval_limit}
     with atomic_path(out) as tmp:
         if backend == "onnxruntime":

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vggc.errors import UnavailableError, VggcError
+from vggc.errors import UnavailableError, VggcError, first_line
+from vggc.limits import CALIB_METHODS
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_PERCENTILE = 99.999
 QLINEAR_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger")
 
@@ -48,10 +48,6 @@ def ort_reason() -> str | None:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
         return f"onnxruntime.quantization not importable ({first})"
     return None
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 @contextlib.contextmanager
@@ -120,7 +116,7 @@ def preprocess_for_quant(src: Path, out: Path) -> Path:
         with _quiet():
             quant_pre_process(str(src), str(out))
     except Exception as err:  # noqa: BLE001
-        raise VggcError(f"onnxruntime quant_pre_process failed: {_first_line(err)}") from None
+        raise VggcError(f"onnxruntime quant_pre_process failed: {first_line(err)}") from None
     return out
 
 
@@ -143,7 +139,7 @@ def quantize_onnx_static(src: Path, out: Path, batches: Sequence[np.ndarray], *,
                             weight_type=QuantType.QInt8, calibrate_method=calibration_method(calib_method),
                             calibration_providers=["CPUExecutionProvider"], extra_options=extra)
     except Exception as err:  # noqa: BLE001
-        raise VggcError(f"onnxruntime quantize_static failed: {_first_line(err)}") from None
+        raise VggcError(f"onnxruntime quantize_static failed: {first_line(err)}") from None
     return {"quant_format": "QDQ", "activation_type": "int8", "weight_type": "int8", "symmetric": True,
             "extra_options": extra}
 
@@ -158,7 +154,7 @@ def quantize_onnx_dynamic(src: Path, out: Path, *, per_channel: bool = True, red
             quantize_dynamic(str(src), str(out), op_types_to_quantize=ops, per_channel=per_channel,
                              reduce_range=reduce_range, weight_type=QuantType.QInt8)
     except Exception as err:  # noqa: BLE001
-        raise VggcError(f"onnxruntime quantize_dynamic failed: {_first_line(err)}") from None
+        raise VggcError(f"onnxruntime quantize_dynamic failed: {first_line(err)}") from None
     return {"op_types": ops, "weight_type": "int8"}
 
 

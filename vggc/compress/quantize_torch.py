@@ -40,9 +40,8 @@ import torch
 from torch import nn
 
 from vggc.errors import ModelFormatError, UnavailableError, VggcError
+from vggc.limits import MAX_BATCH
 
-MAX_BATCH = 65536
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_PERCENTILE = 99.999
 
 

@@ -28,7 +28,8 @@ from torch import nn
 
 from vggc.artifacts import atomic_path, manifest_path, write_manifest
 from vggc.data import Preprocess, Split, iterate_batches
-from vggc.errors import InputError, VggcError
+from vggc.errors import InputError, VggcError, first_line
+from vggc.limits import MAX_BATCH
 from vggc.progress import Progress, no_progress
 
 INPUT_NAME = "input"
@@ -38,7 +39,6 @@ OUTPUT_NAME = "logits"
 MIN_OPSET = 18
 MAX_OPSET = 23
 DEFAULT_OPSET = 18
-MAX_BATCH = 65536
 # Minimum top-1 agreement between ONNX Runtime and PyTorch for an export to be kept.
 MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.995}
 METADATA_PREFIX = "vggc."
@@ -52,18 +52,12 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or type(err).__name__
-    return line[:200]
-
-
 def _to_fp16(proto):
     """Return an FP16 copy of ``proto`` with FP32 graph inputs/outputs, topologically sorted."""
     try:
         from onnxruntime.transformers.float16 import convert_float_to_float16
     except ImportError as err:  # pragma: no cover - onnxruntime is a hard dependency
-        raise VggcError(f"FP16 conversion needs onnxruntime.transformers ({_first_line(err)})") from None
+        raise VggcError(f"FP16 conversion needs onnxruntime.transformers ({first_line(err)})") from None
     import onnxscript.ir as ir
 
     half = convert_float_to_float16(proto, keep_io_types=True)
@@ -116,7 +110,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, input_size: int = 3
                                         dynamic_shapes=({0: batch},), optimize=True, verbose=False)
         proto = program.model_proto
     except Exception as err:  # noqa: BLE001 - the exporter raises many types; report one line
-        raise VggcError(f"ONNX export failed: {_first_line(err)}") from None
+        raise VggcError(f"ONNX export failed: {first_line(err)}") from None
     got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if got != opset:
         raise VggcError(f"ONNX export produced opset {got}, not the requested {opset}")
@@ -134,11 +128,11 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, input_size: int = 3
         try:
             onnx.save(proto, str(tmp), save_as_external_data=False)
         except ValueError as err:  # protobuf's 2 GiB limit for one message
-            raise VggcError(f"{out}: cannot write a single-file ONNX model ({_first_line(err)})") from None
+            raise VggcError(f"{out}: cannot write a single-file ONNX model ({first_line(err)})") from None
         try:
             onnx.checker.check_model(str(tmp))
         except onnx.checker.ValidationError as err:
-            raise VggcError(f"exported ONNX model fails onnx.checker: {_first_line(err)}") from None
+            raise VggcError(f"exported ONNX model fails onnx.checker: {first_line(err)}") from None
     return out
 
 

@@ -59,12 +59,12 @@ from pathlib import Path
 from typing import Any
 
 from vggc.artifacts import atomic_path, sha256_file, write_manifest
-from vggc.errors import InputError, ModelFormatError, UnavailableError, VggcError
+from vggc.errors import InputError, ModelFormatError, UnavailableError, VggcError, first_line
+from vggc.limits import MAX_BATCH
 
 PRECISIONS = ("fp16", "int8")
 ENGINE_SUFFIXES = (".engine", ".plan")
 TORCH_TRT_SUFFIXES = (".ep",)
-MAX_BATCH_LIMIT = 65536
 INSTALL_HINT = "pip install 'vggc[gpu]' on a CUDA machine"
 TRT_MISSING = f"tensorrt not installed: {INSTALL_HINT}"
 TORCH_TRT_MISSING = f"torch_tensorrt not installed: {INSTALL_HINT}"
@@ -80,12 +80,6 @@ _NON_COMPUTE_TYPES = {"reformat", "noop", "constant", "shuffle", "cast", "quanti
 
 
 # ----------------------------------------------------------------------------- availability
-
-def _first_line(err: BaseException, limit: int = 200) -> str:
-    text = str(err).strip()
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or type(err).__name__
-    return line[:limit]
-
 
 def tensorrt_reason() -> str | None:
     """Why TensorRT engines cannot be built/run here (``None`` when they can). Does not import tensorrt."""
@@ -114,7 +108,7 @@ def import_tensorrt():
     except ImportError:
         raise UnavailableError(TRT_MISSING) from None
     except Exception as err:  # noqa: BLE001 - e.g. OSError for a missing libnvinfer
-        raise UnavailableError(f"tensorrt cannot be imported ({_first_line(err)}): {INSTALL_HINT}") from None
+        raise UnavailableError(f"tensorrt cannot be imported ({first_line(err)}): {INSTALL_HINT}") from None
 
 
 def import_torch_tensorrt():
@@ -124,7 +118,7 @@ def import_torch_tensorrt():
     except ImportError:
         raise UnavailableError(TORCH_TRT_MISSING) from None
     except Exception as err:  # noqa: BLE001
-        raise UnavailableError(f"torch_tensorrt cannot be imported ({_first_line(err)}): {INSTALL_HINT}") from None
+        raise UnavailableError(f"torch_tensorrt cannot be imported ({first_line(err)}): {INSTALL_HINT}") from None
 
 
 def require_cuda(what: str = "TensorRT") -> None:
@@ -161,9 +155,9 @@ def check_batch_range(min_batch: int, opt_batch: int, max_batch: int) -> tuple[i
     vals = (min_batch, opt_batch, max_batch)
     if any(isinstance(v, bool) or not isinstance(v, int) for v in vals):
         raise InputError(f"batch sizes must be integers (got min {min_batch}, opt {opt_batch}, max {max_batch})")
-    if not 1 <= min_batch <= opt_batch <= max_batch <= MAX_BATCH_LIMIT:
+    if not 1 <= min_batch <= opt_batch <= max_batch <= MAX_BATCH:
         raise InputError(f"--min-batch {min_batch} --opt-batch {opt_batch} --max-batch {max_batch}: need "
-                         f"1 <= min <= opt <= max <= {MAX_BATCH_LIMIT}")
+                         f"1 <= min <= opt <= max <= {MAX_BATCH}")
     return vals
 
 
@@ -320,7 +314,7 @@ def _layers(info: str | dict | list) -> list:
         try:
             info = json.loads(info)
         except json.JSONDecodeError as err:
-            raise VggcError(f"engine inspector returned unreadable JSON ({_first_line(err)})") from None
+            raise VggcError(f"engine inspector returned unreadable JSON ({first_line(err)})") from None
     if isinstance(info, dict):
         info = info.get("Layers", [])
     return list(info) if isinstance(info, list) else []
@@ -644,7 +638,7 @@ def build_engine(onnx_path, out, *, precision: str, min_batch: int = 1, opt_batc
     except VggcError:
         raise
     except Exception as err:  # noqa: BLE001 - pybind raises TypeError/RuntimeError/... : one line
-        raise VggcError(f"TensorRT engine build failed: {_first_line(err)}") from None
+        raise VggcError(f"TensorRT engine build failed: {first_line(err)}") from None
 
     mf = facts["model"]
     settings = {"precision": precision, "min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
@@ -762,7 +756,7 @@ def build_torch_tensorrt(weights, out, *, precision: str = "fp16", min_batch: in
     except VggcError:
         raise
     except Exception as err:  # noqa: BLE001 - Torch-TensorRT raises many types
-        raise VggcError(f"Torch-TensorRT compilation failed: {_first_line(err)}") from None
+        raise VggcError(f"Torch-TensorRT compilation failed: {first_line(err)}") from None
     build_s = time.perf_counter() - t0
     extra["typing_kwargs"] = typing_kw
 
@@ -795,7 +789,7 @@ def build_torch_tensorrt(weights, out, *, precision: str = "fp16", min_batch: in
         with atomic_path(out) as tmp:
             tt.save(trt_gm, str(tmp), **save_kw)
     except Exception as err:  # noqa: BLE001
-        raise VggcError(f"torch_tensorrt.save failed: {_first_line(err)}") from None
+        raise VggcError(f"torch_tensorrt.save failed: {first_line(err)}") from None
     doc = {"precision": precision, "builder": "torch-tensorrt", "build_environment": env,
            "profile": {"input": "x", "min": [min_batch, 3, s, s], "opt": [opt_batch, 3, s, s],
                        "max": [max_batch, 3, s, s]},

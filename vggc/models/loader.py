@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vggc.artifacts import safe_torch_load
+from vggc.artifacts import manifest_candidates, manifest_path, read_json_object, safe_torch_load
 from vggc.errors import ModelFormatError
 from vggc.models.registry import Architecture, detect
 
@@ -84,17 +83,13 @@ def model_from_state_dict(sd: dict[str, torch.Tensor]) -> tuple[nn.Module, Archi
 
 def read_sidecar(weights: str | Path) -> dict:
     """Return the model's metadata: ``preprocess`` of a vggc manifest ``<file>.json`` when present,
-    else the user's sidecar ``<stem>.json`` (keys ``mean``, ``std``, ``input_size``, ``classes``), else ``{}``."""
-    weights = Path(weights)
-    for p, is_manifest in ((weights.with_name(weights.name + ".json"), True), (weights.with_suffix(".json"), False)):
+    else the user's sidecar ``<stem>.json`` (keys ``mean``, ``std``, ``input_size``, ``classes``), else ``{}``.
+    Either file existing but unreadable is a one-line :class:`ModelFormatError`."""
+    for p in manifest_candidates(weights):
         if not p.is_file():
             continue
-        try:
-            doc = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ModelFormatError(f"{p}: unreadable sidecar JSON ({err})") from None
-        if not isinstance(doc, dict):
-            continue
+        is_manifest = p == manifest_path(weights)
+        doc = read_json_object(p, "manifest JSON" if is_manifest else "sidecar JSON")
         if is_manifest:
             if isinstance(doc.get("preprocess"), dict):
                 return dict(doc["preprocess"])
