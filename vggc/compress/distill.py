@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,11 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vggc.artifacts import save_state_dict, sha256_file, write_json, write_manifest
+from vggc.artifacts import save_state_dict, sha256_file, write_manifest
 from vggc.data import Preprocess, limit_split, load_split
 from vggc.errors import InputError, StaleCheckpointError
 from vggc.evaluate import evaluate
 from vggc.progress import Progress, no_progress
+from vggc.resume import check_settings, run_key, write_settings
 from vggc.train import TrainConfig, fit, load_checkpoint
 
 STUDENTS = ("mobilenet_v2",)
@@ -208,15 +208,7 @@ def _check_resume(ckpt: Path, run_file: Path, run: dict, student: nn.Module) -> 
     own = student.state_dict()
     if set(state) != set(own) or any(tuple(state[k].shape) != tuple(v.shape) for k, v in own.items()):
         raise StaleCheckpointError(f"--resume: {ckpt} holds a different student (other --student or --width-mult)")
-    if run_file.is_file():
-        try:
-            before = json.loads(run_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            return
-        diff = sorted(k for k in run if json.dumps(run[k], sort_keys=True) != json.dumps(before.get(k), sort_keys=True))
-        if diff:
-            raise StaleCheckpointError(f"--resume: {ckpt} was made with different settings ({', '.join(diff)}); "
-                             "rerun with the same options or without --resume")
+    check_settings(run_file, run, ckpt)
 
 
 def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: TrainConfig,
@@ -251,11 +243,11 @@ def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: Tr
     if resume:
         _check_resume(ckpt, run_file, run, model)
     elif rank == 0:
-        write_json(run_file, run)
+        write_settings(run_file, run)
 
     loss_fn = DistillLoss(loaded.model, kd, cfg.label_smoothing)
     result = fit(model, train, pre, cfg, loss_fn=loss_fn, checkpoint=ckpt, resume=resume,
-                 progress=progress, on_epoch=on_epoch)
+                 progress=progress, on_epoch=on_epoch, run_key=run_key(run))
     loss_fn.teacher.to("cpu")
     if rank != 0:
         return {}

@@ -41,6 +41,7 @@ from torch import nn
 
 from vggc.errors import InputError, StaleCheckpointError, VggcError
 from vggc.progress import Progress, no_progress
+from vggc.resume import run_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from vggc.compress.distill import KDConfig
@@ -505,7 +506,7 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
     ``loss_settings`` describe it in the resume key.
     Returns ``(pruned model, PruneRun)``; the model is on CPU in eval mode.
     """
-    from vggc.artifacts import atomic_path, safe_torch_load, sha256_json
+    from vggc.artifacts import atomic_path, safe_torch_load
     from vggc.models import model_from_state_dict
 
     if finetune_epochs > 0 and (train is None or train_cfg is None):
@@ -515,7 +516,7 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
     plan = make_plan(model, spec, size, table)
     before = plan.widths_before
     per_step = epochs_per_step(finetune_epochs, spec.steps)
-    key = sha256_json({"spec": spec.to_dict(), "keep": plan.keep, "epochs": per_step,
+    key = run_key({"spec": spec.to_dict(), "keep": plan.keep, "epochs": per_step,
                        "train": asdict(train_cfg) if train_cfg else None, "n_train": len(train) if train else 0,
                        **({"loss": loss_settings} if loss_settings else {})})
     state_path, ckpt_of = _state_paths(Path(work)) if work else (None, None)
