@@ -189,6 +189,14 @@ def _listing_key(kind: str, path: Path, split: str) -> str:
     return h.hexdigest()[:24]
 
 
+def split_fingerprint(root: str | os.PathLike, split: str) -> str:
+    """Return a fingerprint of one split as it would be read now: its layout, resolved path and
+    every file's name, size and mtime (the decode cache's key). A changed, added or removed image
+    changes it."""
+    kind, path = detect_layout(Path(root))
+    return _listing_key(kind, path, split)
+
+
 def load_split(root: str | os.PathLike, split: str = "test", *, download: bool = False,
                use_cache: bool = True, progress: Progress = no_progress) -> Split:
     """Return one split of CIFAR-10 (``"train"`` or ``"test"``) as uint8 tensors.

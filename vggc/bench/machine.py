@@ -6,21 +6,8 @@ import contextlib
 import datetime as _dt
 import os
 import platform
-from importlib import metadata
 
-from vggc import cpu
-
-_LIBRARIES = ("torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "onnx", "onnxscript", "torchao",
-              "tensorrt", "torch-tensorrt", "torch-pruning", "numpy")
-
-
-def library_versions() -> dict[str, str]:
-    """Return installed versions (from package metadata, nothing imported) of the libraries that matter."""
-    out = {}
-    for name in _LIBRARIES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
+from vggc import cpu, provenance
 
 
 def gpu_info() -> list[dict]:
@@ -55,7 +42,7 @@ def machine_info(threads: int | None = None) -> dict:
         "native_bf16": cpu.has_native_bf16(),
         "gpus": gpu_info(),
         "cuda_available": bool(torch.cuda.is_available()),
-        "libraries": library_versions(),
+        "libraries": provenance.library_versions(),
     }
     with contextlib.suppress(Exception):
         import onnxruntime as ort
