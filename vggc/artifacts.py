@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from vggc.errors import InputError, ModelFormatError
+from vggc.errors import InputError, ModelFormatError, first_line
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -218,7 +218,7 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
                 "torch.save(model.state_dict(), path)") from None
         raise ModelFormatError(f"{path}: not a readable torch file ({err})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         hint = "truncated or corrupt" if ("zip" in first.lower() or "eof" in first.lower()
                                           or "central directory" in first.lower()
                                           or isinstance(err, EOFError)) else "unreadable"

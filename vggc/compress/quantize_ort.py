@@ -45,7 +45,7 @@ def ort_reason() -> str | None:
         import onnxruntime  # noqa: F401
         from onnxruntime.quantization import quantize_static  # noqa: F401
     except Exception as err:  # noqa: BLE001
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        first = first_line(err, 120)
         return f"onnxruntime.quantization not importable ({first})"
     return None
 

@@ -39,7 +39,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from vggc.errors import ModelFormatError, UnavailableError, VggcError
+from vggc.errors import ModelFormatError, UnavailableError, VggcError, first_line
 from vggc.limits import MAX_BATCH
 
 DEFAULT_PERCENTILE = 99.999
@@ -64,7 +64,7 @@ def torchao_reason() -> str | None:
         import_torchao()
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: F401
     except Exception as err:  # noqa: BLE001 - any import failure means unavailable
-        return f"torchao not importable ({str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__})"
+        return f"torchao not importable ({first_line(err, 120)})"
     return None
 
 
@@ -156,7 +156,7 @@ def _export(model: nn.Module, example: torch.Tensor):
     try:
         return torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch())
     except Exception as err:  # noqa: BLE001 - export raises many types; report one line
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err, 200)
         raise VggcError(f"torch.export failed: {first}") from None
 
 
@@ -244,7 +244,7 @@ def save_pt2(ep, path: str | Path) -> Path:
     try:
         torch.export.save(ep, str(path))
     except Exception as err:  # noqa: BLE001
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err, 200)
         raise VggcError(f"torch.export.save failed: {first}") from None
     return Path(path)
 
@@ -299,7 +299,7 @@ def load_pt2(path: str | Path):
     try:
         return torch.export.load(str(path))
     except Exception as err:  # noqa: BLE001
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err, 200)
         raise ModelFormatError(f"{path}: torch.export.load failed ({first})") from None
 
 
