@@ -58,13 +58,20 @@ def _mb(n: int | None) -> str:
                    "(simulated int8, slow).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=256, show_default=True,
               help="Images per forward pass in the evaluation.")
+@click.option("--max-drop", type=float, default=None, metavar="PT",
+              help="Accuracy budget in percentage points of top-1 (static onnxruntime only). When plain INT8 "
+                   "loses more than PT on the evaluation images, keep the fewest, most sensitive layers in FP32 "
+                   "(ranked by measured output divergence with one layer kept FP32 at a time, on calibration "
+                   "images) until it fits; the manifest lists them. A budget plain INT8 meets excludes none.")
+@click.option("--max-fp32-layers", type=click.IntRange(1), default=None,
+              help="With --max-drop: give up (one-line error) rather than keep more than this many layers FP32.")
 @preprocess_options
 @threads_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: path, size_bytes, fp32_size_bytes, size_ratio, quantized_conv, "
                    "quantized_linear, top1, fp32_top1, delta_pt, retention (fractions 0-1), notes, ...")
 def command(weights, mode, backend, data, out, calib_size, calib_method, per_channel, reduce_range, seed, opset,
-            eval_limit, no_eval, eval_backend, batch_size, mean, std, input_size, threads, as_json):
+            eval_limit, no_eval, eval_backend, batch_size, max_drop, max_fp32_layers, mean, std, input_size, threads, as_json):
     """Quantize WEIGHTS (a state_dict .pt) to INT8 and evaluate it next to the FP32 source.
 
     \b
@@ -84,7 +91,7 @@ def command(weights, mode, backend, data, out, calib_size, calib_method, per_cha
                    calib_method=calib_method, per_channel=per_channel, seed=seed, reduce_range=reduce_range,
                    opset=opset, eval_limit=eval_limit, evaluate=not no_eval, eval_batch_size=batch_size,
                    threads=n_threads, mean=mean, std=std, input_size=input_size, eval_backend=eb,
-                   progress=tqdm_progress)
+                   max_drop=max_drop, max_fp32_layers=max_fp32_layers, progress=tqdm_progress)
     if as_json:
         emit_json(res)
         return
@@ -104,6 +111,11 @@ def command(weights, mode, backend, data, out, calib_size, calib_method, per_cha
                    f"{100 * res['retention']:.2f}% retained)")
     elif not data:
         click.echo("  accuracy not measured (no --data)")
+    if res.get("budget"):
+        b = res["budget"]
+        kept = ", ".join(res["fp32_layers"]) or "none"
+        click.echo(f"  --max-drop {b['max_drop_pt']:g} pt  kept FP32: {kept} "
+                   f"({len(b['trials'])} trial(s); budget checked on the evaluation images)")
     for note in res["notes"]:
         if note.startswith("dynamic"):
             click.echo(f"  NOTE: {note}")

@@ -155,6 +155,7 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
              reduce_range: bool | None = None, opset: int | None = None, eval_limit: int | None = None,
              evaluate: bool = True, eval_batch_size: int = 256, percentile: float = 99.999,
              threads: int | None = None, mean=None, std=None, input_size=None, eval_backend: str | None = None,
+             max_drop: float | None = None, max_fp32_layers: int | None = None,
              progress: Progress = no_progress) -> dict:
     """Quantize the state_dict ``weights`` to INT8 and write ``out`` (+ ``out.json``); return the facts.
 
@@ -166,12 +167,16 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     With ``data`` and ``evaluate``, the INT8 file and the FP32 source are evaluated on the test
     split (``eval_limit`` class-balanced images, default all). ``eval_backend`` (torch only):
     ``torch-int8-compiled`` (default where a C++ compiler exists) or ``torch-int8-eager``.
+    ``max_drop`` (percentage points; static ONNX Runtime only): keep the fewest most sensitive layers
+    in FP32 so the drop on the evaluation images stays within it (:mod:`vggc.compress.quantize_budget`);
+    the manifest's ``quantization.budget`` lists what stayed FP32 and why.
 
     Returned keys: ``path``, ``manifest``, ``mode``, ``backend``, ``precision`` (``int8``), ``format``,
     ``size_bytes``, ``fp32_size_bytes``, ``size_ratio``, ``calib_size``, ``calib_method``, ``seed``,
     ``per_channel``, ``reduce_range``, ``quantized_conv``, ``quantized_linear``, ``quantize_seconds``,
     ``top1``, ``fp32_top1``, ``delta_pt``, ``retention`` (None when not evaluated), ``eval_n``,
-    ``eval_backend``, ``notes``.
+    ``eval_backend``, ``fp32_layers`` (nodes kept FP32), ``budget`` (the ``max_drop`` search; None
+    without it), ``notes``.
     """
     from vggc.data import resolve_preprocess
     from vggc.models import count_macs, count_params, load_weights
@@ -181,6 +186,9 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     if eval_backend not in (None, "auto", *EVAL_BACKENDS[backend]):
         raise InputError(f"--eval-backend {eval_backend}: --backend {backend} files run on "
                          f"{', '.join(EVAL_BACKENDS[backend])}")
+    if max_drop is not None:
+        _check_budget_settings(max_drop, mode=mode, backend=backend, data=data, evaluate=evaluate,
+                               max_fp32_layers=max_fp32_layers)
     out = Path(out)
     rr = resolve_reduce_range(reduce_range)
     lm = load_weights(weights)
@@ -210,11 +218,19 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
                 "calib_method": method if mode == "static" else None, "seed": seed, "per_channel": per_channel,
                 "reduce_range": rr, "reduce_range_auto": reduce_range is None, "cpu_has_vnni": has_vnni(),
                 "eval_limit": eval_limit}
+    source_sha = sha256_file(weights)
+    budget = None
+    if max_drop is not None:
+        settings.update({"max_drop_pt": max_drop, "max_fp32_layers": max_fp32_layers})
+        fp32_res = _evaluate_source(model, source_sha, data, pre, eval_limit, seed, eval_batch_size, progress)
+        budget = _budget_search(fp32_res.top1, max_drop, max_fp32_layers, data, pre, eval_limit, seed,
+                                eval_batch_size, threads, progress)
     with atomic_path(out) as tmp:
         if backend == "onnxruntime":
             q_facts, fp32_size = _quantize_ort(model, tmp, mode=mode, batches=batches, method=method,
                                                per_channel=per_channel, reduce_range=rr, percentile=percentile,
-                                               opset=opset, preprocess=pre, arch=lm.name, progress=progress)
+                                               opset=opset, preprocess=pre, arch=lm.name, progress=progress,
+                                               budget=budget)
             settings["opset"] = q_facts["opset"]
         else:
             q_facts, fp32_size = _quantize_torch(model, tmp, mode=mode, batches=batches, method=method,
@@ -224,7 +240,6 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
         if do_eval:
             runner, used_backend = _open_for_eval(tmp, backend, pre, eval_batch_size, threads, eval_backend)
             eval_res = _evaluate_runner(runner, data, pre, eval_limit, seed, eval_batch_size, progress)
-    source_sha = sha256_file(weights)
     fp32_res = None
     if do_eval:
         fp32_res = _evaluate_source(model, source_sha, data, pre, eval_limit, seed, eval_batch_size, progress)
@@ -268,11 +283,47 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
             "quantize_seconds": round(quantize_seconds, 2),
             "top1": metrics.get("top1"), "fp32_top1": metrics.get("fp32_top1"), "delta_pt": metrics.get("delta_pt"),
             "retention": metrics.get("retention"), "eval_n": metrics.get("eval_n"), "eval_backend": used_backend,
-            "runtime_ops": q_facts.get("runtime_ops"), "notes": notes}
+            "runtime_ops": q_facts.get("runtime_ops"), "fp32_layers": q_facts.get("fp32_nodes", []),
+            "budget": q_facts.get("budget"), "notes": notes}
+
+
+def _check_budget_settings(max_drop, *, mode, backend, data, evaluate, max_fp32_layers) -> None:
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0:
+        raise InputError(f"--max-drop {max_drop}: must be >= 0 (percentage points of top-1)")
+    if mode != "static" or backend != "onnxruntime":
+        raise InputError("--max-drop: accuracy-aware INT8 needs --mode static --backend onnxruntime")
+    if not data or not evaluate:
+        raise InputError("--max-drop: the budget is checked on test images: pass --data and do not use --no-eval")
+    if max_fp32_layers is not None and max_fp32_layers < 1:
+        raise InputError(f"--max-fp32-layers {max_fp32_layers}: must be at least 1")
+
+
+def _budget_search(fp32_top1, max_drop, max_layers, data, pre, eval_limit, seed, batch_size, threads, progress):
+    """Return ``search(pre_path, arrays, quantize) -> BudgetResult`` bound to the evaluation images."""
+    from vggc.compress.quantize_budget import search_ort
+    from vggc.data import limit_split, load_split
+    from vggc.evaluate import evaluate
+    from vggc.export.ort_backend import open_onnx_cpu
+
+    split = limit_split(load_split(data, "test", progress=progress), eval_limit, seed)
+
+    def top1_of(path: Path) -> float:
+        runner = open_onnx_cpu(path, threads=threads)
+        try:
+            return evaluate(runner.predict, split, pre, batch_size=batch_size).top1
+        finally:
+            runner.close()
+
+    def search(pre_path, arrays, quantize):
+        return search_ort(pre_path, arrays, quantize=quantize, top1_of=top1_of, fp32_top1=fp32_top1,
+                          max_drop_pt=max_drop, workdir=Path(pre_path).parent, threads=threads,
+                          max_layers=max_layers, progress=progress)
+
+    return search
 
 
 def _quantize_ort(model, tmp: Path, *, mode, batches, method, per_channel, reduce_range, percentile, opset,
-                  preprocess, arch, progress) -> tuple[dict, int]:
+                  preprocess, arch, progress, budget=None) -> tuple[dict, int]:
     from vggc.compress import quantize_ort as qo
     from vggc.export.onnx import DEFAULT_OPSET
 
@@ -286,12 +337,19 @@ def _quantize_ort(model, tmp: Path, *, mode, batches, method, per_channel, reduc
         q_path = Path(d) / "int8.onnx"
         if mode == "static":
             arrays = qo.batches_to_numpy(batches)
+            kw = {"calib_method": method, "per_channel": per_channel, "reduce_range": reduce_range,
+                  "percentile": percentile}
+            chosen = None
+            if budget is not None:
+                chosen = budget(pre_path, arrays, lambda out, excl: qo.quantize_onnx_static(
+                    pre_path, out, arrays, nodes_to_exclude=excl, **kw))
             bar = iter(progress(range(len(arrays)), total=len(arrays), desc="calibrate"))
-            facts = qo.quantize_onnx_static(pre_path, q_path, arrays, calib_method=method, per_channel=per_channel,
-                                            reduce_range=reduce_range, percentile=percentile,
-                                            tick=lambda: next(bar, None))
+            facts = qo.quantize_onnx_static(pre_path, q_path, arrays, tick=lambda: next(bar, None),
+                                            nodes_to_exclude=chosen.excluded if chosen else None, **kw)
             for _ in bar:  # close the progress bar
                 pass
+            if chosen is not None:
+                facts["budget"] = chosen.to_dict()
         else:
             facts = qo.quantize_onnx_dynamic(pre_path, q_path, per_channel=per_channel, reduce_range=reduce_range)
         qo.set_vggc_metadata(q_path, {"precision": "int8", "quant_mode": mode, "preprocess": preprocess.to_dict(),

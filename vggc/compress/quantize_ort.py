@@ -122,8 +122,10 @@ def preprocess_for_quant(src: Path, out: Path) -> Path:
 
 def quantize_onnx_static(src: Path, out: Path, batches: Sequence[np.ndarray], *, calib_method: str = "minmax",
                          per_channel: bool = True, reduce_range: bool = True,
-                         percentile: float = DEFAULT_PERCENTILE, input_name: str = "input", tick=None) -> dict:
-    """QDQ S8S8 symmetric static quantization of ``src`` (pre-processed FP32 ONNX) into ``out``."""
+                         percentile: float = DEFAULT_PERCENTILE, input_name: str = "input", tick=None,
+                         nodes_to_exclude: Sequence[str] | None = None) -> dict:
+    """QDQ S8S8 symmetric static quantization of ``src`` (pre-processed FP32 ONNX) into ``out``;
+    ``nodes_to_exclude`` stay FP32. Returns the settings used."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     reader = _reader_cls()(batches, input_name, tick)
@@ -137,11 +139,12 @@ def quantize_onnx_static(src: Path, out: Path, batches: Sequence[np.ndarray], *,
             quantize_static(str(src), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             reduce_range=reduce_range, activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8, calibrate_method=calibration_method(calib_method),
-                            calibration_providers=["CPUExecutionProvider"], extra_options=extra)
+                            calibration_providers=["CPUExecutionProvider"], extra_options=extra,
+                            nodes_to_exclude=list(nodes_to_exclude or []))
     except Exception as err:  # noqa: BLE001
         raise VggcError(f"onnxruntime quantize_static failed: {first_line(err)}") from None
     return {"quant_format": "QDQ", "activation_type": "int8", "weight_type": "int8", "symmetric": True,
-            "extra_options": extra}
+            "extra_options": extra, "fp32_nodes": list(nodes_to_exclude or [])}
 
 
 def quantize_onnx_dynamic(src: Path, out: Path, *, per_channel: bool = True, reduce_range: bool = True) -> dict:
