@@ -41,10 +41,11 @@ from vggc.limits import CALIB_METHODS
 from vggc.progress import Progress, no_progress
 
 MODES = ("dynamic", "static")
-BACKENDS = ("onnxruntime", "torch")
-SUFFIXES = {"onnxruntime": ".onnx", "torch": ".pt2"}
-DEFAULT_CALIB_METHOD = {"onnxruntime": "minmax", "torch": "entropy"}
-EVAL_BACKENDS = {"onnxruntime": ("onnxruntime-cpu",), "torch": ("torch-int8-compiled", "torch-int8-eager")}
+BACKENDS = ("onnxruntime", "torch", "openvino")
+SUFFIXES = {"onnxruntime": ".onnx", "torch": ".pt2", "openvino": ".xml"}
+DEFAULT_CALIB_METHOD = {"onnxruntime": "minmax", "torch": "entropy", "openvino": "nncf"}
+EVAL_BACKENDS = {"onnxruntime": ("onnxruntime-cpu",), "torch": ("torch-int8-compiled", "torch-int8-eager"),
+                 "openvino": ("openvino-cpu",)}
 CALIB_BATCH = 50
 
 
@@ -71,15 +72,19 @@ def resolve_reduce_range(reduce_range: bool | None) -> bool:
 
 
 def check_settings(*, mode: str, backend: str, out, data, calib_size: int, calib_method: str | None,
-                   per_channel: bool, opset: int | None, weights=None) -> str:
+                   per_channel: bool, opset: int | None, weights=None, preset: str = "performance") -> str:
     """Validate the options that need no data; return the calibration method to use. One-line
     :class:`InputError` for every bad combination (the CLI calls this before any heavy work)."""
     if mode not in MODES:
         raise InputError(f"--mode {mode}: choose dynamic or static")
     if backend not in BACKENDS:
-        raise InputError(f"--backend {backend}: choose onnxruntime or torch")
+        raise InputError(f"--backend {backend}: choose onnxruntime, torch or openvino")
+    if backend == "openvino":
+        from vggc.compress.quantize_ov import check_ov_settings
+
+        check_ov_settings(mode=mode, preset=preset, calib_method=calib_method)
     method = calib_method or DEFAULT_CALIB_METHOD[backend]
-    if method not in CALIB_METHODS:
+    if method not in CALIB_METHODS and backend != "openvino":
         raise InputError(f"--calib-method {method}: choose minmax, entropy or percentile")
     out = Path(out)
     if out.is_dir():
@@ -155,6 +160,7 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
              reduce_range: bool | None = None, opset: int | None = None, eval_limit: int | None = None,
              evaluate: bool = True, eval_batch_size: int = 256, percentile: float = 99.999,
              threads: int | None = None, mean=None, std=None, input_size=None, eval_backend: str | None = None,
+             preset: str = "performance", fast_bias_correction: bool = True,
              progress: Progress = no_progress) -> dict:
     """Quantize the state_dict ``weights`` to INT8 and write ``out`` (+ ``out.json``); return the facts.
 
@@ -166,6 +172,9 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     With ``data`` and ``evaluate``, the INT8 file and the FP32 source are evaluated on the test
     split (``eval_limit`` class-balanced images, default all). ``eval_backend`` (torch only):
     ``torch-int8-compiled`` (default where a C++ compiler exists) or ``torch-int8-eager``.
+    ``backend="openvino"`` (``out`` ends in ``.xml``; its ``.bin`` is written beside it): NNCF PTQ
+    with ``preset`` (``performance``/``mixed``) and ``fast_bias_correction`` (static only; see
+    :mod:`vggc.compress.quantize_ov`).
 
     Returned keys: ``path``, ``manifest``, ``mode``, ``backend``, ``precision`` (``int8``), ``format``,
     ``size_bytes``, ``fp32_size_bytes``, ``size_ratio``, ``calib_size``, ``calib_method``, ``seed``,
@@ -177,7 +186,8 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     from vggc.models import count_macs, count_params, load_weights
 
     method = check_settings(mode=mode, backend=backend, out=out, data=data, calib_size=calib_size,
-                            calib_method=calib_method, per_channel=per_channel, opset=opset, weights=weights)
+                            calib_method=calib_method, per_channel=per_channel, opset=opset, weights=weights,
+                            preset=preset)
     if eval_backend not in (None, "auto", *EVAL_BACKENDS[backend]):
         raise InputError(f"--eval-backend {eval_backend}: --backend {backend} files run on "
                          f"{', '.join(EVAL_BACKENDS[backend])}")
@@ -200,7 +210,7 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
             notes.append("ONNX Runtime dynamic mode quantizes MatMul/Gemm only: its ConvInteger kernel is "
                          "~5x slower than FP32 Conv on CPU")
     if rr:
-        notes.append("reduce_range: 7-bit " + ("weights" if backend == "onnxruntime" else "activations")
+        notes.append("reduce_range: 7-bit " + ("weights" if backend != "torch" else "activations")
                      + " to avoid int16 saturation of u8*s8 dot products on CPUs without VNNI")
 
     t0 = time.perf_counter()
@@ -210,8 +220,20 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
                 "calib_method": method if mode == "static" else None, "seed": seed, "per_channel": per_channel,
                 "reduce_range": rr, "reduce_range_auto": reduce_range is None, "cpu_has_vnni": has_vnni(),
                 "eval_limit": eval_limit}
-    with atomic_path(out) as tmp:
-        if backend == "onnxruntime":
+    if backend == "openvino":
+        settings.update({"preset": preset, "fast_bias_correction": fast_bias_correction})
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(out))
+        # an IR is two files: both are written to temporaries and renamed (the .bin first) only on success
+        tmp_bin = stack.enter_context(atomic_path(out.with_suffix(".bin"))) if backend == "openvino" else None
+        if backend == "openvino":
+            from vggc.compress.quantize_ov import quantize_ir
+
+            q_facts, fp32_size = quantize_ir(model, tmp, tmp_bin, batches=batches, preset=preset,
+                                             fast_bias_correction=fast_bias_correction, per_channel=per_channel,
+                                             reduce_range=rr, preprocess=pre, opset=opset, progress=progress)
+            settings["opset"] = q_facts["opset"]
+        elif backend == "onnxruntime":
             q_facts, fp32_size = _quantize_ort(model, tmp, mode=mode, batches=batches, method=method,
                                                per_channel=per_channel, reduce_range=rr, percentile=percentile,
                                                opset=opset, preprocess=pre, arch=lm.name, progress=progress)
@@ -222,14 +244,14 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
                                                  weights=Path(weights), progress=progress)
         quantize_seconds = time.perf_counter() - t0
         if do_eval:
-            runner, used_backend = _open_for_eval(tmp, backend, pre, eval_batch_size, threads, eval_backend)
+            runner, used_backend = _open_for_eval(tmp, backend, pre, eval_batch_size, threads, eval_backend, tmp_bin)
             eval_res = _evaluate_runner(runner, data, pre, eval_limit, seed, eval_batch_size, progress)
     source_sha = sha256_file(weights)
     fp32_res = None
     if do_eval:
         fp32_res = _evaluate_source(model, source_sha, data, pre, eval_limit, seed, eval_batch_size, progress)
 
-    size = out.stat().st_size
+    size = out.stat().st_size + (out.with_suffix(".bin").stat().st_size if backend == "openvino" else 0)
     metrics: dict = {"size_bytes": size, "fp32_size_bytes": fp32_size, "size_ratio": size / fp32_size,
                      "quantize_seconds": round(quantize_seconds, 2)}
     if eval_res is not None:
@@ -238,7 +260,7 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
                         "retention": eval_res.top1 / fp32_res.top1 if fp32_res.top1 else None,
                         "eval_n": eval_res.n, "eval_split": "test", "eval_backend": used_backend,
                         "per_class": eval_res.per_class})
-    fmt = "onnx" if backend == "onnxruntime" else "pt2"
+    fmt = {"onnxruntime": "onnx", "torch": "pt2", "openvino": "openvino-ir"}[backend]
     extra = {"precision": "int8", "quant_mode": mode, "quant_backend": backend, "preprocess": pre.to_dict(),
              "params": count_params(model), "macs": count_macs(model, pre.input_size), "arch": lm.name,
              "config": lm.config.to_dict(), "source": {"path": str(weights), "name": Path(weights).name,
@@ -247,6 +269,11 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     if fmt == "onnx":
         extra.update({"input_name": "input", "output_name": "logits", "opset": q_facts["opset"],
                       "dynamic_batch": True})
+    elif fmt == "openvino-ir":
+        bin_path = out.with_suffix(".bin")
+        extra.update({"dynamic_batch": True, "weights_file": {"name": bin_path.name, "sha256": sha256_file(bin_path),
+                                                              "size_bytes": bin_path.stat().st_size},
+                      "load": "openvino.Core().read_model(path)", "fast_backend": "openvino-cpu"})
     else:
         extra.update({"dynamic_batch": True, "load": "import torchao; torch.export.load(path).module()",
                       "fast_backend": "torch-int8-compiled"})
@@ -256,8 +283,9 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     try:
         write_manifest(out, kind=fmt, inputs=inputs, settings=settings, metrics=metrics, extra=extra)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            out.unlink()
+        for f in (out, out.with_suffix(".bin")) if backend == "openvino" else (out,):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
         raise
     qc = q_facts.get("quantized_layers", {})
     return {"path": str(out), "manifest": str(manifest_path(out)), "mode": mode, "backend": backend,
@@ -323,8 +351,14 @@ def _quantize_torch(model, tmp: Path, *, mode, batches, method, reduce_range, pe
     return facts, fp32_size
 
 
-def _open_for_eval(path: Path, backend: str, preprocess, batch_size: int, threads, which: str | None = None):
-    """Open the just-written (not yet renamed) file on ``which`` or its fastest available backend."""
+def _open_for_eval(path: Path, backend: str, preprocess, batch_size: int, threads, which: str | None = None,
+                   weights: Path | None = None):
+    """Open the just-written (not yet renamed) file (IR: with its ``weights`` .bin) on ``which`` or its
+    fastest available backend."""
+    if backend == "openvino":
+        from vggc.export.openvino_backend import open_openvino
+
+        return open_openvino(path, weights=weights, threads=threads, input_size=preprocess.input_size), "openvino-cpu"
     if backend == "onnxruntime":
         from vggc.export.ort_backend import open_onnx_cpu
 

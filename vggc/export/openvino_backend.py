@@ -87,19 +87,20 @@ def ir_files(xml: str | Path) -> tuple[Path, Path]:
     return xml, weights
 
 
-def read_model(path: str | Path, core=None):
-    """Return the ``openvino.Model`` of an ``.onnx`` or IR ``.xml`` file; one-line
-    :class:`ModelFormatError` when OpenVINO cannot read it (or an IR's ``.bin`` is missing/short)."""
+def read_model(path: str | Path, core=None, weights: str | Path | None = None):
+    """Return the ``openvino.Model`` of an ``.onnx`` or IR ``.xml`` file (``weights``: an IR's ``.bin``
+    when it is not ``<name>.bin`` beside it); one-line :class:`ModelFormatError` when OpenVINO cannot
+    read it (or an IR's ``.bin`` is missing/short)."""
     import openvino as ov
 
     path = Path(path)
-    if path.suffix.lower() == ".xml":
-        ir_files(path)
+    if path.suffix.lower() == ".xml" and weights is None:
+        weights = ir_files(path)[1]
     if path.stat().st_size == 0:
         raise ModelFormatError(f"{path}: file is empty")
     core = core or ov.Core()
     try:
-        model = core.read_model(str(path))
+        model = core.read_model(str(path), str(weights) if weights else None)
     except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError with a long trace
         raise ModelFormatError(f"{path}: OpenVINO cannot read it ({_ov_line(err)})") from None
     if not model.inputs or not model.outputs:
@@ -154,7 +155,7 @@ class OvRunner(Runner):
     """
 
     def __init__(self, path: Path, *, precision: str = "fp32", threads: int | None = None,
-                 input_size: int | None = None):
+                 input_size: int | None = None, weights: Path | None = None):
         import openvino as ov
 
         if precision not in HINTS:
@@ -162,7 +163,7 @@ class OvRunner(Runner):
         t0 = time.perf_counter()
         self.path = Path(path)
         self.core = ov.Core()
-        self.model = read_model(path, self.core)
+        self.model = read_model(path, self.core, weights)
         self.hint = HINTS[precision]
         self.threads = int(threads or torch.get_num_threads())
         self.config = {"INFERENCE_PRECISION_HINT": self.hint, "INFERENCE_NUM_THREADS": self.threads,
@@ -246,12 +247,14 @@ def runtime_facts(core, compiled) -> dict:
 
 
 def open_openvino(path: str | Path, *, precision: str = "fp32", threads: int | None = None,
-                  input_size: int | None = None) -> OvRunner:
-    """Open an ``.onnx`` or IR ``.xml`` on OpenVINO CPU (for code outside the registry)."""
+                  input_size: int | None = None, weights: str | Path | None = None) -> OvRunner:
+    """Open an ``.onnx`` or IR ``.xml`` (``weights``: its ``.bin`` if not beside it under the same name)
+    on OpenVINO CPU, for code outside the registry; return the runner."""
     reason = ov_reason()
     if reason:
         raise UnavailableError(f"openvino-cpu: {reason}")
-    return OvRunner(Path(path), precision=precision, threads=threads, input_size=input_size)
+    return OvRunner(Path(path), precision=precision, threads=threads, input_size=input_size,
+                    weights=Path(weights) if weights else None)
 
 
 def _open(precision: str):
