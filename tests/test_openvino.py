@@ -244,3 +244,31 @@ def test_reference_nncf_int8_keeps_995(ref_weights, cifar_dir, tmp_path):
                    out=tmp_path / "q.xml", eval_limit=500)
     assert res["eval_n"] == 500 and res["quantized_conv"] == 13
     assert res["retention"] >= 0.995, res
+
+
+def test_pipeline_adds_openvino_rows(tmp_path, monkeypatch):
+    from vggc import pipeline
+
+    monkeypatch.setenv("VGGC_CACHE", str(tmp_path / "cache"))
+    data = make_imagefolder(tmp_path / "data", per_class=4)
+    weights = tmp_path / "tiny.pt"
+    save_state_dict(make_tiny_vgg().state_dict(), weights)
+    tiny = pipeline.Preset("tiny", parity_limit=None, calib_size=20, prune_target_macs=0.5, prune_finetune_epochs=1,
+                           prune_limit=None, distill_epochs=1, distill_limit=None, distill_width=0.25,
+                           eval_limit=None, bench_quick=True, bench_limit=None, bench_batch=8, train_batch=8)
+    monkeypatch.setitem(pipeline.PRESETS, "tiny", tiny)
+    names = [s.name for s in pipeline.build_steps(weights, data, tiny)]
+    assert {"int8_ov_static", "pruned_int8_ov_static"} <= set(names)
+    assert "pruned_int8_ov_static" in pipeline.PRESETS["quick"].skip
+    assert "pruned_int8_ov_static" not in pipeline.PRESETS["full"].skip
+    out = tmp_path / "run"
+    res = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["onnx_fp32", "int8_ov_static"])
+    assert {s["name"]: s["status"] for s in res["steps"]} == {"onnx_fp32": "ok", "int8_ov_static": "ok", "bench": "ok"}
+    assert (out / "tiny_int8_ov_static.xml").is_file() and (out / "tiny_int8_ov_static.bin").is_file()
+    rows = {(r["model"], r["backend"]): r for r in res["rows"]}
+    for key in (("tiny.onnx", "openvino-cpu"), ("tiny_int8_ov_static.xml", "openvino-cpu")):
+        assert rows[key]["status"] == "ok" and rows[key]["throughput"] > 0, rows[key]
+        assert rows[key]["runtime"]["inference_precision"] == "f32"
+    assert rows[("tiny.onnx", "openvino-cpu")]["precision"] == "fp32"
+    assert rows[("tiny_int8_ov_static.xml", "openvino-cpu")]["precision"] == "int8"
+    assert rows[("tiny.onnx", "openvino-cpu")]["top1"] == rows[("tiny.onnx", "onnxruntime-cpu")]["top1"]
