@@ -108,9 +108,10 @@ def main() -> int:
         if onnx_path is None:
             onnx_path = Path(d) / "vgg16.onnx"
             batch = torch.export.Dim("batch", min=1, max=1024)
-            torch.onnx.export(build_model(args.weights), (torch.zeros(2, 3, 32, 32),), str(onnx_path),
-                              input_names=["input"], output_names=["logits"], dynamic_shapes=({0: batch},),
-                              dynamo=True)
+            with contextlib.redirect_stdout(sys.stderr):  # the exporter's progress lines
+                torch.onnx.export(build_model(args.weights), (torch.zeros(2, 3, 32, 32),), str(onnx_path),
+                                  input_names=["input"], output_names=["logits"], dynamic_shapes=({0: batch},),
+                                  dynamo=True)
         fp32 = core.read_model(str(onnx_path))
         with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars; stdout carries the JSON
             int8 = nncf.quantize(fp32, nncf.Dataset(calib_x, lambda x: x[None]),
@@ -125,7 +126,7 @@ def main() -> int:
             t1 = timed(compiled, test_x[:1], args.time_s)
             rows[name] = {"top1": top1(compiled, test_x, test_y), "n": len(test_x),
                           "throughput_b64": round(64 / t64, 2), "latency_p50_ms_b1": round(1e3 * t1, 3),
-                          "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+                          "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
                           "num_streams": compiled.get_property("NUM_STREAMS"),
                           "inference_num_threads": compiled.get_property("INFERENCE_NUM_THREADS")}
     json.dump({"script": "scripts/peer_openvino.py", "openvino": ov.get_version(), "nncf": nncf.__version__,
