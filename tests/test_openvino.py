@@ -19,9 +19,6 @@ from vggc.artifacts import save_state_dict
 from vggc.cpu import has_native_bf16
 from vggc.errors import InputError
 
-pytest.importorskip("openvino")
-pytest.importorskip("nncf")
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
