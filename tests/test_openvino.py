@@ -8,6 +8,7 @@ images for parity with ONNX Runtime and for NNCF INT8 accuracy (skips without ..
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -269,3 +270,19 @@ def test_pipeline_adds_openvino_rows(tmp_path, monkeypatch):
     assert rows[("tiny.onnx", "openvino-cpu")]["precision"] == "fp32"
     assert rows[("tiny_int8_ov_static.xml", "openvino-cpu")]["precision"] == "int8"
     assert rows[("tiny.onnx", "openvino-cpu")]["top1"] == rows[("tiny.onnx", "onnxruntime-cpu")]["top1"]
+
+
+def test_nncf_is_imported_with_telemetry_off():
+    """Outside pytest (which NNCF detects by itself), vggc's import leaves NNCF on its telemetry stub."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from vggc.compress.quantize_ov import import_nncf; import_nncf(); "
+            "import nncf.telemetry.wrapper as w; assert 'pytest' not in sys.modules; "
+            "print(isinstance(w.telemetry, w.NNCFTelemetryStub))")
+    env = {k: v for k, v in os.environ.items() if k not in ("NNCF_CI", "NNCF_DEV")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"
