@@ -140,7 +140,7 @@ def environment_info() -> dict:
 
     # read versions from package metadata: importing e.g. torchao just for its version is slow
     # and makes it log deprecation warnings on stderr
-    for mod in ("torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "torchao"):
+    for mod in ("torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "torchao", "openvino", "nncf"):
         with contextlib.suppress(PackageNotFoundError, ValueError):
             info[mod] = version(mod)
     return info

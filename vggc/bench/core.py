@@ -267,6 +267,8 @@ def open_row(mf: runtime.ModelFile, be: runtime.Backend, split: Split, *, batch:
         t0 = clock()
         runner.predict(x_n)
         first_n = clock() - t0
+        if getattr(runner, "facts", None):  # what the runtime reports it really used (e.g. OpenVINO)
+            row["runtime"] = dict(runner.facts)
 
         key = "|".join([f"v{CACHE_VERSION}", _files_digest(mf), be.key, str(len(split)), data_digest,
                         json.dumps(mf.preprocess.to_dict(), sort_keys=True)])

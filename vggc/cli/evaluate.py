@@ -24,10 +24,13 @@ def evaluate_file(path: str, data: str, *, backend: str | None = None, batch_siz
     runner = runtime.open_model(mf, be)
     try:
         res = evaluate(runner.predict, split, mf.preprocess, batch_size=batch_size, progress=progress)
+        used = dict(getattr(runner, "facts", None) or {})
     finally:
         runner.close()
     facts = {"model": mf.path.name, "backend": be.key, "precision": runtime.effective_precision(be, mf),
              "input_size": mf.preprocess.input_size, "limit": limit}
+    if used:
+        facts["runtime"] = used
     return res, facts
 
 

@@ -1,4 +1,5 @@
-"""``vggc quantize``: INT8 post-training quantization (static or dynamic) with ONNX Runtime or PyTorch."""
+"""``vggc quantize``: INT8 post-training quantization (static or dynamic) with ONNX Runtime, PyTorch or
+OpenVINO/NNCF."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import click
 
 from vggc.cli.common import data_option, emit_json, preprocess_options, set_threads, threads_option
 from vggc.compress.quantize import BACKENDS, CALIB_METHODS, MODES
+from vggc.compress.quantize_ov import PRESETS
 
 
 def _mb(n: int | None) -> str:
@@ -23,10 +25,13 @@ def _mb(n: int | None) -> str:
               help="onnxruntime: exports ONNX (opset 18, dynamic batch) and writes a QDQ .onnx (static: "
                    "symmetric S8S8, also the input of `vggc engine --precision int8`; runs as QLinearConv). "
                    "torch: torchao PT2E (static, X86InductorQuantizer) or quantize_ (dynamic) saved as a "
-                   "torch.export .pt2; run it with backend torch-int8-compiled (oneDNN int8) for speed.")
+                   "torch.export .pt2; run it with backend torch-int8-compiled (oneDNN int8) for speed. "
+                   "openvino: NNCF post-training quantization of the FP32 ONNX export, written as OpenVINO IR "
+                   "(OUT.xml + OUT.bin; static only); runs on backend openvino-cpu.")
 @data_option(required=False)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="Output file: .onnx for --backend onnxruntime, .pt2 for --backend torch. Written atomically "
+              help="Output file: .onnx for --backend onnxruntime, .pt2 for --backend torch, .xml for --backend "
+                   "openvino (its weights go to the .bin of the same name). Written atomically "
                    "with a manifest OUT.json (source SHA-256, settings, calibration, accuracy).")
 @click.option("--calib-size", type=int, default=1000, show_default=True,
               help="Calibration images (static mode): a class-balanced subset of the TRAINING split, never "
@@ -52,10 +57,18 @@ def _mb(n: int | None) -> str:
               help="Skip the test-set evaluation of the INT8 file and the FP32 source (done by default "
                    "when --data is given).")
 @click.option("--eval-backend", type=click.Choice(["auto", "onnxruntime-cpu", "torch-int8-compiled",
-                                                   "torch-int8-eager"]), default="auto", show_default=True,
-              help="Backend for the evaluation. auto: onnxruntime-cpu for .onnx; torch-int8-compiled for .pt2 "
+                                                   "torch-int8-eager", "openvino-cpu"]), default="auto",
+              show_default=True,
+              help="Backend for the evaluation. auto: onnxruntime-cpu for .onnx; openvino-cpu for .xml; "
+                   "torch-int8-compiled for .pt2 "
                    "(torch.compile, ~20-60 s compile) when a C++ compiler exists, else torch-int8-eager "
                    "(simulated int8, slow).")
+@click.option("--preset", type=click.Choice(PRESETS), default="performance", show_default=True,
+              help="--backend openvino only: NNCF preset. performance: symmetric int8 weights and activations; "
+                   "mixed: symmetric weights, asymmetric activations.")
+@click.option("--fast-bias-correction/--full-bias-correction", default=True, show_default=True,
+              help="--backend openvino only: NNCF's fast bias correction, or its full BiasCorrection algorithm "
+                   "(slower, sometimes more accurate).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=256, show_default=True,
               help="Images per forward pass in the evaluation.")
 @click.option("--max-drop", type=float, default=None, metavar="PT",
@@ -71,7 +84,8 @@ def _mb(n: int | None) -> str:
               help="Print one JSON object: path, size_bytes, fp32_size_bytes, size_ratio, quantized_conv, "
                    "quantized_linear, top1, fp32_top1, delta_pt, retention (fractions 0-1), notes, ...")
 def command(weights, mode, backend, data, out, calib_size, calib_method, per_channel, reduce_range, seed, opset,
-            eval_limit, no_eval, eval_backend, batch_size, max_drop, max_fp32_layers, mean, std, input_size, threads, as_json):
+            eval_limit, no_eval, eval_backend, preset, fast_bias_correction, batch_size, max_drop, max_fp32_layers,
+            mean, std, input_size, threads, as_json):
     """Quantize WEIGHTS (a state_dict .pt) to INT8 and evaluate it next to the FP32 source.
 
     \b
@@ -79,25 +93,29 @@ def command(weights, mode, backend, data, out, calib_size, calib_method, per_cha
       vggc quantize model.pt --mode static --backend onnxruntime --data cifar10/ --out model-int8.onnx
       vggc quantize model.pt --mode static --backend torch --data cifar10/ --out model-int8.pt2
       vggc eval model-int8.pt2 --data cifar10/ --backend torch-int8-compiled
+      vggc quantize model.pt --mode static --backend openvino --data cifar10/ --out model-int8.xml
     """
     from vggc.compress.quantize import check_settings, quantize
     from vggc.progress import tqdm_progress
 
     check_settings(mode=mode, backend=backend, out=out, data=data, calib_size=calib_size, calib_method=calib_method,
-                   per_channel=per_channel, opset=opset, weights=weights)
+                   per_channel=per_channel, opset=opset, weights=weights, preset=preset)
     n_threads = set_threads(threads)
     eb = None if eval_backend == "auto" else eval_backend
     res = quantize(weights, mode=mode, backend=backend, out=out, data=data, calib_size=calib_size,
                    calib_method=calib_method, per_channel=per_channel, seed=seed, reduce_range=reduce_range,
                    opset=opset, eval_limit=eval_limit, evaluate=not no_eval, eval_batch_size=batch_size,
                    threads=n_threads, mean=mean, std=std, input_size=input_size, eval_backend=eb,
-                   max_drop=max_drop, max_fp32_layers=max_fp32_layers, progress=tqdm_progress)
+                   preset=preset, fast_bias_correction=fast_bias_correction, max_drop=max_drop,
+                   max_fp32_layers=max_fp32_layers, progress=tqdm_progress)
     if as_json:
         emit_json(res)
         return
     click.echo(f"wrote {res['path']} ({backend}, {mode} INT8, {_mb(res['size_bytes'])} = "
                f"{100 * res['size_ratio']:.1f}% of FP32 {_mb(res['fp32_size_bytes'])})")
     click.echo(f"  quantized layers  {res['quantized_conv']} conv, {res['quantized_linear']} linear")
+    if backend == "openvino":
+        click.echo(f"  NNCF              preset {preset}, {'fast' if fast_bias_correction else 'full'} bias correction")
     if mode == "static":
         click.echo(f"  calibration       {res['calib_size']} training images, class-balanced, seed {res['seed']}, "
                    f"{res['calib_method']}, {'per-channel' if res['per_channel'] else 'per-tensor'} weights"

@@ -35,16 +35,18 @@ from pathlib import Path
 import torch
 
 from vggc.artifacts import atomic_path, manifest_path, sha256_file, write_manifest
+from vggc.compress.quantize_budget import budget_search, check_budget_settings
 from vggc.cpu import has_vnni
 from vggc.errors import InputError
 from vggc.limits import CALIB_METHODS
 from vggc.progress import Progress, no_progress
 
 MODES = ("dynamic", "static")
-BACKENDS = ("onnxruntime", "torch")
-SUFFIXES = {"onnxruntime": ".onnx", "torch": ".pt2"}
-DEFAULT_CALIB_METHOD = {"onnxruntime": "minmax", "torch": "entropy"}
-EVAL_BACKENDS = {"onnxruntime": ("onnxruntime-cpu",), "torch": ("torch-int8-compiled", "torch-int8-eager")}
+BACKENDS = ("onnxruntime", "torch", "openvino")
+SUFFIXES = {"onnxruntime": ".onnx", "torch": ".pt2", "openvino": ".xml"}
+DEFAULT_CALIB_METHOD = {"onnxruntime": "minmax", "torch": "entropy", "openvino": "nncf"}
+EVAL_BACKENDS = {"onnxruntime": ("onnxruntime-cpu",), "torch": ("torch-int8-compiled", "torch-int8-eager"),
+                 "openvino": ("openvino-cpu",)}
 CALIB_BATCH = 50
 
 
@@ -71,15 +73,19 @@ def resolve_reduce_range(reduce_range: bool | None) -> bool:
 
 
 def check_settings(*, mode: str, backend: str, out, data, calib_size: int, calib_method: str | None,
-                   per_channel: bool, opset: int | None, weights=None) -> str:
+                   per_channel: bool, opset: int | None, weights=None, preset: str = "performance") -> str:
     """Validate the options that need no data; return the calibration method to use. One-line
     :class:`InputError` for every bad combination (the CLI calls this before any heavy work)."""
     if mode not in MODES:
         raise InputError(f"--mode {mode}: choose dynamic or static")
     if backend not in BACKENDS:
-        raise InputError(f"--backend {backend}: choose onnxruntime or torch")
+        raise InputError(f"--backend {backend}: choose onnxruntime, torch or openvino")
+    if backend == "openvino":
+        from vggc.compress.quantize_ov import check_ov_settings
+
+        check_ov_settings(mode=mode, preset=preset, calib_method=calib_method)
     method = calib_method or DEFAULT_CALIB_METHOD[backend]
-    if method not in CALIB_METHODS:
+    if method not in CALIB_METHODS and backend != "openvino":
         raise InputError(f"--calib-method {method}: choose minmax, entropy or percentile")
     out = Path(out)
     if out.is_dir():
@@ -155,6 +161,7 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
              reduce_range: bool | None = None, opset: int | None = None, eval_limit: int | None = None,
              evaluate: bool = True, eval_batch_size: int = 256, percentile: float = 99.999,
              threads: int | None = None, mean=None, std=None, input_size=None, eval_backend: str | None = None,
+             preset: str = "performance", fast_bias_correction: bool = True,
              max_drop: float | None = None, max_fp32_layers: int | None = None,
              progress: Progress = no_progress) -> dict:
     """Quantize the state_dict ``weights`` to INT8 and write ``out`` (+ ``out.json``); return the facts.
@@ -167,6 +174,9 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     With ``data`` and ``evaluate``, the INT8 file and the FP32 source are evaluated on the test
     split (``eval_limit`` class-balanced images, default all). ``eval_backend`` (torch only):
     ``torch-int8-compiled`` (default where a C++ compiler exists) or ``torch-int8-eager``.
+    ``backend="openvino"`` (``out`` ends in ``.xml``; its ``.bin`` is written beside it): NNCF PTQ
+    with ``preset`` (``performance``/``mixed``) and ``fast_bias_correction`` (static only; see
+    :mod:`vggc.compress.quantize_ov`).
     ``max_drop`` (percentage points; static ONNX Runtime only): keep the fewest most sensitive layers
     in FP32 so the drop on the evaluation images stays within it (:mod:`vggc.compress.quantize_budget`);
     the manifest's ``quantization.budget`` lists what stayed FP32 and why.
@@ -182,12 +192,13 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     from vggc.models import count_macs, count_params, load_weights
 
     method = check_settings(mode=mode, backend=backend, out=out, data=data, calib_size=calib_size,
-                            calib_method=calib_method, per_channel=per_channel, opset=opset, weights=weights)
+                            calib_method=calib_method, per_channel=per_channel, opset=opset, weights=weights,
+                            preset=preset)
     if eval_backend not in (None, "auto", *EVAL_BACKENDS[backend]):
         raise InputError(f"--eval-backend {eval_backend}: --backend {backend} files run on "
                          f"{', '.join(EVAL_BACKENDS[backend])}")
     if max_drop is not None:
-        _check_budget_settings(max_drop, mode=mode, backend=backend, data=data, evaluate=evaluate,
+        check_budget_settings(max_drop, mode=mode, backend=backend, data=data, evaluate=evaluate,
                                max_fp32_layers=max_fp32_layers)
     out = Path(out)
     rr = resolve_reduce_range(reduce_range)
@@ -208,7 +219,7 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
             notes.append("ONNX Runtime dynamic mode quantizes MatMul/Gemm only: its ConvInteger kernel is "
                          "~5x slower than FP32 Conv on CPU")
     if rr:
-        notes.append("reduce_range: 7-bit " + ("weights" if backend == "onnxruntime" else "activations")
+        notes.append("reduce_range: 7-bit " + ("weights" if backend != "torch" else "activations")
                      + " to avoid int16 saturation of u8*s8 dot products on CPUs without VNNI")
 
     t0 = time.perf_counter()
@@ -218,15 +229,27 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
                 "calib_method": method if mode == "static" else None, "seed": seed, "per_channel": per_channel,
                 "reduce_range": rr, "reduce_range_auto": reduce_range is None, "cpu_has_vnni": has_vnni(),
                 "eval_limit": eval_limit}
+    if backend == "openvino":
+        settings.update({"preset": preset, "fast_bias_correction": fast_bias_correction})
     source_sha = sha256_file(weights)
     budget = None
     if max_drop is not None:
         settings.update({"max_drop_pt": max_drop, "max_fp32_layers": max_fp32_layers})
         fp32_res = _evaluate_source(model, source_sha, data, pre, eval_limit, seed, eval_batch_size, progress)
-        budget = _budget_search(fp32_res.top1, max_drop, max_fp32_layers, data, pre, eval_limit, seed,
+        budget = budget_search(fp32_res.top1, max_drop, max_fp32_layers, data, pre, eval_limit, seed,
                                 eval_batch_size, threads, progress)
-    with atomic_path(out) as tmp:
-        if backend == "onnxruntime":
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(out))
+        # an IR is two files: both are written to temporaries and renamed (the .bin first) only on success
+        tmp_bin = stack.enter_context(atomic_path(out.with_suffix(".bin"))) if backend == "openvino" else None
+        if backend == "openvino":
+            from vggc.compress.quantize_ov import quantize_ir
+
+            q_facts, fp32_size = quantize_ir(model, tmp, tmp_bin, batches=batches, preset=preset,
+                                             fast_bias_correction=fast_bias_correction, per_channel=per_channel,
+                                             reduce_range=rr, preprocess=pre, opset=opset, progress=progress)
+            settings["opset"] = q_facts["opset"]
+        elif backend == "onnxruntime":
             q_facts, fp32_size = _quantize_ort(model, tmp, mode=mode, batches=batches, method=method,
                                                per_channel=per_channel, reduce_range=rr, percentile=percentile,
                                                opset=opset, preprocess=pre, arch=lm.name, progress=progress,
@@ -238,13 +261,13 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
                                                  weights=Path(weights), progress=progress)
         quantize_seconds = time.perf_counter() - t0
         if do_eval:
-            runner, used_backend = _open_for_eval(tmp, backend, pre, eval_batch_size, threads, eval_backend)
+            runner, used_backend = _open_for_eval(tmp, backend, pre, eval_batch_size, threads, eval_backend, tmp_bin)
             eval_res = _evaluate_runner(runner, data, pre, eval_limit, seed, eval_batch_size, progress)
     fp32_res = None
     if do_eval:
         fp32_res = _evaluate_source(model, source_sha, data, pre, eval_limit, seed, eval_batch_size, progress)
 
-    size = out.stat().st_size
+    size = out.stat().st_size + (out.with_suffix(".bin").stat().st_size if backend == "openvino" else 0)
     metrics: dict = {"size_bytes": size, "fp32_size_bytes": fp32_size, "size_ratio": size / fp32_size,
                      "quantize_seconds": round(quantize_seconds, 2)}
     if eval_res is not None:
@@ -253,7 +276,7 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
                         "retention": eval_res.top1 / fp32_res.top1 if fp32_res.top1 else None,
                         "eval_n": eval_res.n, "eval_split": "test", "eval_backend": used_backend,
                         "per_class": eval_res.per_class})
-    fmt = "onnx" if backend == "onnxruntime" else "pt2"
+    fmt = {"onnxruntime": "onnx", "torch": "pt2", "openvino": "openvino-ir"}[backend]
     extra = {"precision": "int8", "quant_mode": mode, "quant_backend": backend, "preprocess": pre.to_dict(),
              "params": count_params(model), "macs": count_macs(model, pre.input_size), "arch": lm.name,
              "config": lm.config.to_dict(), "source": {"path": str(weights), "name": Path(weights).name,
@@ -262,6 +285,11 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     if fmt == "onnx":
         extra.update({"input_name": "input", "output_name": "logits", "opset": q_facts["opset"],
                       "dynamic_batch": True})
+    elif fmt == "openvino-ir":
+        bin_path = out.with_suffix(".bin")
+        extra.update({"dynamic_batch": True, "weights_file": {"name": bin_path.name, "sha256": sha256_file(bin_path),
+                                                              "size_bytes": bin_path.stat().st_size},
+                      "load": "openvino.Core().read_model(path)", "fast_backend": "openvino-cpu"})
     else:
         extra.update({"dynamic_batch": True, "load": "import torchao; torch.export.load(path).module()",
                       "fast_backend": "torch-int8-compiled"})
@@ -271,8 +299,9 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     try:
         write_manifest(out, kind=fmt, inputs=inputs, settings=settings, metrics=metrics, extra=extra)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            out.unlink()
+        for f in (out, out.with_suffix(".bin")) if backend == "openvino" else (out,):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
         raise
     qc = q_facts.get("quantized_layers", {})
     return {"path": str(out), "manifest": str(manifest_path(out)), "mode": mode, "backend": backend,
@@ -285,41 +314,6 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
             "retention": metrics.get("retention"), "eval_n": metrics.get("eval_n"), "eval_backend": used_backend,
             "runtime_ops": q_facts.get("runtime_ops"), "fp32_layers": q_facts.get("fp32_nodes", []),
             "budget": q_facts.get("budget"), "notes": notes}
-
-
-def _check_budget_settings(max_drop, *, mode, backend, data, evaluate, max_fp32_layers) -> None:
-    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0:
-        raise InputError(f"--max-drop {max_drop}: must be >= 0 (percentage points of top-1)")
-    if mode != "static" or backend != "onnxruntime":
-        raise InputError("--max-drop: accuracy-aware INT8 needs --mode static --backend onnxruntime")
-    if not data or not evaluate:
-        raise InputError("--max-drop: the budget is checked on test images: pass --data and do not use --no-eval")
-    if max_fp32_layers is not None and max_fp32_layers < 1:
-        raise InputError(f"--max-fp32-layers {max_fp32_layers}: must be at least 1")
-
-
-def _budget_search(fp32_top1, max_drop, max_layers, data, pre, eval_limit, seed, batch_size, threads, progress):
-    """Return ``search(pre_path, arrays, quantize) -> BudgetResult`` bound to the evaluation images."""
-    from vggc.compress.quantize_budget import search_ort
-    from vggc.data import limit_split, load_split
-    from vggc.evaluate import evaluate
-    from vggc.export.ort_backend import open_onnx_cpu
-
-    split = limit_split(load_split(data, "test", progress=progress), eval_limit, seed)
-
-    def top1_of(path: Path) -> float:
-        runner = open_onnx_cpu(path, threads=threads)
-        try:
-            return evaluate(runner.predict, split, pre, batch_size=batch_size).top1
-        finally:
-            runner.close()
-
-    def search(pre_path, arrays, quantize):
-        return search_ort(pre_path, arrays, quantize=quantize, top1_of=top1_of, fp32_top1=fp32_top1,
-                          max_drop_pt=max_drop, workdir=Path(pre_path).parent, threads=threads,
-                          max_layers=max_layers, progress=progress)
-
-    return search
 
 
 def _quantize_ort(model, tmp: Path, *, mode, batches, method, per_channel, reduce_range, percentile, opset,
@@ -381,8 +375,14 @@ def _quantize_torch(model, tmp: Path, *, mode, batches, method, reduce_range, pe
     return facts, fp32_size
 
 
-def _open_for_eval(path: Path, backend: str, preprocess, batch_size: int, threads, which: str | None = None):
-    """Open the just-written (not yet renamed) file on ``which`` or its fastest available backend."""
+def _open_for_eval(path: Path, backend: str, preprocess, batch_size: int, threads, which: str | None = None,
+                   weights: Path | None = None):
+    """Open the just-written (not yet renamed) file (IR: with its ``weights`` .bin) on ``which`` or its
+    fastest available backend."""
+    if backend == "openvino":
+        from vggc.export.openvino_backend import open_openvino
+
+        return open_openvino(path, weights=weights, threads=threads, input_size=preprocess.input_size), "openvino-cpu"
     if backend == "onnxruntime":
         from vggc.export.ort_backend import open_onnx_cpu
 

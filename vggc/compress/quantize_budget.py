@@ -155,3 +155,38 @@ def search_ort(pre_path: Path, arrays: Sequence[np.ndarray], *, quantize: Callab
         res.ranking, lambda ex: cache[tuple(ex)] if tuple(ex) in cache else top1_with(ex), fp32_top1,
         max_drop_pt, max_layers=max_layers)
     return res
+
+
+def check_budget_settings(max_drop, *, mode, backend, data, evaluate, max_fp32_layers) -> None:
+    """Raise a one-line :class:`InputError` for a ``--max-drop`` that cannot be honoured."""
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0:
+        raise InputError(f"--max-drop {max_drop}: must be >= 0 (percentage points of top-1)")
+    if mode != "static" or backend != "onnxruntime":
+        raise InputError("--max-drop: accuracy-aware INT8 needs --mode static --backend onnxruntime")
+    if not data or not evaluate:
+        raise InputError("--max-drop: the budget is checked on test images: pass --data and do not use --no-eval")
+    if max_fp32_layers is not None and max_fp32_layers < 1:
+        raise InputError(f"--max-fp32-layers {max_fp32_layers}: must be at least 1")
+
+
+def budget_search(fp32_top1, max_drop, max_layers, data, pre, eval_limit, seed, batch_size, threads, progress):
+    """Return ``search(pre_path, arrays, quantize) -> BudgetResult`` bound to the evaluation images."""
+    from vggc.data import limit_split, load_split
+    from vggc.evaluate import evaluate
+    from vggc.export.ort_backend import open_onnx_cpu
+
+    split = limit_split(load_split(data, "test", progress=progress), eval_limit, seed)
+
+    def top1_of(path: Path) -> float:
+        runner = open_onnx_cpu(path, threads=threads)
+        try:
+            return evaluate(runner.predict, split, pre, batch_size=batch_size).top1
+        finally:
+            runner.close()
+
+    def search(pre_path, arrays, quantize):
+        return search_ort(pre_path, arrays, quantize=quantize, top1_of=top1_of, fp32_top1=fp32_top1,
+                          max_drop_pt=max_drop, workdir=Path(pre_path).parent, threads=threads,
+                          max_layers=max_layers, progress=progress)
+
+    return search

@@ -49,7 +49,7 @@ PRESETS = {
                     prune_limit=1000, distill_epochs=1, distill_limit=1000, distill_width=1.0, eval_limit=500,
                     bench_quick=True, bench_limit=1000,
                     # each torch.compile'd INT8 program costs ~1 min of compile time in the bench
-                    skip=("int8_torch_dynamic", "pruned_int8_torch_static")),
+                    skip=("int8_torch_dynamic", "pruned_int8_torch_static", "pruned_int8_ov_static")),
     # Real budgets, sized for a 2-core CPU (about 4 hours: prune fine-tune ~70 min, distillation
     # ~2.3 h, bench on all 10,000 test images); a CUDA machine trains the same steps in minutes.
     # Every training step checkpoints each epoch (and every 10 minutes within one), so a killed run
@@ -118,8 +118,10 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
                            seed=seed, out=ctx.output(), evaluate=False, progress=progress)
             return {k: v for k, v in (res or {}).items() if isinstance(v, (int, float, str, bool)) or v is None}
 
-        return Step(name, [out], run, deps=[src] if src else [], inputs=[] if src else [weights],
-                    settings=settings, label=f"{mode} INT8 ({backend})")
+        # an OpenVINO IR is two files: the .xml (the model the bench opens) and its .bin
+        outs = [out, str(Path(out).with_suffix(".bin"))] if backend == "openvino" else [out]
+        return Step(name, outs, run, deps=[src] if src else [], inputs=[] if src else [weights],
+                    settings=settings, label=f"{mode} INT8 ({'NNCF, OpenVINO IR' if backend == 'openvino' else backend})")
 
     def prune_run(ctx: StepContext) -> dict:
         from vggc.compress.prune import PruneSpec, prune_file, work_files
@@ -181,6 +183,7 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
         quant_step("int8_ort_static", None, f"{stem}_int8_ort_static.onnx", "static", "onnxruntime"),
         quant_step("int8_torch_dynamic", None, f"{stem}_int8_torch_dynamic.pt2", "dynamic", "torch"),
         quant_step("int8_torch_static", None, f"{stem}_int8_torch_static.pt2", "static", "torch"),
+        quant_step("int8_ov_static", None, f"{stem}_int8_ov_static.xml", "static", "openvino"),
         *scan_steps,
         Step("prune", [f"{stem}_pruned.pt"], prune_run, inputs=[weights], settings=ft,
              deps=[s.name for s in scan_steps],
@@ -188,6 +191,7 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
         export_step("pruned_onnx", "prune", f"{stem}_pruned.onnx", fp16=False),
         quant_step("pruned_int8_ort_static", "prune", f"{stem}_pruned_int8_ort_static.onnx", "static", "onnxruntime"),
         quant_step("pruned_int8_torch_static", "prune", f"{stem}_pruned_int8_torch_static.pt2", "static", "torch"),
+        quant_step("pruned_int8_ov_static", "prune", f"{stem}_pruned_int8_ov_static.xml", "static", "openvino"),
         Step("distill", [f"{stem}_student_mbv2.pt"], distill_run, inputs=[weights], settings=kd,
              label="distil into MobileNetV2"),
         export_step("student_onnx", "distill", f"{stem}_student_mbv2.onnx", fp16=False),
@@ -198,9 +202,9 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
 
 def _unavailable_row(step: Step, result: StepResult, batch: int) -> dict:
     """A bench row for a variant whose step did not produce a file (Ultralytics-style)."""
-    fmt = {".onnx": "onnx", ".pt2": "pt2", ".pt": "state_dict", ".engine": "tensorrt-engine"}
+    fmt = {".onnx": "onnx", ".pt2": "pt2", ".pt": "state_dict", ".engine": "tensorrt-engine", ".xml": "openvino-ir"}
     suffix = Path(step.outputs[0]).suffix
-    backend = {"tensorrt-engine": "tensorrt"}.get(fmt.get(suffix, ""), "-")
+    backend = {"tensorrt-engine": "tensorrt", "openvino-ir": "openvino-cpu"}.get(fmt.get(suffix, ""), "-")
     return {"model": Path(step.outputs[0]).name, "path": "", "format": fmt.get(suffix), "backend": backend,
             "precision": step.settings.get("precision") or ("int8" if "int8" in step.name else "-"),
             "status": result.status.removeprefix("unavailable: "), "top1": None, "delta_pt": None, "latency_p50_ms": None,

@@ -1,0 +1,173 @@
+"""NNCF post-training INT8 quantization into OpenVINO IR (``vggc quantize --backend openvino``).
+
+Path: the model's FP32 ONNX export (:func:`vggc.export.onnx.export_onnx`, the same graph and
+symbolic batch as vggc's FP32 ONNX row and the ONNX Runtime path) -> ``openvino.Core.read_model``
+-> ``nncf.quantize`` -> ``openvino.save_model`` (IR ``.xml`` + ``.bin``, int8 weights). ONNX
+rather than PyTorch because (1) it is exactly the file a deployer reads with OpenVINO, so the
+FP32 and INT8 OpenVINO rows share one graph, and (2) OpenVINO's PyTorch path
+(``openvino.convert_model``) is its conversion tool, which sends telemetry; ``read_model`` does not.
+
+NNCF settings (nncf 3.x): ``preset`` ``performance`` (symmetric weights and activations) or
+``mixed`` (asymmetric activations); ``fast_bias_correction`` (True: NNCF's fast bias correction;
+False: the full BiasCorrection algorithm, slower); ``subset_size`` = the number of calibration
+images, fed one image per item (a class-balanced subset of the TRAIN split, the same subset code
+as the other backends); ``target_device=CPU``; weights per channel unless ``per_channel=False``;
+``overflow_fix``: ``enable`` (7-bit weights) when ``reduce_range`` is on (CPUs without VNNI),
+else ``disable``. Dynamic mode is not offered: NNCF/OpenVINO PTQ is static only.
+
+Telemetry: :func:`import_nncf` sets ``NNCF_CI=1`` (NNCF's own switch, ``nncf/definitions.py``:
+set, NNCF replaces its telemetry with a stub) before NNCF is first imported; vggc never calls
+OpenVINO's ``convert_model``/``ovc``. ``opt_in_out --opt_out`` turns OpenVINO telemetry off for
+a whole machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from vggc.errors import InputError, UnavailableError, VggcError, first_line
+
+PRESETS = ("performance", "mixed")
+DYNAMIC_NOT_OFFERED = ("--mode dynamic: not offered by OpenVINO/NNCF for this model (NNCF post-training "
+                       "quantization is static only); use --mode static --backend openvino, or --mode dynamic "
+                       "--backend onnxruntime/torch")
+
+
+def import_nncf():
+    """Return the ``nncf`` module, imported with its telemetry off (see the module docstring)."""
+    if "nncf" not in sys.modules:
+        os.environ.setdefault("NNCF_CI", "1")
+    try:
+        import nncf
+    except Exception as err:  # noqa: BLE001
+        raise UnavailableError(f"nncf not importable ({first_line(err, 120)})") from None
+    return nncf
+
+
+def nncf_reason() -> str | None:
+    """Return why NNCF + OpenVINO quantization cannot run here, or ``None``."""
+    from vggc.export.openvino_backend import ov_reason
+
+    reason = ov_reason()
+    if reason:
+        return reason
+    try:
+        import_nncf()
+    except UnavailableError as err:
+        return str(err)
+    return None
+
+
+def check_ov_settings(*, mode: str, preset: str, calib_method: str | None) -> None:
+    """One-line :class:`InputError` for the options ``--backend openvino`` does not take."""
+    if mode == "dynamic":
+        raise InputError(DYNAMIC_NOT_OFFERED)
+    if preset not in PRESETS:
+        raise InputError(f"--preset {preset}: choose performance or mixed")
+    if calib_method:
+        raise InputError("--calib-method applies to --backend onnxruntime/torch; NNCF chooses its own "
+                         "activation range estimators (MinMax) and corrects biases (--fast-bias-correction)")
+
+
+def quantize_ir(model: torch.nn.Module, xml: Path, weights: Path, *, batches: Sequence[torch.Tensor], preset: str,
+                fast_bias_correction: bool, per_channel: bool, reduce_range: bool, preprocess, opset: int | None,
+                progress) -> tuple[dict, int]:
+    """NNCF-quantize ``model`` and write its IR to ``xml`` and ``weights`` (the caller's atomic temp
+    paths); return ``(facts, size of the FP32 ONNX in bytes)``."""
+    import openvino as ov
+
+    from vggc.export.onnx import DEFAULT_OPSET, export_onnx
+    from vggc.export.openvino_backend import ov_version, read_model
+
+    nncf = import_nncf()
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
+        QuantizationParameters,
+    )
+
+    images = [np.ascontiguousarray(b[i:i + 1].float().numpy()) for b in batches for i in range(len(b))]
+    overflow = OverflowFix.ENABLE if reduce_range else OverflowFix.DISABLE
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix=overflow, weights_quantization_params=QuantizationParameters(per_channel=per_channel))
+    with tempfile.TemporaryDirectory(prefix="vggc-nncf-") as d:
+        fp32 = export_onnx(model, Path(d) / "fp32.onnx", input_size=preprocess.input_size,
+                           opset=opset or DEFAULT_OPSET, fp16=False, preprocess=preprocess)
+        fp32_size = fp32.stat().st_size
+        ov_model = read_model(fp32)
+        bar = iter(progress(range(len(images)), total=len(images), desc="calibrate"))
+        # NNCF reads the items for statistics and again for bias correction; the bar shows the first pass
+        data = nncf.Dataset(images, lambda x: (next(bar, None), x)[1])
+        try:
+            with _quiet(nncf):
+                q = nncf.quantize(ov_model, data, preset=nncf.QuantizationPreset(preset),
+                                  target_device=nncf.TargetDevice.CPU, subset_size=len(images),
+                                  fast_bias_correction=fast_bias_correction, advanced_parameters=advanced)
+        except Exception as err:  # noqa: BLE001
+            raise VggcError(f"nncf.quantize failed: {first_line(err)}") from None
+        for _ in bar:  # close the progress bar
+            pass
+        facts = {"quantizer": "nncf.quantize (OpenVINO backend)", "nncf": nncf.__version__, "openvino": ov_version(),
+                 "preset": preset, "fast_bias_correction": fast_bias_correction,
+                 "bias_correction": "fast" if fast_bias_correction else "full (BiasCorrection)",
+                 "subset_size": len(images), "target_device": "CPU", "overflow_fix": str(overflow.value),
+                 "per_channel": per_channel, "source_graph": "vggc FP32 ONNX export",
+                 "opset": opset or DEFAULT_OPSET, "quantized_layers": count_fake_quantized(q)}
+        q.set_rt_info("int8", ["vggc", "precision"])
+        saved = Path(d) / "int8.xml"
+        ov.save_model(q, str(saved), compress_to_fp16=False)
+        shutil.copyfile(saved, xml)
+        shutil.copyfile(saved.with_suffix(".bin"), weights)
+    return facts, fp32_size
+
+
+@contextlib.contextmanager
+def _quiet(nncf):
+    """Silence NNCF's log and its rich progress bars (stdout) while it runs: the library never prints."""
+    from nncf.common.logging.logger import nncf_logger
+
+    level = nncf_logger.level
+    nncf.set_log_level(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        nncf.set_log_level(level)
+
+
+def _int8_weights(node, depth: int = 4) -> bool:
+    """True if ``node`` (a weight input) is a FakeQuantize or decompresses an int8 constant."""
+    import openvino as ov
+
+    kind = node.get_type_name()
+    if kind == "FakeQuantize":
+        return True
+    if kind == "Constant":
+        return node.get_output_element_type(0) in (ov.Type.i8, ov.Type.u8)
+    return depth > 0 and kind in ("Convert", "Multiply", "Subtract", "Reshape", "Transpose") and any(
+        _int8_weights(node.input_value(i).get_node(), depth - 1) for i in range(node.get_input_size()))
+
+
+def count_fake_quantized(model) -> dict:
+    """Count convolutions and MatMuls with int8 (quantized) weights in an NNCF-quantized model."""
+    counts = {"conv": 0, "linear": 0}
+    for op in model.get_ops():
+        kind = {"Convolution": "conv", "MatMul": "linear"}.get(op.get_type_name())
+        if kind and op.get_input_size() > 1 and _int8_weights(op.input_value(1).get_node()):
+            counts[kind] += 1
+    return counts
+
+
+__all__ = ["DYNAMIC_NOT_OFFERED", "PRESETS", "check_ov_settings", "count_fake_quantized", "import_nncf",
+           "nncf_reason", "quantize_ir"]
