@@ -216,6 +216,34 @@ def test_sensitivity_scan_is_exact_restores_the_model_and_writes_files(tmp_path)
         scan_sensitivity(model, toy_split(name="test"), pre, fractions)
 
 
+def _fingerprint(model):
+    """Everything a scan could disturb: module tree (types, reprs with widths/groups), and every
+    parameter and buffer (object identity, dtype, shape, bytes, requires_grad)."""
+    tree = [(n, type(m).__name__, m.extra_repr()) for n, m in model.named_modules()]
+    tensors = [(n, id(t), t.dtype, tuple(t.shape), t.detach().clone(), t.requires_grad)
+               for n, t in [*model.named_parameters(), *model.named_buffers()]]
+    return tree, tensors, model.training
+
+
+@pytest.mark.parametrize("arch", ["vgg", "mobilenet_v2"])
+def test_sensitivity_scan_leaves_the_model_bit_identical(arch):
+    from vggc.models.mobilenet import mobilenet_v2_cifar
+
+    if arch == "vgg":
+        model = make_tiny_vgg(seed=5)
+    else:
+        torch.manual_seed(0)
+        model = mobilenet_v2_cifar(0.5).eval()
+    tree, tensors, training = _fingerprint(model)
+    scan_sensitivity(model, toy_split(n=20), Preprocess(), (0.3, 0.6), batch_size=10)
+    tree2, tensors2, training2 = _fingerprint(model)
+    assert tree2 == tree and training2 == training
+    assert len(tensors2) == len(tensors)
+    for (n, i, dt, shape, t, rg), (n2, i2, dt2, shape2, t2, rg2) in zip(tensors, tensors2, strict=True):
+        assert (n2, i2, dt2, shape2, rg2) == (n, i, dt, shape, rg), n
+        assert torch.equal(t2, t) and t2.view(-1).view(torch.uint8).equal(t.view(-1).view(torch.uint8)), n
+
+
 def test_sensitivity_strategy_spares_the_sensitive_layer():
     model = wide_vgg()
     widths = PruningGraph(model).widths()
