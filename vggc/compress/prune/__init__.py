@@ -38,15 +38,18 @@ from vggc.compress.prune.finetune import (
     epochs_per_step,
     prune_and_finetune,
     remove_work_files,
+    settings_file,
     work_files,
 )
 from vggc.compress.prune.job import prune_file
 from vggc.compress.prune.plan import (
     PlanResult,
+    check_reachable,
     global_plan,
     make_plan,
     min_width,
     prune_model,
+    pruned_macs,
     removed_fraction,
     round_width,
     sensitivity_plan,
@@ -55,7 +58,8 @@ from vggc.compress.prune.plan import (
 )
 from vggc.compress.prune.spec import STRATEGIES, PruneSpec
 
-__all__ = ["STRATEGIES", "MacModel", "Plan", "PlanResult", "PruneRun", "PruneSpec", "PruningGraph", "conv_widths",
-           "epochs_per_step", "global_plan", "make_plan", "min_width", "output_layer", "prune_and_finetune",
-           "prune_file", "prune_model", "remove_work_files", "removed_fraction", "round_width",
-           "sensitivity_plan", "step_plan", "trial_copy", "uniform_plan", "work_files"]
+__all__ = ["STRATEGIES", "MacModel", "Plan", "PlanResult", "PruneRun", "PruneSpec", "PruningGraph",
+           "check_reachable", "conv_widths", "epochs_per_step", "global_plan", "make_plan", "min_width",
+           "output_layer", "prune_and_finetune", "prune_file", "prune_model", "pruned_macs", "remove_work_files",
+           "removed_fraction", "round_width", "sensitivity_plan", "settings_file", "step_plan", "trial_copy",
+           "uniform_plan", "work_files"]

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import nn
 
+from vggc.compress.bn_recalib import recalibrate_bn
 from vggc.compress.graph import MacModel, PruningGraph
 from vggc.compress.prune.plan import PlanResult, make_plan, step_plan
 from vggc.compress.prune.spec import PruneSpec
 from vggc.errors import InputError, StaleCheckpointError
 from vggc.progress import Progress, no_progress
-from vggc.resume import run_key
+from vggc.resume import check_settings, run_key, write_settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from vggc.compress.sensitivity import SensitivityTable
@@ -46,16 +47,45 @@ def _state_paths(work: Path) -> tuple[Path, Callable[[int], Path]]:
             lambda k: work.with_name(work.name + f".step{k}.ckpt"))
 
 
+def settings_file(work: str | Path) -> Path:
+    """Return ``<work>.settings.json``: the readable settings of a run that fine-tunes, written
+    when it starts and checked by ``--resume`` (:func:`vggc.resume.check_settings`)."""
+    work = Path(work)
+    return work.with_name(work.name + ".settings.json")
+
+
 def work_files(work: str | Path, steps: int) -> list[Path]:
-    """Return the resumable-state paths :func:`prune_and_finetune` keeps beside ``work``."""
+    """Return the resumable-state paths :func:`prune_and_finetune` keeps beside ``work``: the
+    state after a finished step and each step's fit checkpoint (any of them: there is something
+    to resume). The settings file (:func:`settings_file`) is not one of them."""
     state_path, ckpt_of = _state_paths(Path(work))
     return [state_path, *(ckpt_of(k) for k in range(1, steps + 1))]
 
 
 def remove_work_files(work: str | Path, steps: int) -> None:
-    """Delete the resumable state :func:`prune_and_finetune` keeps beside ``work``."""
-    for p in work_files(work, steps):
+    """Delete the resumable state :func:`prune_and_finetune` keeps beside ``work`` (and its settings)."""
+    for p in [*work_files(work, steps), settings_file(work)]:
         p.unlink(missing_ok=True)
+
+
+def _read_state(path: Path, key: str) -> dict:
+    """Return the state :func:`prune_and_finetune` saved after a step; refuse (one line) one that
+    cannot be read, lacks a field, or belongs to other settings."""
+    from vggc.artifacts import safe_torch_load
+    from vggc.errors import first_line
+
+    try:
+        st = safe_torch_load(path)
+    except InputError as err:
+        raise StaleCheckpointError(f"--resume: {first_line(err)}; rerun without --resume") from None
+    fields = ("key", "step", "model", "steps", "finetune_seconds", "finetune_cpu_seconds")
+    if not isinstance(st, dict) or any(f not in st for f in fields):
+        raise StaleCheckpointError(f"--resume: {path} is not a vggc prune state (missing fields); "
+                                   "rerun without --resume")
+    if st["key"] != key:
+        raise StaleCheckpointError(f"--resume: {path} was written with different settings; "
+                                   "rerun without --resume or with the same options")
+    return st
 
 
 def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | None", preprocess: "Preprocess",
@@ -65,7 +95,8 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
                        evaluate_step: Callable[[nn.Module], float] | None = None,
                        progress: Progress = no_progress, on_epoch: Callable[[dict], None] | None = None,
                        on_step: Callable[[dict], None] | None = None, loss_fn: "LossFn | None" = None,
-                       loss_settings: dict | None = None) -> tuple[nn.Module, PruneRun]:
+                       loss_settings: dict | None = None, bn_recalib: int = 0,
+                       bn_data: "Split | None" = None, bn_seed: int = 0) -> tuple[nn.Module, PruneRun]:
     """Prune ``model`` to ``spec`` in ``spec.steps`` steps, fine-tuning with :func:`vggc.train.fit`.
 
     The final widths are planned once on the original model; step ``k`` prunes every layer
@@ -78,22 +109,32 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
     ``evaluate_step(model) -> top1`` is called after each step but the last (whose result the
     caller evaluates anyway). ``loss_fn``: the fine-tune loss (default: the trainer's
     cross-entropy), e.g. :class:`vggc.compress.distill.DistillLoss` from the unpruned model;
-    ``loss_settings`` describe it in the resume key.
+    ``loss_settings`` describe it in the resume key. ``bn_recalib``: after each step's pruning
+    (before its fine-tune), re-estimate BatchNorm statistics on this many class-balanced images of
+    ``bn_data`` (default ``train``; subset seed ``bn_seed``) with
+    :func:`vggc.compress.bn_recalib.recalibrate_bn`; 0: off.
+    A run that fine-tunes writes its settings to :func:`settings_file`; ``--resume`` refuses when
+    that file is missing, unreadable or differs (:func:`vggc.resume.check_settings`).
     Returns ``(pruned model, PruneRun)``; the model is on CPU in eval mode.
     """
-    from vggc.artifacts import atomic_path, safe_torch_load
+    from vggc.artifacts import atomic_path
     from vggc.models import model_from_state_dict
 
     if finetune_epochs > 0 and (train is None or train_cfg is None):
         raise InputError("fine-tuning needs training data and a TrainConfig")
+    bn_data = bn_data if bn_data is not None else train
+    if bn_recalib > 0 and bn_data is None:
+        raise InputError("BatchNorm re-estimation needs training images")
     size = preprocess.input_size
     model = model.eval()
     plan = make_plan(model, spec, size, table)
     before = plan.widths_before
     per_step = epochs_per_step(finetune_epochs, spec.steps)
-    key = run_key({"spec": spec.to_dict(), "keep": plan.keep, "epochs": per_step,
-                       "train": asdict(train_cfg) if train_cfg else None, "n_train": len(train) if train else 0,
-                       **({"loss": loss_settings} if loss_settings else {})})
+    settings = {"spec": spec.to_dict(), "keep": plan.keep, "epochs": per_step,
+                "train": asdict(train_cfg) if train_cfg else None, "n_train": len(train) if train else 0,
+                **({"loss": loss_settings} if loss_settings else {}),
+                **({"bn_recalib": {"images": bn_recalib, "n_data": len(bn_data), "seed": bn_seed}} if bn_recalib > 0 else {})}
+    key = run_key(settings)
     state_path, ckpt_of = _state_paths(Path(work)) if work else (None, None)
     run = PruneRun(plan=plan)
     start = 0
@@ -101,19 +142,21 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
         if state_path is None:
             raise InputError("--resume needs a work path for checkpoints")
         if state_path.is_file():
-            st = safe_torch_load(state_path)
-            if not isinstance(st, dict) or st.get("key") != key:
-                raise StaleCheckpointError(f"--resume: {state_path} was written with different settings; "
-                                 "rerun without --resume or with the same options")
+            check_settings(settings_file(work), settings, state_path)
+            st = _read_state(state_path, key)
             model, _, _ = model_from_state_dict(st["model"])
             start = int(st["step"])
             run.steps = list(st["steps"])
             run.finetune_seconds = float(st["finetune_seconds"])
             run.finetune_cpu_seconds = float(st["finetune_cpu_seconds"])
             run.resumed_from_step = start
-        elif not ckpt_of(1).is_file():
+        elif ckpt_of(1).is_file():
+            check_settings(settings_file(work), settings, ckpt_of(1))
+        else:
             raise InputError(f"--resume: nothing to resume, no {state_path.name} or {ckpt_of(1).name} "
                              f"beside {Path(work).name}")
+    elif work is not None and finetune_epochs > 0:
+        write_settings(settings_file(work), settings)
 
     for k in range(start + 1, spec.steps + 1):
         graph = PruningGraph(model, size)
@@ -121,6 +164,9 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
         graph.apply(keep)
         macs = MacModel(graph, size).macs()
         rec = {"step": k, "widths": graph.widths(), "macs": macs, "epochs": per_step[k - 1]}
+        if bn_recalib > 0:
+            rec["bn_recalib_images"] = recalibrate_bn(model, bn_data, preprocess, images=bn_recalib,
+                                                     seed=bn_seed)
         if per_step[k - 1] > 0:
             from vggc.train import fit
 

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import nn
 
+from vggc.compress.bn_recalib import DEFAULT_IMAGES, recalibrate_bn
 from vggc.compress.graph import PruningGraph
 from vggc.compress.prune.finetune import prune_and_finetune, remove_work_files
-from vggc.compress.prune.plan import prune_model
+from vggc.compress.prune.plan import check_reachable, make_plan, prune_model
 from vggc.compress.prune.spec import PruneSpec
 from vggc.errors import VggcError
 from vggc.progress import Progress, no_progress
@@ -32,7 +33,8 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
                scan_limit: int = 1000, fractions=None, preprocess: "Preprocess | None" = None,
                resume: bool = False, seed: int = 0, progress: Progress = no_progress,
                on_epoch: Callable[[dict], None] | None = None,
-               on_step: Callable[[dict], None] | None = None, kd: "KDConfig | None" = None) -> dict:
+               on_step: Callable[[dict], None] | None = None, kd: "KDConfig | None" = None,
+               bn_recalib: int = DEFAULT_IMAGES) -> dict:
     """Prune a weights file, fine-tune, evaluate, save ``out`` (state_dict) + ``out.json`` manifest.
 
     ``preprocess`` defaults to the source's manifest/sidecar (so the result evaluates with the
@@ -42,7 +44,13 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
     subset; ``eval_limit``: evaluate on a class-balanced subset of the test split.
     ``kd``: fine-tune with knowledge distillation from the unpruned source (a frozen copy is the
     teacher; ``kd.alpha`` weights the KD term, ``1 - alpha`` the cross-entropy); ``None`` or
-    ``alpha == 0``: plain cross-entropy. Returns the manifest's metrics.
+    ``alpha == 0``: plain cross-entropy. ``bn_recalib``: after each prune step, re-estimate
+    BatchNorm statistics on this many class-balanced training images (0: off); the
+    "before fine-tune" accuracy is measured after it.
+
+    Everything that can be refused without images is refused before any is read and before any
+    training: a bad or unreachable spec, a scan that does not match the model, a plan whose really
+    pruned model misses the MAC target. Returns the manifest's metrics.
     """
     from vggc.artifacts import save_state_dict, write_manifest
     from vggc.compress import sensitivity as sens
@@ -59,7 +67,17 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
     size = pre.input_size
     base_macs, base_params = count_macs(model, size), count_params(model)
 
-    need_train = finetune_epochs > 0 or (spec.strategy == "sensitivity" and sensitivity is None)
+    table, scan_info = None, None
+    if spec.strategy != "sensitivity":
+        make_plan(model, spec, size)  # refuses an unreachable target before any image is read
+    elif sensitivity is not None:
+        table = sens.read_scan(sensitivity)
+        scan_info = {"path": str(sensitivity)}
+        make_plan(model, spec, size, table)
+    else:  # the plan needs the scan; the most any scanned plan can remove is known already
+        check_reachable(model, spec, size, max_fraction=max(fractions or sens.DEFAULT_FRACTIONS))
+
+    need_train = finetune_epochs > 0 or bn_recalib > 0 or (spec.strategy == "sensitivity" and table is None)
     train_full = load_split(data, "train", progress=progress) if need_train else None
     test = limit_split(load_split(data, "test", progress=progress), eval_limit, seed) if do_eval else None
 
@@ -67,22 +85,18 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
         with torch.inference_mode():
             return evaluate(lambda x: m(x), test, pre, progress=progress).top1
 
-    table, scan_info = None, None
-    if spec.strategy == "sensitivity":
-        if sensitivity is not None:
-            table = sens.read_scan(sensitivity)
-            scan_info = {"path": str(sensitivity)}
-        else:
-            subset = limit_split(train_full, scan_limit, seed)
-            table = sens.scan_sensitivity(model, subset, pre, fractions or sens.DEFAULT_FRACTIONS,
-                                          progress=progress)
-            scan_info = {"scan_limit": len(subset), "seed": seed, "baseline_top1": table.baseline}
+    if spec.strategy == "sensitivity" and table is None:
+        subset = limit_split(train_full, scan_limit, seed)
+        table = sens.scan_sensitivity(model, subset, pre, fractions or sens.DEFAULT_FRACTIONS, progress=progress)
+        scan_info = {"scan_limit": len(subset), "seed": seed, "baseline_top1": table.baseline}
 
     metrics: dict = {}
     if do_eval:
         metrics["top1_source"] = top1(model)
         probe = copy.deepcopy(model)
         prune_model(probe, spec, size, table)
+        if bn_recalib > 0:
+            recalibrate_bn(probe, train_full, pre, images=bn_recalib, seed=seed)
         metrics["top1_before_finetune"] = top1(probe)
         del probe
 
@@ -98,7 +112,8 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
                                      finetune_epochs=finetune_epochs, table=table, work=out, resume=resume,
                                      cleanup=False,
                                      evaluate_step=top1 if do_eval else None, progress=progress,
-                                     on_epoch=on_epoch, on_step=on_step)
+                                     on_epoch=on_epoch, on_step=on_step, bn_recalib=bn_recalib,
+                                     bn_data=train_full, bn_seed=seed)
     macs, params = count_macs(pruned, size), count_params(pruned)
     if spec.target_macs is not None and macs > spec.target_macs * base_macs:
         raise VggcError(f"internal error: pruned model has {macs} MACs, above the target "
@@ -127,6 +142,9 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
                              "limit": limit, "eval_limit": eval_limit, "seed": seed, "data": str(data),
                              "importance": "L1 norm of each conv filter (Li et al. 2017), independent per step",
                              "sensitivity_scan": scan_info,
+                             "bn_recalib": {"images": bn_recalib, "split": "train", "seed": seed,
+                                            "when": "after each prune step, before its fine-tune"}
+                             if bn_recalib > 0 else 0,
                              "distill_from_source": asdict(kd) if loss_fn is not None else None},
                    metrics=metrics,
                    extra={"preprocess": pre.to_dict(), "params": params, "macs": macs, "precision": "fp32",

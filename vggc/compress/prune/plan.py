@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from vggc.compress.graph import MacModel, Plan, PruningGraph
+from vggc.compress.graph import MacModel, Plan, PruningGraph, trial_copy
 from vggc.compress.prune.spec import PruneSpec
 from vggc.errors import InputError
 
@@ -94,7 +94,9 @@ def make_plan(model: nn.Module, spec: PruneSpec, input_size: int = 32,
     """Choose per-layer widths for ``model`` under ``spec``; nothing is pruned.
 
     Raises :class:`InputError` when the amount or MAC target cannot be reached within
-    ``max_ratio``/``round_to``, or when a sensitivity table does not describe this model.
+    ``max_ratio``/``round_to``, when a sensitivity table does not describe this model, or when
+    the model really pruned to the plan (a copy, :func:`pruned_macs`) misses the MAC target
+    the analytic count promised — all before anything is trained. Returns the :class:`PlanResult`.
     """
     graph = graph or PruningGraph(model, input_size)
     widths = graph.widths()
@@ -122,24 +124,13 @@ def make_plan(model: nn.Module, spec: PruneSpec, input_size: int = 32,
             return sensitivity_plan(widths, table, p * scale, spec)
 
     if spec.amount is not None and spec.strategy == "uniform":
-        if spec.amount > spec.max_ratio:
-            raise InputError(f"--amount {spec.amount} exceeds --max-ratio {spec.max_ratio}")
+        _check_amount(spec)
         keep = family(spec.amount / spec.max_ratio)
         return PlanResult(keep, macs_of.macs(keep), base, spec.amount, removed_fraction(widths, keep), widths)
-    if spec.amount is not None:
-        def ok(keep: Plan) -> bool:
-            return removed_fraction(widths, keep) >= spec.amount - 1e-9
-        what = f"removing {spec.amount:.0%} of the channels"
-    else:
-        def ok(keep: Plan) -> bool:
-            return macs_of.macs(keep) <= spec.target_macs * base
-        what = f"{spec.target_macs:.0%} of the baseline MACs ({spec.target_macs * base / 1e6:.1f} M)"
+    ok, what = _goal(spec, widths, macs_of, base)
     most = family(1.0)
     if not ok(most):
-        raise InputError(f"cannot reach {what} with --strategy {spec.strategy}: at most "
-                         f"{removed_fraction(widths, most):.0%} of channels / "
-                         f"{macs_of.macs(most) / base:.0%} of MACs within --max-ratio {spec.max_ratio} "
-                         f"and --round-to {spec.round_to}")
+        raise _unreachable(what, spec, widths, most, macs_of, base)
     lo, hi = 0.0, 1.0  # smallest knob p with ok(family(p))
     for _ in range(40):
         mid = (lo + hi) / 2
@@ -148,7 +139,72 @@ def make_plan(model: nn.Module, spec: PruneSpec, input_size: int = 32,
         else:
             lo = mid
     keep = family(hi)
+    if spec.target_macs is not None:
+        _check_real_macs(model, keep, spec, input_size, macs_of.macs(keep))
     return PlanResult(keep, macs_of.macs(keep), base, round(hi * scale, 6), removed_fraction(widths, keep), widths)
+
+
+def _check_amount(spec: PruneSpec) -> None:
+    if spec.amount is not None and spec.strategy == "uniform" and spec.amount > spec.max_ratio:
+        raise InputError(f"--amount {spec.amount} exceeds --max-ratio {spec.max_ratio}")
+
+
+def _goal(spec: PruneSpec, widths: dict[str, int], macs_of: MacModel, base: int):
+    """Return ``(ok(plan) -> bool, what)``: whether a plan meets the spec's amount or MAC target."""
+    if spec.amount is not None:
+        return (lambda keep: removed_fraction(widths, keep) >= spec.amount - 1e-9,
+                f"removing {spec.amount:.0%} of the channels")
+    return (lambda keep: macs_of.macs(keep) <= spec.target_macs * base,
+            f"{spec.target_macs:.0%} of the baseline MACs ({spec.target_macs * base / 1e6:.1f} M)")
+
+
+def _unreachable(what: str, spec: PruneSpec, widths: dict[str, int], most: Plan, macs_of: MacModel,
+                 base: int) -> InputError:
+    return InputError(f"cannot reach {what} with --strategy {spec.strategy}: at most "
+                      f"{removed_fraction(widths, most):.0%} of channels / "
+                      f"{macs_of.macs(most) / base:.0%} of MACs within --max-ratio {spec.max_ratio} "
+                      f"and --round-to {spec.round_to}")
+
+
+def check_reachable(model: nn.Module, spec: PruneSpec, input_size: int = 32, *, max_fraction: float = 1.0) -> None:
+    """Raise :class:`InputError` (the message :func:`make_plan` gives) when no plan can meet ``spec``.
+
+    Cheap and needs no data or sensitivity scan, so a job can refuse before it reads images: the
+    most any strategy removes is every layer down to ``1 - max_ratio`` of its filters (rounded;
+    for ``sensitivity``, also at most ``max_fraction``, the largest fraction its scan tries).
+    """
+    _check_amount(spec)
+    graph = PruningGraph(model, input_size)
+    widths = graph.widths()
+    if not widths:
+        raise InputError("model has no prunable conv layers")
+    macs_of = MacModel(graph, input_size)
+    base = macs_of.macs()
+    ok, what = _goal(spec, widths, macs_of, base)
+    most = uniform_plan(widths, min(max_fraction, spec.max_ratio), spec)
+    if not ok(most):
+        raise _unreachable(what, spec, widths, most, macs_of, base)
+
+
+def pruned_macs(model: nn.Module, keep: Plan, input_size: int = 32) -> int:
+    """Return :func:`vggc.models.count_macs` of a copy of ``model`` really pruned to ``keep``
+    (``model`` is not touched)."""
+    from vggc.models import count_macs
+
+    trial, graph = trial_copy(model, input_size)
+    graph.apply(keep)
+    return count_macs(trial, input_size)
+
+
+def _check_real_macs(model: nn.Module, keep: Plan, spec: PruneSpec, input_size: int, predicted: int) -> None:
+    """Refuse a plan whose really pruned model misses the MAC target (before anything trains)."""
+    from vggc.models import count_macs
+
+    base, real = count_macs(model, input_size), pruned_macs(model, keep, input_size)
+    if real > spec.target_macs * base:
+        raise InputError(f"the plan for {spec.target_macs:.0%} of the baseline MACs has {real / 1e6:.2f} M MACs "
+                         f"when really pruned ({real / base:.1%} of {base / 1e6:.2f} M; the analytic count said "
+                         f"{predicted / 1e6:.2f} M): refusing it before any fine-tune")
 
 
 def step_plan(before: dict[str, int], final: Plan, step: int, steps: int, spec: PruneSpec) -> Plan:
