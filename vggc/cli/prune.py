@@ -27,8 +27,8 @@ def _fractions(ctx, param, value):
 @click.argument("weights", type=click.Path(dir_okay=False, path_type=str))
 @data_option()
 @click.option("--out", required=True, type=click.Path(path_type=str),
-              help="Output state_dict (.pt/.pth; manifest OUT.json beside it; OUT.state.pt and "
-                   "OUT.step<k>.ckpt hold resumable state until it finishes). With --scan: a directory "
+              help="Output state_dict (.pt/.pth; manifest OUT.json beside it; OUT.state.pt, "
+                   "OUT.step<k>.ckpt and OUT.settings.json hold resumable state until it finishes). With --scan: a directory "
                    "for sensitivity.csv, sensitivity.png and sensitivity.csv.json.")
 @click.option("--scan", is_flag=True,
               help="Only scan per-layer sensitivity: top-1 with each fraction of one conv's lowest-L1 "
