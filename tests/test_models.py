@@ -117,3 +117,71 @@ def test_manifest_preprocess_wins_over_defaults(tmp_path):
         {"kind": "state_dict", "preprocess": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "input_size": 32}}))
     pre = resolve_preprocess(load_weights(tmp_path / "m.pt").sidecar)
     assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.25, 0.25, 0.25)
+
+
+# ----------------------------------------------------------------------------- MACs vs PyTorch's counter
+
+def _flop_counter_macs(model, size=32):
+    """MACs as ``torch.utils.flop_counter.FlopCounterMode`` counts them: its FLOPs / 2.
+
+    It has formulas only for convolutions and matrix products (``2 x`` their multiply-accumulates,
+    bias adds not counted); BatchNorm, ReLU, pooling, dropout and residual adds are counted by
+    neither it nor :func:`count_macs`. Returns ``(macs, the aten ops it counted)``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(torch.zeros(1, 3, size, size))
+    ops = {str(op).removeprefix("aten.") for op in counter.get_flop_counts()["Global"]}
+    total = counter.get_total_flops()
+    assert total % 2 == 0
+    return total // 2, ops
+
+
+def _vgg(**kw):
+    torch.manual_seed(0)
+    return build_vgg(VGGConfig(**kw)).eval()
+
+
+def _mbv2(width_mult):
+    from vggc.models.mobilenet import mobilenet_v2_cifar
+
+    torch.manual_seed(0)
+    return mobilenet_v2_cifar(width_mult).eval()
+
+
+ARCHS = {
+    "vgg16_bn_cifar_head": lambda: _vgg(),
+    "vgg16_cifar_head_no_bn": lambda: _vgg(batch_norm=False),
+    "vgg16_bn_4096_head": lambda: _vgg(classifier=[25088, 4096, 4096, 10], pool_size=7),
+    "vgg16_4096_head_no_bn": lambda: _vgg(batch_norm=False, classifier=[25088, 4096, 4096, 10], pool_size=7),
+    "vgg16_single_linear_head": lambda: _vgg(classifier=[512, 10], classifier_indices=[0]),
+    "vgg_pruned_nonuniform": lambda: _vgg(widths=[40, 48, "M", 96, 80, "M", 128, 136, 120, "M", 256, 264, 200, "M",
+                                                  256, 192, 128, "M"], classifier=[128, 512, 512, 10]),
+    "mobilenet_v2_1.0": lambda: _mbv2(1.0),
+    "mobilenet_v2_0.5": lambda: _mbv2(0.5),
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_macs_match_torch_flop_counter(arch):
+    """vggc's MAC count (Conv2d + Linear multiply-accumulates) equals FlopCounterMode's FLOPs / 2
+    exactly, for every architecture vggc builds, at 32x32 and (VGG CIFAR head) 64x64."""
+    model = ARCHS[arch]()
+    macs, ops = _flop_counter_macs(model)
+    assert ops <= {"convolution", "addmm", "mm"} and "convolution" in ops, ops
+    assert count_macs(model, 32) == macs
+    if arch == "vgg16_bn_cifar_head":
+        assert count_macs(model, 64) == _flop_counter_macs(model, 64)[0]
+
+
+@pytest.mark.parametrize("arch", ["vgg16_bn_cifar_head", "mobilenet_v2_0.5"])
+def test_pruned_model_macs_match_torch_flop_counter(arch):
+    """A model pruned by vggc (non-uniform widths, depthwise groups for MobileNetV2): the plan's
+    analytic MACs, count_macs and FlopCounterMode / 2 all agree."""
+    from vggc.compress.prune import PruneSpec, prune_model
+
+    model = ARCHS[arch]()
+    plan, _ = prune_model(model, PruneSpec(strategy="global", target_macs=0.5))
+    macs, _ = _flop_counter_macs(model)
+    assert plan.macs == count_macs(model) == macs and macs <= 0.5 * plan.base_macs

@@ -203,15 +203,26 @@ def test_killed_training_step_resumes_from_its_checkpoint(tmp_path, monkeypatch,
 
 def test_stale_checkpoint_from_other_settings_is_discarded(tmp_path, monkeypatch):
     """A checkpoint left by a killed run with other settings is not resumed: the step starts over."""
+    import vggc.compress.prune as prune_pkg
+
     pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch, prune_finetune_epochs=2)
     calls = _kill_after_first_epoch(monkeypatch)
+    real_prune_file, tries = prune_pkg.prune_file, []
+
+    def prune_file(*args, resume=False, **kw):
+        tries.append(resume)
+        return real_prune_file(*args, resume=resume, **kw)
+
+    monkeypatch.setattr(prune_pkg, "prune_file", prune_file)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"])
     _tiny_setup(tmp_path, monkeypatch, prune_finetune_epochs=3)  # the user changed the budget
     res = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"])
     assert {s["name"]: s["status"] for s in res["steps"]}["prune"] == "ok"
-    assert calls == [False, True, False]  # tried to resume, found it stale, started over
+    assert tries == [False, True, False]  # tried to resume, found it stale, started over
+    # the stale checkpoint is refused by its settings file before any fit could resume it
+    assert calls == [False, False]
     manifest = json.loads((out / "tiny_pruned.pt.json").read_text())
     assert [h["epoch"] for h in manifest["metrics"]["steps"][0]["history"]] == [1, 2, 3]
 

@@ -9,6 +9,7 @@ import click
 
 from vggc.artifacts import check_out_path
 from vggc.cli.common import data_option, preprocess_options, set_threads, threads_option
+from vggc.compress.bn_recalib import DEFAULT_IMAGES
 from vggc.compress.prune import STRATEGIES
 from vggc.errors import InputError
 
@@ -26,8 +27,8 @@ def _fractions(ctx, param, value):
 @click.argument("weights", type=click.Path(dir_okay=False, path_type=str))
 @data_option()
 @click.option("--out", required=True, type=click.Path(path_type=str),
-              help="Output state_dict (.pt/.pth; manifest OUT.json beside it; OUT.state.pt and "
-                   "OUT.step<k>.ckpt hold resumable state until it finishes). With --scan: a directory "
+              help="Output state_dict (.pt/.pth; manifest OUT.json beside it; OUT.state.pt, "
+                   "OUT.step<k>.ckpt and OUT.settings.json hold resumable state until it finishes). With --scan: a directory "
                    "for sensitivity.csv, sensitivity.png and sensitivity.csv.json.")
 @click.option("--scan", is_flag=True,
               help="Only scan per-layer sensitivity: top-1 with each fraction of one conv's lowest-L1 "
@@ -76,12 +77,18 @@ def _fractions(ctx, param, value):
                    "cross-entropy. Costs one forward pass of the unpruned model per batch.")
 @click.option("--kd-temperature", type=float, default=4.0, show_default=True,
               help="With --kd-alpha: softmax temperature of the KD term (its loss is scaled by T^2).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.state.pt / OUT.step<k>.ckpt.")
+@click.option("--bn-recalib", type=click.IntRange(0), default=DEFAULT_IMAGES, show_default=True, metavar="N",
+              help="After each prune step (before its fine-tune), re-estimate BatchNorm running statistics on N "
+                   "class-balanced TRAINING images (forward passes only, no weight changes). 0: off.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from OUT.state.pt / OUT.step<k>.ckpt (refused when "
+                   "OUT.settings.json is missing, unreadable or differs).")
 @preprocess_options
 @threads_option
 def command(weights, data, out, scan, amount, target_macs, strategy, sensitivity, max_ratio, round_to, steps,
             finetune_epochs, lr, batch_size, weight_decay, precision, device, limit, eval_limit, no_eval,
-            scan_limit, fractions, seed, kd_alpha, kd_temperature, resume, mean, std, input_size, threads):
+            scan_limit, fractions, seed, kd_alpha, kd_temperature, bn_recalib, resume, mean, std, input_size,
+            threads):
     """Prune conv filters with the smallest L1 norm (Li et al. 2017), really removing them with their
     BatchNorm channels and the next layer's inputs, then fine-tune and save a smaller state_dict.
 
@@ -151,13 +158,15 @@ def command(weights, data, out, scan, amount, target_macs, strategy, sensitivity
                    eval_limit=eval_limit, do_eval=not no_eval, sensitivity=sensitivity, scan_limit=scan_limit,
                    fractions=fractions, preprocess=pre, resume=resume, seed=seed, progress=tqdm_progress,
                    on_epoch=on_epoch, on_step=on_step,
-                   kd=KDConfig(temperature=kd_temperature, alpha=kd_alpha) if kd_alpha > 0 else None)
+                   kd=KDConfig(temperature=kd_temperature, alpha=kd_alpha) if kd_alpha > 0 else None,
+                   bn_recalib=bn_recalib)
     click.echo(f"MACs {m['macs_before'] / 1e6:.1f} M -> {m['macs_after'] / 1e6:.1f} M ({100 * m['macs_ratio']:.1f}%), "
                f"params {m['params_before'] / 1e6:.2f} M -> {m['params_after'] / 1e6:.2f} M, "
                f"{100 * m['channels_removed_fraction']:.1f}% of conv channels removed")
     if "top1" in m:
+        bn = f" (BatchNorm re-estimated on {bn_recalib} training images)" if bn_recalib else ""
         click.echo(f"test top-1 on {m['n']} images: source {100 * m['top1_source']:.2f}%, pruned "
-                   f"{100 * m['top1_before_finetune']:.2f}% before fine-tune, {100 * m['top1']:.2f}% after")
+                   f"{100 * m['top1_before_finetune']:.2f}% before fine-tune{bn}, {100 * m['top1']:.2f}% after")
     if finetune_epochs:
         click.echo(f"fine-tune: {finetune_epochs} epoch(s) on {m['train_images']} images, "
                    f"{m['finetune_seconds']:.0f} s wall, {m['finetune_cpu_seconds']:.0f} CPU-s")

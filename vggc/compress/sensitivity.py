@@ -1,18 +1,20 @@
 """Per-layer pruning sensitivity (Li et al. 2017, Fig. 2): accuracy vs fraction of one layer's filters removed.
 
 For each prunable conv, the lowest-L1 filters of that layer alone are really removed (with their
-coupled channels, see :class:`vggc.compress.prune.PruningGraph`), without fine-tuning, and top-1
+coupled channels, see :class:`vggc.compress.graph.PruningGraph`), without fine-tuning, and top-1
 is measured on a class-balanced subset of the TRAINING split (choosing how to prune on the test
 split would leak it into the result). Layers whose accuracy falls fastest should be pruned least;
 :func:`vggc.compress.prune.sensitivity_plan` does that from the table returned here.
 
-The model is pruned in place and restored after every trial (no copies). For models whose
-``features`` is an ``nn.Sequential`` run first (VGG, MobileNetV2), the activations entering the
-first block a trial touches are computed once per layer and reused for all its fractions.
+Every trial prunes a deep copy (:func:`vggc.compress.graph.trial_copy`), so the scanned model is
+never edited. For models whose ``features`` is an ``nn.Sequential`` run first (VGG, MobileNetV2),
+the activations entering the first block a trial touches are computed once per layer (on the
+unpruned model) and reused for all its fractions.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vggc.compress.prune import PruningGraph, restored
+from vggc.compress.graph import PruningGraph, trial_copy
 from vggc.errors import InputError
 from vggc.progress import Progress, no_progress
 
@@ -167,17 +169,18 @@ def scan_sensitivity(model: nn.Module, split, preprocess, fractions=DEFAULT_FRAC
 
 
 def _scan(model, graph, xs, ys, n, fractions, progress) -> SensitivityTable:
-    def accuracy(inputs=None) -> float:
+    def accuracy(net: nn.Module, inputs=None) -> float:
         correct = 0
         for b, (x, y) in enumerate(zip(xs, ys, strict=True)):
             if inputs is not None:
                 feed.value = inputs[b]
-            correct += int((model(x).argmax(1) == y).sum())
+            correct += int((net(x).argmax(1) == y).sum())
         return correct / n
 
-    baseline = accuracy()
+    baseline = accuracy(model)
     feed = _Feed()
     features = getattr(model, "features", None)
+    size = int(xs[0].shape[-1])
     fast_ok = True
     table = SensitivityTable(layers=list(graph.names), widths=[graph.width(nm) for nm in graph.names],
                              fractions=fractions, top1=[], baseline=baseline, n=n, removed=[])
@@ -190,37 +193,29 @@ def _scan(model, graph, xs, ys, n, fractions, progress) -> SensitivityTable:
         cached = None
         if k > 0:
             cached = [features[:k](x) for x in xs]
-            with restored(model):
-                model.features = nn.Sequential(feed, *list(features)[k:])
-                feed.value = cached[0]
-                fast_ok = torch.allclose(model(xs[0]), _full(model, features, xs[0]), atol=1e-4)
+            head = copy.deepcopy(model)  # unpruned, fed the cached activations
+            head.features = nn.Sequential(feed, *list(head.features)[k:])
+            feed.value = cached[0]
+            fast_ok = torch.allclose(head(xs[0]), model(xs[0]), atol=1e-4)
+            del head
             if not fast_ok:  # forward is not features -> head: use full passes from now on
                 cached = None
         accs, removed = [], []
         for f in fractions:
             next(bar, None)
             n_remove = min(width - 1, max(1, int(round(f * width))))
-            with restored(model):
-                graph.remove(name, order[:n_remove])
-                if cached is not None:
-                    model.features = nn.Sequential(feed, *list(model.features)[k:])
-                accs.append(accuracy(cached))
+            trial, trial_graph = trial_copy(model, size)
+            trial_graph.remove(name, order[:n_remove])
+            if cached is not None:
+                trial.features = nn.Sequential(feed, *list(trial.features)[k:])
+            accs.append(accuracy(trial, cached))
             removed.append(n_remove)
+            del trial, trial_graph
         table.top1.append(accs)
         table.removed.append(removed)
         feed.value = None
     next(bar, None)
     return table
-
-
-def _full(model: nn.Module, features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """Logits of the unmodified model (``features`` put back for the call)."""
-    swapped = model.features
-    model.features = features
-    try:
-        return model(x)
-    finally:
-        model.features = swapped
 
 
 # ----------------------------------------------------------------------------- files

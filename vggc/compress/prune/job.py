@@ -1,0 +1,166 @@
+"""The whole prune job on files: :func:`prune_file` loads a weights file, plans, prunes,
+fine-tunes (optionally distilling from the unpruned source), evaluates and writes the smaller
+state_dict with its manifest.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import nn
+
+from vggc.compress.bn_recalib import DEFAULT_IMAGES, recalibrate_bn
+from vggc.compress.graph import PruningGraph
+from vggc.compress.prune.finetune import prune_and_finetune, remove_work_files
+from vggc.compress.prune.plan import check_reachable, make_plan, prune_model
+from vggc.compress.prune.spec import PruneSpec
+from vggc.errors import VggcError
+from vggc.progress import Progress, no_progress
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vggc.compress.distill import KDConfig
+    from vggc.data import Preprocess
+    from vggc.train import TrainConfig
+
+
+def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: PruneSpec, *,
+               train_cfg: "TrainConfig | None" = None, finetune_epochs: int = 0, limit: int | None = None,
+               eval_limit: int | None = None, do_eval: bool = True, sensitivity: str | Path | None = None,
+               scan_limit: int = 1000, fractions=None, preprocess: "Preprocess | None" = None,
+               resume: bool = False, seed: int = 0, progress: Progress = no_progress,
+               on_epoch: Callable[[dict], None] | None = None,
+               on_step: Callable[[dict], None] | None = None, kd: "KDConfig | None" = None,
+               bn_recalib: int = DEFAULT_IMAGES) -> dict:
+    """Prune a weights file, fine-tune, evaluate, save ``out`` (state_dict) + ``out.json`` manifest.
+
+    ``preprocess`` defaults to the source's manifest/sidecar (so the result evaluates with the
+    same normalisation). ``sensitivity``: a scan written by :func:`vggc.compress.sensitivity.write_scan`
+    (directory or its JSON); for ``--strategy sensitivity`` without one, a scan is run on
+    ``scan_limit`` class-balanced training images. ``limit``: fine-tune on a class-balanced
+    subset; ``eval_limit``: evaluate on a class-balanced subset of the test split.
+    ``kd``: fine-tune with knowledge distillation from the unpruned source (a frozen copy is the
+    teacher; ``kd.alpha`` weights the KD term, ``1 - alpha`` the cross-entropy); ``None`` or
+    ``alpha == 0``: plain cross-entropy. ``bn_recalib``: after each prune step, re-estimate
+    BatchNorm statistics on this many class-balanced training images (0: off); the
+    "before fine-tune" accuracy is measured after it.
+
+    Everything that can be refused without images is refused before any is read and before any
+    training: a bad or unreachable spec, a scan that does not match the model, a plan whose really
+    pruned model misses the MAC target. Returns the manifest's metrics.
+    """
+    from vggc.artifacts import save_state_dict, write_manifest
+    from vggc.compress import sensitivity as sens
+    from vggc.data import limit_split, load_split
+    from vggc.evaluate import evaluate
+    from vggc.models import count_macs, count_params, load_weights
+    from vggc.runtime import preprocess_from_meta, read_manifest
+
+    weights, out = Path(weights), Path(out)
+    lm = load_weights(weights)
+    source_meta = read_manifest(weights)
+    pre = preprocess or preprocess_from_meta(source_meta)
+    model = lm.model
+    size = pre.input_size
+    base_macs, base_params = count_macs(model, size), count_params(model)
+
+    table, scan_info = None, None
+    if spec.strategy != "sensitivity":
+        make_plan(model, spec, size)  # refuses an unreachable target before any image is read
+    elif sensitivity is not None:
+        table = sens.read_scan(sensitivity)
+        scan_info = {"path": str(sensitivity)}
+        make_plan(model, spec, size, table)
+    else:  # the plan needs the scan; the most any scanned plan can remove is known already
+        check_reachable(model, spec, size, max_fraction=max(fractions or sens.DEFAULT_FRACTIONS))
+
+    need_train = finetune_epochs > 0 or bn_recalib > 0 or (spec.strategy == "sensitivity" and table is None)
+    train_full = load_split(data, "train", progress=progress) if need_train else None
+    test = limit_split(load_split(data, "test", progress=progress), eval_limit, seed) if do_eval else None
+
+    def top1(m: nn.Module) -> float:
+        with torch.inference_mode():
+            return evaluate(lambda x: m(x), test, pre, progress=progress).top1
+
+    if spec.strategy == "sensitivity" and table is None:
+        subset = limit_split(train_full, scan_limit, seed)
+        table = sens.scan_sensitivity(model, subset, pre, fractions or sens.DEFAULT_FRACTIONS, progress=progress)
+        scan_info = {"scan_limit": len(subset), "seed": seed, "baseline_top1": table.baseline}
+
+    metrics: dict = {}
+    if do_eval:
+        metrics["top1_source"] = top1(model)
+        probe = copy.deepcopy(model)
+        prune_model(probe, spec, size, table)
+        if bn_recalib > 0:
+            recalibrate_bn(probe, train_full, pre, images=bn_recalib, seed=seed)
+        metrics["top1_before_finetune"] = top1(probe)
+        del probe
+
+    train = limit_split(train_full, limit, seed) if train_full is not None and finetune_epochs > 0 else None
+    loss_fn = loss_settings = None
+    if kd is not None and kd.alpha > 0 and finetune_epochs > 0:
+        from vggc.compress.distill import DistillLoss
+
+        loss_fn = DistillLoss(copy.deepcopy(model), kd, train_cfg.label_smoothing if train_cfg else 0.0)
+        loss_settings = {"distill_from_source": asdict(kd)}
+    pruned, run = prune_and_finetune(model, spec, train=train, preprocess=pre, train_cfg=train_cfg,
+                                     loss_fn=loss_fn, loss_settings=loss_settings,
+                                     finetune_epochs=finetune_epochs, table=table, work=out, resume=resume,
+                                     cleanup=False,
+                                     evaluate_step=top1 if do_eval else None, progress=progress,
+                                     on_epoch=on_epoch, on_step=on_step, bn_recalib=bn_recalib,
+                                     bn_data=train_full, bn_seed=seed)
+    macs, params = count_macs(pruned, size), count_params(pruned)
+    if spec.target_macs is not None and macs > spec.target_macs * base_macs:
+        raise VggcError(f"internal error: pruned model has {macs} MACs, above the target "
+                        f"{spec.target_macs * base_macs:.0f}")
+    if do_eval:
+        same = finetune_epochs == 0 and spec.steps == 1  # the one-shot probe is this very model
+        metrics["top1"] = metrics["top1_before_finetune"] if same else top1(pruned)
+        metrics["n"] = len(test)
+        if spec.steps > 1:
+            run.steps[-1]["top1"] = metrics["top1"]
+    widths_after = PruningGraph(pruned, size).widths()
+    metrics.update(macs_before=base_macs, macs_after=macs, macs_ratio=round(macs / base_macs, 6),
+                   params_before=base_params, params_after=params, params_ratio=round(params / base_params, 6),
+                   channels_removed_fraction=round(run.plan.removed_fraction, 6),
+                   finetune_seconds=run.finetune_seconds, finetune_cpu_seconds=run.finetune_cpu_seconds,
+                   train_images=len(train) if train is not None else 0, steps=run.steps)
+    sd = {k: v.contiguous() for k, v in pruned.state_dict().items()}
+    save_state_dict(sd, out)
+    inputs = {"source": weights}
+    if sensitivity is not None:
+        p = sens.scan_json_path(sensitivity)
+        inputs["sensitivity"] = p
+    write_manifest(out, kind="state_dict", inputs=inputs,
+                   settings={"prune": spec.to_dict(), "finetune_epochs": finetune_epochs,
+                             "finetune": asdict(train_cfg) if train_cfg and finetune_epochs > 0 else None,
+                             "limit": limit, "eval_limit": eval_limit, "seed": seed, "data": str(data),
+                             "importance": "L1 norm of each conv filter (Li et al. 2017), independent per step",
+                             "sensitivity_scan": scan_info,
+                             "bn_recalib": {"images": bn_recalib, "split": "train", "seed": seed,
+                                            "when": "after each prune step, before its fine-tune"}
+                             if bn_recalib > 0 else 0,
+                             "distill_from_source": asdict(kd) if loss_fn is not None else None},
+                   metrics=metrics,
+                   extra={"preprocess": pre.to_dict(), "params": params, "macs": macs, "precision": "fp32",
+                          "arch": lm.name, "widths_before": run.plan.widths_before, "widths": widths_after,
+                          "plan": run.plan.to_dict(), "config": _config_dict(pruned),
+                          "classes": source_meta.get("classes")})
+    remove_work_files(out, spec.steps)
+    return metrics
+
+
+def _config_dict(model: nn.Module) -> dict | None:
+    """Return the architecture config read back from the pruned weights' shapes (or ``None``)."""
+    from vggc.models.registry import detect
+
+    try:
+        _, cfg = detect(model.state_dict())
+        return cfg.to_dict()
+    except Exception:  # noqa: BLE001 - informational only
+        return None
