@@ -286,7 +286,7 @@ def test_best_backend_per_model_and_best_variant():
     def row(model, backend, top1, thr, p50, base=False):
         return {"model": model, "backend": backend, "status": "ok", "top1": top1, "throughput": thr,
                 "latency_p50_ms": p50, "speedup": thr / 100, "delta_pt": 100 * (top1 - 0.88), "is_baseline": base,
-                "precision": "fp32", "batch": 64}
+                "precision": "fp32", "batch": 64, "timing_stable": True}
 
     rows = [row("m.pt", "torch-fp32", 0.88, 100.0, 20.0, base=True), row("m.onnx", "onnxruntime-cpu", 0.88, 150.0, 9.0),
             row("m_int8.onnx", "onnxruntime-cpu", 0.875, 300.0, 5.0),

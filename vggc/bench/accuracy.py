@@ -1,13 +1,23 @@
-"""The bench's accuracy pass and its cache: top-1 of an opened runner over the (sub)split, and
-``<out>/accuracy-cache.json``, keyed by what the top-1 depends on.
+"""The bench's accuracy pass and its cache: top-1 and per-image predictions of an opened runner
+over the (sub)split, and ``<out>/accuracy-cache.json``, keyed by everything the result depends on.
 
-Accuracy of a given file on a given backend is deterministic, so it is cached keyed by (SHA-256
-of the model's files, backend key, number of images, digest of those images + labels,
-preprocessing); reruns then only re-time.
+Accuracy of a given file on a given backend is deterministic for fixed inputs, so it is cached.
+The key (:func:`accuracy_key_inputs`, stored readably beside each entry) covers: the SHA-256 of
+the model's files; the backend key, the precision it runs the file at and its device; the
+images actually evaluated (digest of their pixels and labels, and their count); preprocessing;
+the batch and thread count; the vggc source digest and library versions
+(:func:`vggc.provenance.result_environment`); and the CPU's kernel-selecting ISA flags
+(:func:`vggc.cpu.fingerprint`; int8 and bf16 kernels differ between ISAs), or the GPUs for a CUDA
+row. A rerun reuses an entry only when all of that matches; otherwise it re-measures and says
+which input changed (:func:`changed_inputs`).
+
+Each entry keeps the per-image predicted classes, so a cached row can still be paired image by
+image with the baseline (:mod:`vggc.bench.baseline`).
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import hashlib
 import json
@@ -16,14 +26,14 @@ from typing import Callable, Iterable
 
 import torch
 
-from vggc import runtime
+from vggc import cpu, provenance, runtime
 from vggc.artifacts import sha256_file, write_json
 from vggc.data import Split
 from vggc.evaluate import evaluate
 from vggc.progress import Progress, no_progress
 
 CACHE_NAME = "accuracy-cache.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def _files_digest(mf: runtime.ModelFile) -> str:
@@ -88,23 +98,101 @@ class AccuracyCache:
             return
         self.entries[key] = value
         write_json(self.path, {"version": CACHE_VERSION,
-                               "about": "top-1 per (model files sha256, backend, n_images, data digest, "
-                                        "preprocess); delete this file or pass --no-cache to re-measure",
+                               "about": "top-1 and per-image predictions per key; each entry's 'inputs' say "
+                                        "what its key covers; delete this file or pass --no-cache to re-measure",
                                "entries": self.entries})
 
 
+    def near(self, inputs: dict) -> dict | None:
+        """Return the inputs of the newest entry for the same model files and backend (``None``
+        when there is none): what an earlier run measured this row under."""
+        if self.path is None:
+            return None
+        same = [e for e in self.entries.values() if isinstance(e, dict) and isinstance(e.get("inputs"), dict)
+                and e["inputs"].get("model_sha256") == inputs.get("model_sha256")
+                and e["inputs"].get("backend") == inputs.get("backend")]
+        return max(same, key=lambda e: str(e.get("created")))["inputs"] if same else None
+
+
+def accuracy_key_inputs(mf: runtime.ModelFile, be: runtime.Backend, *, n_images: int, data_digest: str,
+                        batch: int, threads: int) -> dict:
+    """Return, readably, everything a (model, backend) top-1 depends on (see the module docstring)."""
+    inputs = {
+        "model_sha256": _files_digest(mf),
+        "backend": be.key,
+        "precision": runtime.effective_precision(be, mf),
+        "device": be.device,
+        "n_images": n_images,
+        "data": data_digest,
+        "preprocess": mf.preprocess.to_dict(),
+        "batch": batch,
+        "threads": threads,
+        **provenance.result_environment(),
+    }
+    if be.device == "cpu":
+        inputs["cpu"] = cpu.fingerprint()
+    else:
+        from vggc.bench.machine import gpu_info
+
+        inputs["gpus"] = [g["name"] for g in gpu_info()]
+    return inputs
+
+
+def accuracy_key(inputs: dict) -> str:
+    """Return the cache key of :func:`accuracy_key_inputs`' result (a versioned SHA-256)."""
+    return f"v{CACHE_VERSION}|" + hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def changed_inputs(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Return ``"name: old -> new"`` for every key input that differs (nested dicts by dotted name)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_inputs(a, b, f"{prefix}{k}.")
+        elif a != b:
+            short = [str(v)[:16] + ("…" if len(str(v)) > 16 else "") for v in (a, b)]
+            out.append(f"{prefix}{k}: {short[0]} -> {short[1]}")
+    return out
+
+
+def _pack(pred: torch.Tensor) -> str:
+    return base64.b64encode(pred.to(torch.int16).numpy().astype("<i2").tobytes()).decode("ascii")
+
+
+def _unpack(text: str, n: int) -> torch.Tensor | None:
+    import numpy as np
+
+    try:
+        arr = np.frombuffer(base64.b64decode(text), dtype="<i2")
+    except (ValueError, TypeError):
+        return None
+    return torch.from_numpy(arr.astype("int64")) if arr.size == n else None
+
+
 def measure_accuracy(runner: runtime.Runner, mf: runtime.ModelFile, be: runtime.Backend, split: Split, *,
-                     batch: int, cache: AccuracyCache, data_digest: str,
-                     progress: Progress = no_progress) -> tuple[float, bool]:
-    """Return ``(top1, cached)`` of ``runner`` over ``split`` at batch ``batch`` (a short last batch
-    padded), from ``cache`` when it holds this key (``cached`` True), else measured and stored."""
-    key = "|".join([f"v{CACHE_VERSION}", _files_digest(mf), be.key, str(len(split)), data_digest,
-                    json.dumps(mf.preprocess.to_dict(), sort_keys=True)])
+                     batch: int, threads: int, cache: AccuracyCache, data_digest: str,
+                     progress: Progress = no_progress) -> tuple[float, bool, torch.Tensor, str | None]:
+    """Measure top-1 of ``runner`` over ``split`` at batch ``batch`` (a short last batch padded), or
+    take it from ``cache`` when every key input matches.
+
+    Returns ``(top1, cached, predictions, why)``: ``predictions`` the predicted class per image
+    (int64, in ``split`` order), ``why`` ``None`` or, when an earlier entry for the same files and
+    backend did not match, which key inputs changed (so the re-measurement is explained).
+    """
+    inputs = accuracy_key_inputs(mf, be, n_images=len(split), data_digest=data_digest, batch=batch, threads=threads)
+    key = accuracy_key(inputs)
     hit = cache.get(key)
-    if hit is not None:
-        return float(hit["top1"]), True
+    pred = _unpack(hit.get("predictions", ""), len(split)) if isinstance(hit, dict) else None
+    if hit is not None and pred is not None:
+        return float(hit["top1"]), True, pred, None
+    old = cache.near(inputs)
+    why = None
+    if old is not None:
+        why = "accuracy re-measured: " + ("; ".join(changed_inputs(old, inputs)) or "cache entry unreadable")
     res = evaluate(_fixed_batch(runner.predict, batch), split, mf.preprocess, batch_size=batch,
                    progress=_labelled(progress, f"{mf.path.name} {be.key}"))
     cache.put(key, {"top1": res.top1, "correct": res.correct, "n": res.n, "model": mf.path.name,
-                    "backend": be.key, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-    return res.top1, False
+                    "backend": be.key, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "inputs": inputs, "predictions": _pack(res.predictions)})
+    return res.top1, False, res.predictions, why

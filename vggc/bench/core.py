@@ -37,10 +37,10 @@ import torch
 
 from vggc import runtime
 from vggc.bench.accuracy import CACHE_NAME, CACHE_VERSION, AccuracyCache, split_digest
-from vggc.bench.baseline import apply_baseline, parse_baseline, same_file
+from vggc.bench.baseline import apply_baseline, budget_pt, parse_baseline, same_file
 from vggc.bench.machine import machine_info
 from vggc.bench.rows import METRICS, BenchRows, OpenRow, empty_row, one_line, open_row
-from vggc.bench.timed import ROUND_TASK, time_alone, time_interleaved
+from vggc.bench.timed import ROUND_TASK, time_alone, time_interleaved, timing_key_inputs
 from vggc.bench.timing import RoundsPolicy, TimingPolicy, timing_policy
 from vggc.data import Split, limit_split, load_split
 from vggc.errors import InputError
@@ -88,7 +88,7 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
               progress: Progress = no_progress, out: str | os.PathLike | None = DEFAULT_OUT,
               use_cache: bool = True, plot: bool = True, command: str | None = None,
               timing: TimingPolicy | RoundsPolicy | None = None, seed: int = SUBSET_SEED,
-              log: Callable[[str], None] | None = None) -> BenchRows:
+              log: Callable[[str], None] | None = None, max_drop_pt: float | None = None) -> BenchRows:
     """Benchmark every model file on every selected backend that runs its format; return the rows.
 
     ``data``: a CIFAR-10 directory or an already loaded :class:`~vggc.data.Split` (test split).
@@ -99,13 +99,22 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
     report.md, pareto.png and the accuracy cache (``None``: write nothing, no cache).
     ``timing``: a :class:`RoundsPolicy` times all rows together in interleaved rounds (the default:
     ``FULL_ROUNDS``, ``QUICK_ROUNDS`` with ``quick``), a :class:`TimingPolicy` times each row alone
-    right after its accuracy pass (tests use a tiny one).
+    right after its accuracy pass (tests use a tiny one). ``threads``: CPU threads for every
+    backend (torch intra-op threads, ONNX Runtime intra-op threads; compiled programs are compiled
+    and run under it); default: the process's current ``torch.get_num_threads()``; each row records
+    the count its runner really used. ``max_drop_pt``: the top-1 budget in percentage points for
+    ``within_budget`` and the recommended variant (default: 1 % of the baseline's top-1; see
+    :mod:`vggc.bench.baseline`).
     """
     log = log or (lambda _msg: None)
     if batch < 1:
         raise InputError(f"--batch {batch}: must be at least 1")
     if limit is not None and limit < 1:
         raise InputError(f"--limit {limit}: must be at least 1")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: must be at least 1")
+    if max_drop_pt is not None and not (0.0 <= max_drop_pt <= 100.0):
+        raise InputError(f"--max-drop {max_drop_pt}: must be between 0 and 100 percentage points")
     paths = [Path(m) for m in models]
     if not paths:
         raise InputError("no model files given")
@@ -128,11 +137,12 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
     n_req = limit if limit is not None else (QUICK_IMAGES if quick else None)
     sub = limit_split(split, n_req, seed)
     policy = timing or timing_policy(quick=quick)
-    threads = int(threads or os.cpu_count() or 1)
+    threads = int(threads or torch.get_num_threads() or 1)
     cache = AccuracyCache(out_dir / CACHE_NAME if (out_dir is not None and use_cache) else None)
     digest = split_digest(sub)
 
     rows: list[dict] = []
+    predictions: list[torch.Tensor | None] = []  # per row: predicted class per image of ``sub``
     not_default: dict[str, str] = {}
     load_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     prev_threads = torch.get_num_threads()
@@ -170,6 +180,7 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
                 row["status"] = err
                 log(f"[{i}/{len(plan)}] {p.name}: {err}")
                 rows.append(row)
+                predictions.append(None)
                 continue
             log(f"[{i}/{len(plan)}] {p.name} on {be.key} ...")
             got = open_row(mf, be, sub, batch=batch, threads=threads, quick=quick, cache=cache, data_digest=digest,
@@ -177,7 +188,11 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
             if isinstance(got, dict):
                 log(f"[{i}/{len(plan)}] {p.name} on {be.key}: {got['status']}")
                 rows.append(got)
+                predictions.append(None)
                 continue
+            predictions.append(got.predictions)
+            if got.accuracy_why:
+                log(f"[{i}/{len(plan)}] {p.name} on {be.key}: {got.accuracy_why}")
             log(f"[{i}/{len(plan)}] {p.name} on {be.key}: top-1 {100 * got.row['top1']:.2f}%")
             if interleave:
                 waiting.append((len(rows), got))
@@ -201,7 +216,9 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
     finally:
         torch.set_num_threads(prev_threads)
 
-    base = apply_baseline(rows, base_path, base_backend)
+    base = apply_baseline(rows, base_path, base_backend, predictions=predictions, labels=sub.labels,
+                          max_drop_pt=max_drop_pt)
+    budget = budget_pt(base, max_drop_pt)
     result = BenchRows(rows)
     result.context = {
         "command": command,
@@ -217,6 +234,9 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
         "baseline_requested": str(baseline) if baseline else None,
         "not_run_by_default": not_default,
         "timing": policy.to_dict(),
+        "timing_environment": timing_key_inputs(threads, policy, batch),
+        "max_drop_pt": round(budget, 4) if budget is not None else None,
+        "max_drop_default": max_drop_pt is None,
         "accuracy_cache": str(cache.path) if cache.path else None,
         "load_average_start": load_start,
         "machine": machine_info(threads),
@@ -231,4 +251,4 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
 
 __all__ = ["CACHE_NAME", "CACHE_VERSION", "DEFAULT_OUT", "METRICS", "QUICK_IMAGES", "ROUND_TASK", "SUBSET_SEED",
            "AccuracyCache", "BenchRows", "apply_baseline", "one_line", "open_row", "parse_backends", "parse_baseline",
-           "run_bench", "time_alone", "time_interleaved"]
+           "run_bench", "time_alone", "time_interleaved", "timing_key_inputs"]

@@ -77,6 +77,8 @@ class OpenRow:
         self.x_1 = x_n[:1].clone()
         self.first_1: float | None = None
         self.b1_error: str | None = None
+        self.predictions: torch.Tensor | None = None  # predicted class per evaluated image
+        self.accuracy_why: str | None = None  # why the accuracy was re-measured, when a cached one did not match
 
     def close(self) -> None:
         _close_runner(self.runner)
@@ -95,6 +97,16 @@ def _close_runner(runner) -> None:
     gc.collect()
 
 
+def runner_threads(runner, be: runtime.Backend) -> int | None:
+    """Return the CPU thread count ``runner`` really runs on: its own ``threads`` (ONNX Runtime reads
+    it back from the session), else torch's intra-op count for a CPU backend (torch eager, compiled
+    and PT2 programs run on it), else ``None`` (a GPU row: host threads do not set its speed)."""
+    own = getattr(runner, "threads", None)
+    if own:
+        return int(own)
+    return torch.get_num_threads() if be.device == "cpu" else None
+
+
 def fail_row(row: dict, err: BaseException) -> None:
     """Null every metric of ``row`` and put ``err`` (one line) in its ``status``."""
     for k in METRICS + ("accuracy_cached", "timing_reps_batch", "timing_reps_b1", "timing_stable", "timing_spread"):
@@ -102,14 +114,15 @@ def fail_row(row: dict, err: BaseException) -> None:
     row["status"] = one_line(err)
 
 
-
 def open_row(mf: runtime.ModelFile, be: runtime.Backend, split: Split, *, batch: int, threads: int, quick: bool,
              cache: AccuracyCache, data_digest: str, progress: Progress = no_progress,
              clock: Callable[[], float] = time.perf_counter) -> dict | OpenRow:
     """Open (model, backend), time its first calls and measure top-1 (or take it from the cache).
 
-    Returns the finished row when it cannot run (``status`` holds the reason), else an open row to
-    be timed by :func:`vggc.bench.timed.time_alone` or :func:`vggc.bench.timed.time_interleaved`.
+    ``threads``: the count run_bench set; the row records the count the runner really uses and a
+    note when the two differ. Returns the finished row when it cannot run (``status`` holds the
+    reason), else an open row (with its per-image ``predictions``) to be timed by
+    :func:`vggc.bench.timed.time_alone` or :func:`vggc.bench.timed.time_interleaved`.
     """
     row = empty_row(mf, mf.path, be, batch=batch, n_images=len(split), quick=quick, threads=threads)
     notes = []
@@ -134,9 +147,17 @@ def open_row(mf: runtime.ModelFile, be: runtime.Backend, split: Split, *, batch:
         runner.predict(x_n)
         first_n = clock() - t0
 
-        row["top1"], row["accuracy_cached"] = measure_accuracy(runner, mf, be, split, batch=batch, cache=cache,
-                                                               data_digest=data_digest, progress=progress)
+        used = runner_threads(runner, be)
+        if used is not None and used != threads:
+            notes.append(f"ran on {used} threads, not the requested {threads}")
+        row["threads"] = used if used is not None else threads
+        if getattr(runner, "providers", None) is not None:
+            row["providers"] = list(runner.providers)
+        row["top1"], row["accuracy_cached"], predictions, why = measure_accuracy(
+            runner, mf, be, split, batch=batch, threads=threads, cache=cache, data_digest=data_digest,
+            progress=progress)
         opened = OpenRow(row, runner, x_n, first_n, notes)
+        opened.predictions, opened.accuracy_why = predictions, why
         try:
             t0 = clock()
             runner.predict(opened.x_1)

@@ -4,6 +4,11 @@ row's timing columns (throughput, latency p50/p90, compile_s, timing_stable/spre
 
 The measurement rules themselves live in :mod:`vggc.bench.timing`; this module is the glue
 between them and the rows of :mod:`vggc.bench.rows`.
+
+The bench itself never reuses a timing: every run re-times every row (only accuracies are
+cached). Whoever reuses a bench's timings (the pipeline's cached bench step) must key them on
+:func:`timing_key_inputs`: the machine (CPU model and kernel-selecting ISA flags), the thread
+count, the vggc source and library versions, the timing policy and the batch.
 """
 
 from __future__ import annotations
@@ -11,12 +16,26 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
+from vggc import provenance
 from vggc.bench.rows import OpenRow, fail_row, one_line
 from vggc.bench.timing import RoundsPolicy, Task, TimingPolicy, measure, measure_rounds
 from vggc.progress import Progress, no_progress
 
 # per round and row in interleaved timing: (at least calls, at least seconds) at batch N and at batch 1
 ROUND_TASK = {"batch": (2, 0.5), "b1": (5, 0.2)}
+
+
+def timing_key_inputs(threads: int | None, policy: TimingPolicy | RoundsPolicy | None = None,
+                      batch: int | None = None) -> dict:
+    """Return, readably, what a bench timing depends on: :func:`vggc.provenance.timing_environment`
+    (vggc source, library versions, CPU fingerprint, ``threads``) plus the timing policy and batch
+    (when given). A timing may be reused only where all of it is unchanged."""
+    out = provenance.timing_environment(threads)
+    if policy is not None:
+        out["timing"] = policy.to_dict()
+    if batch is not None:
+        out["batch"] = batch
+    return out
 
 
 def _finish(o: OpenRow, t_n, t_1) -> dict:
