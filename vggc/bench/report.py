@@ -129,7 +129,7 @@ def screen_table(rows: list[dict], ctx: dict | None = None, width: int = 34) -> 
         lines.append(UNSTABLE)
     if any(r.get("budget_marginal") for r in rows):
         lines.append(MARGINAL)
-    summary = summary_lines(rows, ctx.get("max_drop_pt"))
+    summary = summary_lines(rows, ctx_budget(ctx))
     if summary:
         lines += ["", "each model on its best backend:", *(f"  {x}" for x in summary)]
     return "\n".join(lines)
@@ -153,6 +153,11 @@ def best_per_model(rows: list[dict]) -> list[dict]:
         if p50 is not None and (b["latency_p50_ms"] is None or p50 < b["latency_p50_ms"]):
             b.update(p50_file=r["model"], p50_backend=r["backend"], latency_p50_ms=p50)
     return list(best.values())
+
+
+def ctx_budget(ctx: dict) -> float | None:
+    """Return the ``max_drop_pt`` a run asked for (``None``: the default, 1 % of the baseline's top-1)."""
+    return None if ctx.get("max_drop_default") else ctx.get("max_drop_pt")
 
 
 def recommendation(rows: list[dict], max_drop_pt: float | None = None, details: bool = True) -> list[str]:
@@ -268,7 +273,7 @@ def markdown_report(rows: list[dict], ctx: dict) -> str:
                          f" | {_delta(b.get('delta_pt'))} | {b['throughput']:.1f} | {_f(b.get('speedup'), '.2f')}x | "
                          f"{_md_escape(b['file'])}, {b['backend']} | {_f(b['latency_p50_ms'], '.2f')} | "
                          f"{_md_escape(b['p50_file'])}, {b['p50_backend']} |")
-        rec = recommendation(rows, ctx.get("max_drop_pt"))
+        rec = recommendation(rows, ctx_budget(ctx))
         if rec:
             lines += ["", "## Recommendation", "", f"- {_md_escape(rec[0][0].upper() + rec[0][1:])}."]
             lines += [f"  - {_md_escape(x[0].upper() + x[1:])}." for x in rec[1:]]
