@@ -100,7 +100,9 @@ def _close_runner(runner) -> None:
 def runner_threads(runner, be: runtime.Backend) -> int | None:
     """Return the CPU thread count ``runner`` really runs on: its own ``threads`` (ONNX Runtime reads
     it back from the session), else torch's intra-op count for a CPU backend (torch eager, compiled
-    and PT2 programs run on it), else ``None`` (a GPU row: host threads do not set its speed)."""
+    and PT2 programs run on it; Inductor bakes that count into the code it compiles at open, after
+    run_bench has set it, and its FX-graph cache key includes it), else ``None`` (a GPU row: host
+    threads do not set its speed)."""
     own = getattr(runner, "threads", None)
     if own:
         return int(own)
