@@ -17,7 +17,7 @@ serves FP32, FP16 and QDQ-INT8 files and a result row reports the file's precisi
   session really uses (``session.get_providers()``) and refuses with
   ``<provider> did not load (session fell back to ...)`` instead of running under the wrong label.
 
-Every runner records ``providers`` (what the session uses) and ``threads`` (its intra-op thread
+Every ONNX Runtime runner records ``providers`` (what the session uses) and ``threads`` (its intra-op thread
 count, read back from the session).
 
 This module imports without onnxruntime installed; the backends then report why they cannot run.
