@@ -286,7 +286,7 @@ def test_best_backend_per_model_and_best_variant():
     def row(model, backend, top1, thr, p50, base=False):
         return {"model": model, "backend": backend, "status": "ok", "top1": top1, "throughput": thr,
                 "latency_p50_ms": p50, "speedup": thr / 100, "delta_pt": 100 * (top1 - 0.88), "is_baseline": base,
-                "precision": "fp32", "batch": 64}
+                "precision": "fp32", "batch": 64, "timing_stable": True}
 
     rows = [row("m.pt", "torch-fp32", 0.88, 100.0, 20.0, base=True), row("m.onnx", "onnxruntime-cpu", 0.88, 150.0, 9.0),
             row("m_int8.onnx", "onnxruntime-cpu", 0.875, 300.0, 5.0),
@@ -390,3 +390,240 @@ def test_one_odd_round_does_not_make_a_timing_unstable():
 
     (res,) = measure_rounds([Task(hiccup, calls=1, seconds=0.0)], RoundsPolicy(rounds=7, warmup=0), clock=clock)
     assert res.stable and res.spread == pytest.approx(0.0, abs=1e-9) and res.p50 == pytest.approx(0.1)
+
+
+# ----------------------------------------------------------------------------- trust (issue 14)
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    """A tiny VGG trained for a few seconds (diverse predictions), as .pt, FP32 .onnx and static INT8 PT2E .pt2."""
+    from vggc.compress.quantize import quantize
+    from vggc.data import load_split, resolve_preprocess
+    from vggc.export.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("trio")
+    data = make_imagefolder(root / "data", per_class=10)
+    model = make_tiny_vgg()
+    train = load_split(data, "train")
+    x = resolve_preprocess()(train.images)
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), train.labels).backward()
+        opt.step()
+    model.eval()
+    pt = save_state_dict(model.state_dict(), root / "t.pt")
+    onnx = root / "t.onnx"
+    export_onnx(model, onnx)
+    pt2 = root / "t.pt2"
+    quantize(pt, mode="static", backend="torch", data=data, calib_size=50, calib_method="minmax", out=pt2,
+             evaluate=False)
+    return {"root": root, "data": data, "pt": pt, "onnx": onnx, "pt2": pt2, "test": load_split(data, "test")}
+
+
+def test_eager_onnxruntime_and_compiled_pt2_agree_in_one_run(trio):
+    from vggc.compress.pt2_backend import _compiled_reason
+
+    if _compiled_reason():
+        pytest.skip(_compiled_reason())
+    before = torch.get_num_threads()
+    rows = run_bench([trio["pt"], trio["onnx"], trio["pt2"]], trio["test"], batch=16, threads=1, out=None,
+                     backends="torch-fp32,onnxruntime-cpu,torch-int8-compiled", timing=FAST)
+    assert torch.get_num_threads() == before  # restored
+    assert [(r["model"], r["backend"], r["precision"]) for r in rows] == [
+        ("t.pt", "torch-fp32", "fp32"), ("t.onnx", "onnxruntime-cpu", "fp32"), ("t.pt2", "torch-int8-compiled", "int8")]
+    base, ort, pt2 = rows
+    assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows]
+    assert base["top1"] >= 0.5  # trained: the agreement below is not that of a constant prediction
+    # every backend ran on the run's thread count (ONNX Runtime's read back from its session)
+    assert [r["threads"] for r in rows] == [1, 1, 1] and all(r["note"] is None for r in rows)
+    assert ort["providers"] == ["CPUExecutionProvider"]
+    # same images, paired: FP32 ONNX Runtime predicts what eager torch predicts; INT8 nearly so
+    assert ort["top1"] == base["top1"] and ort["baseline_agreement"] >= 0.99 and ort["delta_se_pt"] <= 1.0
+    assert pt2["baseline_agreement"] >= 0.95 and abs(pt2["delta_pt"]) <= 3.0
+    assert base["baseline_agreement"] == 1.0 and base["delta_se_pt"] == 0.0
+
+
+def test_threads_default_to_the_process_setting_and_reach_onnxruntime(trio):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        rows = run_bench([trio["onnx"], trio["pt"]], trio["test"], batch=16, out=None, limit=20,
+                         backends="onnxruntime-cpu,torch-fp32", timing=FAST)
+        assert [r["threads"] for r in rows] == [1, 1] and rows.context["threads"] == 1
+        rows = run_bench([trio["onnx"]], trio["test"], batch=16, out=None, limit=20, threads=2,
+                         backends="onnxruntime-cpu", timing=FAST)
+        assert rows[0]["threads"] == 2  # the session's intra-op threads, read back
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(InputError, match="--threads 0: must be at least 1"):
+        run_bench([trio["onnx"]], trio["test"], threads=0, out=None)
+
+
+@pytest.mark.parametrize("key,ep,fallback", [
+    ("onnxruntime-cuda", "CUDAExecutionProvider", ["CPUExecutionProvider"]),
+    ("onnxruntime-tensorrt", "TensorrtExecutionProvider", ["CUDAExecutionProvider", "CPUExecutionProvider"])])
+def test_provider_fallback_is_an_unavailable_row(trio, monkeypatch, key, ep, fallback):
+    import dataclasses
+
+    import onnxruntime as ort
+
+    # the backend (its key, open function and provider check) is real; only this machine's lack of a
+    # GPU is waved through and the session's provider list is faked
+    real = runtime.get_backend(key)
+    monkeypatch.setitem(runtime._BACKENDS, key, dataclasses.replace(real, available=lambda: None))
+    monkeypatch.setattr(ort.InferenceSession, "get_providers", lambda self: list(fallback))
+    rows = run_bench([trio["onnx"]], trio["test"], batch=16, out=None, limit=20, backends=key, timing=FAST)
+    want = f"{ep} did not load (session fell back to {', '.join(fallback)})"
+    assert rows[0]["status"] == want and rows[0]["top1"] is None and rows[0]["throughput"] is None
+    assert f"unavailable: {want}" in screen_table(rows, rows.context)
+    with pytest.raises(Exception, match="did not load"):
+        runtime.open_model(runtime.describe(trio["onnx"]), runtime.get_backend(key), {"threads": 1})
+
+
+def test_accuracy_cache_key_covers_environment_threads_and_data(tiny_files, tmp_path, monkeypatch):
+    import shutil
+
+    from vggc import provenance
+    from vggc.bench.timed import timing_key_inputs
+
+    root, data, a, b = tiny_files
+    out = tmp_path / "o"
+    msgs: list[str] = []
+
+    def bench(d=data, threads=1):
+        return run_bench([a], d, batch=8, backends="torch-fp32", limit=20, threads=threads, out=out, plot=False,
+                         timing=FAST, log=msgs.append)[0]
+
+    first = bench()
+    assert first["accuracy_cached"] is False and bench()["accuracy_cached"] is True
+    entry = next(iter(json.loads((out / "accuracy-cache.json").read_text())["entries"].values()))
+    assert entry["inputs"]["threads"] == 1 and torch.__version__.startswith(entry["inputs"]["libraries"]["torch"])
+    assert entry["inputs"]["precision"] == "fp32" and "cpu_flags" in entry["inputs"]["cpu"]
+    # another thread count
+    msgs.clear()
+    assert bench(threads=2)["accuracy_cached"] is False
+    assert any("accuracy re-measured: threads: 1 -> 2" in m for m in msgs), msgs
+    # another library version
+    versions = provenance.library_versions()
+    monkeypatch.setattr(provenance, "library_versions", lambda *a: {**versions, "torch": "9.9.9"})
+    msgs.clear()
+    assert bench()["accuracy_cached"] is False
+    assert any("libraries.torch:" in m and "-> 9.9.9" in m for m in msgs), msgs
+    assert bench()["accuracy_cached"] is True
+    # another vggc source
+    monkeypatch.setattr(provenance, "source_digest", lambda: "0" * 64)
+    assert bench()["accuracy_cached"] is False
+    # another test image (same file names and count)
+    copy = tmp_path / "data2"
+    shutil.copytree(data, copy)
+    img = sorted((copy / "test").rglob("*.png"))[0]
+    from torchvision.io import read_image, write_png
+
+    x = read_image(str(img))
+    write_png(255 - x, str(img))
+    again = bench(copy)
+    assert again["accuracy_cached"] is False and any("data:" in m for m in msgs)
+    # what a reused timing would have to match
+    t1, t2 = timing_key_inputs(1, FAST, 8), timing_key_inputs(2, FAST, 8)
+    assert t1 != t2 and t1["threads"] == 1 and t1["cpu_flags"] == t2["cpu_flags"] and t1["timing"] == FAST.to_dict()
+
+
+def test_paired_standard_error_by_hand():
+    from vggc.bench.baseline import paired_delta
+
+    labels = torch.zeros(10, dtype=torch.long)
+    base = torch.tensor([0] * 8 + [1] * 2)       # 8 of 10 right
+    row = torch.tensor([0] * 6 + [1] * 4)        # 6 of 10 right, wrong where the base was right
+    delta, se, agree = paired_delta(row, base, labels)
+    # d = [0]*6 + [-1, -1, 0, 0]: mean -0.2, sample variance 1.6 / 9
+    assert delta == pytest.approx(-20.0) and se == pytest.approx(100 * (1.6 / 9 / 10) ** 0.5) and agree == 0.8
+    swap = torch.tensor([0] * 7 + [1, 0, 1])     # same top-1 as the base, two images swapped
+    delta, se, agree = paired_delta(swap, base, labels)
+    assert delta == pytest.approx(0.0) and se == pytest.approx(100 * (2 / 9 / 10) ** 0.5) and agree == 0.8
+    with pytest.raises(ValueError):
+        paired_delta(row[:5], base, labels)
+
+
+def test_paired_se_in_a_run_matches_an_independent_evaluation(trio, tiny_files):
+    from vggc.bench.baseline import paired_delta
+
+    other = tiny_files[3]  # an untrained model of the same architecture
+    rows = run_bench([trio["pt"], other], trio["test"], batch=16, backends="torch-fp32", out=None, timing=FAST)
+    preds = []
+    for p in (trio["pt"], other):
+        r = runtime.open_model(runtime.describe(p), runtime.get_backend("torch-fp32"))
+        x = runtime.describe(p).preprocess(trio["test"].images)
+        preds.append(r.predict(x).argmax(1))
+    delta, se, agree = paired_delta(preds[1], preds[0], trio["test"].labels)
+    assert rows[1]["delta_pt"] == pytest.approx(delta, abs=1e-3) and se > 0
+    assert rows[1]["delta_se_pt"] == pytest.approx(se, abs=1e-3)
+    assert rows[1]["baseline_agreement"] == pytest.approx(agree, abs=1e-5)
+    assert rows[0]["within_budget"] is rows[0]["timing_stable"] and rows[1]["within_budget"] is False
+
+
+def test_budget_rule_is_one_definition_for_rows_summary_and_report():
+    from vggc.bench.baseline import best_variant, marginal, qualifies
+    from vggc.bench.report import markdown_report, ordered, summary_lines
+
+    def row(model, top1, thr, se, stable=True, base=False):
+        return {"model": model, "backend": "onnxruntime-cpu", "status": "ok", "top1": top1, "throughput": thr,
+                "latency_p50_ms": 1.0, "speedup": thr / 100, "delta_pt": round(100 * (top1 - 0.88), 4),
+                "delta_se_pt": se, "is_baseline": base, "precision": "fp32", "batch": 64, "timing_stable": stable,
+                "n_images": 2000}
+
+    rows = [row("base.pt", 0.88, 100.0, 0.0, base=True),
+            row("unsettled.onnx", 0.88, 500.0, 0.0, stable=False),  # fastest, but its timing did not settle
+            row("far.onnx", 0.86, 450.0, 1.0),        # drop 2.0 pt, > 1 SE past the 0.88 pt budget
+            row("close_out.onnx", 0.868, 420.0, 0.5),  # drop 1.2 pt: out, by less than one SE
+            row("close_in.onnx", 0.872, 400.0, 0.5),   # drop 0.8 pt: in, by less than one SE
+            row("clear_in.onnx", 0.875, 300.0, 0.3)]   # drop 0.5 pt: in, by more than one SE
+    base = rows[0]
+    budget = 0.88  # the default: 1 % of 88 %
+    for r in rows:
+        r["within_budget"], r["budget_marginal"] = qualifies(r, base, budget), marginal(r, base, budget)
+    assert [r["within_budget"] for r in rows] == [True, False, False, False, True, True]
+    assert [r["budget_marginal"] for r in rows] == [False, False, False, True, True, False]
+    assert best_variant(rows)["model"] == "close_in.onnx" == best_variant(rows, max_drop_pt=budget)["model"]
+    assert best_variant(rows, max_drop_pt=0.6)["model"] == "clear_in.onnx"
+    assert best_variant(rows, min_fraction=0.995)["model"] == "base.pt"  # 0.44 pt: only the baseline itself
+    summary = summary_lines(rows)[-1]
+    assert "close_in.onnx on onnxruntime-cpu" in summary and "rests on less than one SE" in summary
+    table = screen_table([ordered(r) for r in rows], {"batch": 64})
+    assert "0.50?" in table and "within one standard error" in table
+    report = markdown_report([ordered(r) for r in rows], {"batch": 64, "max_drop_pt": 0.88, "max_drop_default": True})
+    rec = report.split("## Recommendation", 1)[1].split("##", 1)[0]
+    assert "close_in.onnx on onnxruntime-cpu" in rec and "rests on less than one SE" in rec
+    assert "unsettled.onnx on onnxruntime-cpu (500.0 img/s): its timing did not settle" in rec
+    assert "far.onnx on onnxruntime-cpu (450.0 img/s): top-1 drop 2.00 pt > 0.88 pt." in rec
+    assert "close_out.onnx on onnxruntime-cpu (420.0 img/s): top-1 drop 1.20 pt > 0.88 pt by less than one SE" in rec
+    assert "clear_in.onnx" not in rec  # slower than the recommendation: not listed
+
+
+def test_max_drop_option_on_bench_and_pipeline(tiny_files, tmp_path):
+    from vggc.cli import main
+
+    root, data, a, b = tiny_files
+    threads = torch.get_num_threads()
+    out = tmp_path / "md"
+    try:
+        res = CliRunner().invoke(main, ["bench", str(a), str(b), "--data", str(data), "--backends", "torch-fp32",
+                                        "--limit", "20", "--batch", "8", "--threads", "1", "--out", str(out),
+                                        "--no-plot", "--rounds", "1", "--max-drop", "0.5"])
+    finally:
+        torch.set_num_threads(threads)
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "results.json").read_text())
+    assert all(k in doc[1] for k in ("delta_se_pt", "baseline_agreement", "within_budget", "budget_marginal"))
+    assert doc[1]["within_budget"] is (doc[1]["timing_stable"] is True and -doc[1]["delta_pt"] <= 0.5)
+    report = (out / "report.md").read_text()
+    assert "loses at most 0.50 pt of top-1" in report and "1% of the baseline" not in report
+    man = json.loads((out / "results.json.json").read_text())
+    assert man["settings"]["max_drop_pt"] == 0.5 and man["settings"]["timing_environment"]["threads"] == 1
+    res = CliRunner().invoke(main, ["bench", str(a), "--data", str(data), "--max-drop", "-1", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and not (tmp_path / "x").exists()
+    res = CliRunner().invoke(main, ["pipeline", "--help"])
+    assert res.exit_code == 0 and "--max-drop" in res.output

@@ -5,6 +5,7 @@
 
 from vggc.bench.core import DEFAULT_OUT, QUICK_IMAGES, BenchRows, apply_baseline, parse_backends, run_bench
 from vggc.bench.report import COLUMNS, CONTRACT, screen_table, write_outputs
+from vggc.bench.timed import timing_key_inputs
 from vggc.bench.timing import (
     FULL,
     FULL_ROUNDS,
@@ -20,4 +21,4 @@ from vggc.bench.timing import (
 
 __all__ = ["BenchRows", "COLUMNS", "CONTRACT", "DEFAULT_OUT", "FULL", "FULL_ROUNDS", "QUICK", "QUICK_IMAGES",
            "QUICK_ROUNDS", "RoundsPolicy", "Timing", "TimingPolicy", "apply_baseline", "measure", "measure_rounds",
-           "parse_backends", "percentile", "run_bench", "screen_table", "write_outputs"]
+           "parse_backends", "percentile", "run_bench", "screen_table", "timing_key_inputs", "write_outputs"]

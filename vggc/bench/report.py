@@ -10,6 +10,7 @@ import io
 from pathlib import Path
 
 from vggc.artifacts import atomic_path, write_json, write_manifest
+from vggc.bench.baseline import best_variant, budget_pt, marginal, ran_ok
 from vggc.bench.machine import describe_flags
 
 # JSON/CSV columns, in order. The first 13 are the contract later stages rely on.
@@ -17,7 +18,8 @@ CONTRACT = ("model", "backend", "precision", "status", "top1", "delta_pt", "late
             "throughput", "batch", "size_mb", "params", "macs")
 COLUMNS = CONTRACT + ("speedup", "format", "device", "note", "n_images", "quick", "threads", "compile_s", "load_s",
                       "accuracy_cached", "timing_reps_batch", "timing_reps_b1", "timing_stable", "timing_spread",
-                      "is_baseline", "path")
+                      "is_baseline", "path", "delta_se_pt", "baseline_agreement", "within_budget",
+                      "budget_marginal")
 
 
 def load_note(start, end, cores) -> str:
@@ -65,18 +67,25 @@ def subset_label(ctx: dict) -> str:
 
 
 UNSTABLE = ("~ = a timing that did not settle (its interleaved rounds disagreed, or it hit the time cap); "
-            "treat as rough")
+            "treat as rough; it cannot be the recommended variant")
+MARGINAL = ("? = the top-1 drop is within one standard error (± pt, paired over the same images) of the budget: "
+            "whether it is within the budget rests on less than one SE")
+
+
+def _se(r: dict) -> str:
+    se = r.get("delta_se_pt")
+    return "-" if se is None else f"{se:.2f}" + ("?" if r.get("budget_marginal") else "")
 
 
 def _cells(r: dict) -> list[str]:
     t = "~" if r.get("timing_stable") is False else ""
-    return [_f(100 * r["top1"] if r["top1"] is not None else None, ".2f"), _delta(r["delta_pt"]),
+    return [_f(100 * r["top1"] if r["top1"] is not None else None, ".2f"), _delta(r["delta_pt"]), _se(r),
             t + _f(r["latency_p50_ms"], ".2f"), t + _f(r["latency_p90_ms"], ".2f"), t + _f(r["throughput"], ".1f"),
             _f(r["speedup"], ".2f") + ("x" if r["speedup"] is not None else ""),
             _f(r["size_mb"], ".2f"), _millions(r["params"]), _millions(r["macs"]), _f(r["compile_s"], ".2f")]
 
 
-HEAD = ["top-1 %", "Δ pt", "p50 ms", "p90 ms", "img/s", "speedup", "MB", "params M", "MACs M", "compile s"]
+HEAD = ["top-1 %", "Δ pt", "± pt", "p50 ms", "p90 ms", "img/s", "speedup", "MB", "params M", "MACs M", "compile s"]
 
 
 def _notes(rows: list[dict]) -> dict[str, int]:
@@ -93,10 +102,10 @@ def screen_table(rows: list[dict], ctx: dict | None = None, width: int = 34) -> 
     notes = _notes(rows)
     batch = ctx.get("batch") or (rows[0]["batch"] if rows else "N")
     head = ["model", "backend", "prec"] + HEAD
-    head[7] = f"img/s@{batch}"
+    head[8] = f"img/s@{batch}"
     wm = max([5] + [min(width, len(r["model"])) for r in rows])
     wb = max([7] + [len(r["backend"]) + (4 if r.get("note") else 0) for r in rows])
-    widths = [wm, wb, 5, 7, 7, 8, 8, 9, 7, 7, 8, 8, 9]
+    widths = [wm, wb, 5, 7, 7, 6, 8, 8, 9, 7, 7, 8, 8, 9]
     lines = []
 
     def fmt(cells):
@@ -118,7 +127,9 @@ def screen_table(rows: list[dict], ctx: dict | None = None, width: int = 34) -> 
         lines.append(f"[{i}] {text}")
     if any(r.get("timing_stable") is False and r["status"] == "ok" for r in rows):
         lines.append(UNSTABLE)
-    summary = summary_lines(rows)
+    if any(r.get("budget_marginal") for r in rows):
+        lines.append(MARGINAL)
+    summary = summary_lines(rows, ctx_budget(ctx))
     if summary:
         lines += ["", "each model on its best backend:", *(f"  {x}" for x in summary)]
     return "\n".join(lines)
@@ -144,20 +155,47 @@ def best_per_model(rows: list[dict]) -> list[dict]:
     return list(best.values())
 
 
-def best_variant(rows: list[dict], min_fraction: float = 0.99) -> dict | None:
-    """Return the fastest row that ran with top-1 >= ``min_fraction`` x the baseline row's top-1
-    (``None`` without a baseline or when no row qualifies)."""
-    base = next((r for r in rows if r.get("is_baseline") and r.get("status") == "ok"), None)
-    if base is None or base.get("top1") is None:
-        return None
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("throughput") is not None
-          and r.get("top1") is not None and r["top1"] >= min_fraction * base["top1"]]
-    return max(ok, key=lambda r: r["throughput"], default=None)
+def ctx_budget(ctx: dict) -> float | None:
+    """Return the ``max_drop_pt`` a run asked for (``None``: the default, 1 % of the baseline's top-1)."""
+    return None if ctx.get("max_drop_default") else ctx.get("max_drop_pt")
 
 
-def summary_lines(rows: list[dict]) -> list[str]:
+def recommendation(rows: list[dict], max_drop_pt: float | None = None, details: bool = True) -> list[str]:
+    """Return the line that names the fastest variant within the top-1 budget (the rule of
+    :func:`vggc.bench.baseline.qualifies`) with what that verdict rests on (its paired standard
+    error; whether it is within one SE of the budget); with ``details``, then one line per faster
+    row that was left out, saying why. Empty without a baseline row."""
+    base = next((r for r in rows if r.get("is_baseline") and ran_ok(r)), None)
+    budget = budget_pt(base, max_drop_pt)
+    if base is None or budget is None:
+        return []
+    what = f"top-1 drop ≤ {budget:.2f} pt" + (" = 1% of the baseline's top-1" if max_drop_pt is None else "")
+    v = best_variant(rows, max_drop_pt=budget)
+    if v is None:
+        return [f"no variant within the budget ({what}) has a settled timing"]
+    se = v.get("delta_se_pt")
+    line = (f"fastest variant within the budget ({what}): {v['model']} on {v['backend']} — "
+            f"{v['throughput']:.1f} img/s, {_f(v.get('speedup'), '.2f')}x the baseline, top-1 {100 * v['top1']:.2f}% "
+            f"(Δ {v['delta_pt']:+.2f}" + (f" ± {se:.2f} pt SE, paired over {v.get('n_images')} images)" if se is not None
+                                          else " pt)"))
+    if marginal(v, base, budget):
+        line += (f"; its qualification rests on less than one SE (|drop − budget| = "
+                 f"{abs(-v['delta_pt'] - budget):.2f} pt < {se:.2f} pt)")
+    lines = [line]
+    for r in rows if details else []:
+        if r is v or not ran_ok(r) or r.get("throughput") is None or r["throughput"] <= v["throughput"]:
+            continue
+        drop = -r["delta_pt"] if r.get("delta_pt") is not None else float("nan")
+        why = ("its timing did not settle" if r.get("timing_stable") is not True
+               else f"top-1 drop {drop:.2f} pt > {budget:.2f} pt" + (" by less than one SE: not settled by these images"
+                                                                     if marginal(r, base, budget) else ""))
+        lines.append(f"faster but left out: {r['model']} on {r['backend']} ({r['throughput']:.1f} img/s): {why}")
+    return lines
+
+
+def summary_lines(rows: list[dict], max_drop_pt: float | None = None) -> list[str]:
     """Return the summary printed under the table: each model on its best backend, and the fastest
-    variant that keeps >= 99 % of the baseline's top-1."""
+    variant within the top-1 budget (:func:`recommendation`)."""
     lines = []
     for b in best_per_model(rows):
         speed = f" ({b['speedup']:.2f}x)" if b.get("speedup") is not None else ""
@@ -165,11 +203,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
         lines.append(f"{b['model']}: {acc}; {b['throughput']:.1f} img/s{speed} ({Path(b['file']).suffix} on "
                      f"{b['backend']}); batch-1 p50 {b['latency_p50_ms']:.2f} ms ({Path(b['p50_file']).suffix} on "
                      f"{b['p50_backend']})")
-    v = best_variant(rows)
-    if v is not None:
-        lines.append(f"fastest variant with >= 99% of the baseline's top-1: {v['model']} on {v['backend']} — "
-                     f"{v['throughput']:.1f} img/s, {v['speedup']:.2f}x the baseline, top-1 {100 * v['top1']:.2f}%")
-    return lines
+    return lines + recommendation(rows, max_drop_pt, details=False)
 
 
 def _md_escape(text: str) -> str:
@@ -179,8 +213,8 @@ def _md_escape(text: str) -> str:
 def markdown_table(rows: list[dict], batch) -> str:
     notes = _notes(rows)
     head = ["model", "backend", "precision", "status"] + HEAD
-    head[8] = f"img/s (batch {batch})"
-    head[6] = "p50 ms (batch 1)"
+    head[9] = f"img/s (batch {batch})"
+    head[7] = "p50 ms (batch 1)"
     out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * len(HEAD)) + "|"]
     for r in rows:
         be = r["backend"] + (f" [{notes[r['note']]}]" if r.get("note") else "")
@@ -192,6 +226,8 @@ def markdown_table(rows: list[dict], batch) -> str:
         out.append(f"\n[{i}] {_md_escape(text)}")
     if any(r.get("timing_stable") is False and r["status"] == "ok" for r in rows):
         out.append(f"\n{UNSTABLE}")
+    if any(r.get("budget_marginal") for r in rows):
+        out.append(f"\n{MARGINAL}")
     return "\n".join(out)
 
 
@@ -237,19 +273,25 @@ def markdown_report(rows: list[dict], ctx: dict) -> str:
                          f" | {_delta(b.get('delta_pt'))} | {b['throughput']:.1f} | {_f(b.get('speedup'), '.2f')}x | "
                          f"{_md_escape(b['file'])}, {b['backend']} | {_f(b['latency_p50_ms'], '.2f')} | "
                          f"{_md_escape(b['p50_file'])}, {b['p50_backend']} |")
-        v = best_variant(rows)
-        if v is not None:
-            lines += ["", f"Fastest variant with ≥ 99 % of the baseline's top-1: **{v['model']} on {v['backend']}**, "
-                          f"{v['throughput']:.1f} img/s = {v['speedup']:.2f}× the baseline row "
-                          f"(top-1 {100 * v['top1']:.2f}%, Δ {v['delta_pt']:+.2f} pt)."]
+        rec = recommendation(rows, ctx_budget(ctx))
+        if rec:
+            lines += ["", "## Recommendation", "", f"- {_md_escape(rec[0][0].upper() + rec[0][1:])}."]
+            lines += [f"  - {_md_escape(x[0].upper() + x[1:])}." for x in rec[1:]]
     if ctx.get("not_run_by_default"):
         lines += ["", "Not run (not in the default backend set here; name them in `--backends` or use `all`):"]
         lines += [f"- `{k}`: {_md_escape(v)}" for k, v in ctx["not_run_by_default"].items()]
     lines += ["", "## Method", "",
               f"- Accuracy: {subset_label(ctx)}; batch {ctx.get('batch')}, a short last batch padded to "
-              f"{ctx.get('batch')} (extra outputs dropped). Cached per (model files SHA-256, backend, images, "
-              f"preprocessing) in `{ctx.get('accuracy_cache') or 'nowhere (--no-cache)'}`; "
-              "`accuracy_cached` in results.json says which rows came from it.",
+              f"{ctx.get('batch')} (extra outputs dropped). Cached per (model files SHA-256, backend and "
+              "precision, the evaluated images, preprocessing, batch, threads, vggc source, library versions, "
+              f"CPU ISA flags) in `{ctx.get('accuracy_cache') or 'nowhere (--no-cache)'}`; "
+              "`accuracy_cached` in results.json says which rows came from it. Timings are never cached.",
+              "- Budget: a variant is within budget when its timing settled and it loses at most "
+              f"{_f(ctx.get('max_drop_pt'), '.2f')} pt of top-1 against the baseline"
+              + (" (1% of the baseline's top-1; `--max-drop` sets it)" if ctx.get("max_drop_default", True) else "")
+              + ". `± pt` (`delta_se_pt`) is the standard error of Δ pt paired over the same images "
+              "(SD of correct_row − correct_baseline per image / √n); `?` marks a verdict closer to the budget "
+              "than one SE. `baseline_agreement`: fraction of images with the baseline's predicted class.",
               f"- Latency: p50/p90 of single calls at batch 1 (ms). Throughput: batch {ctx.get('batch')} / "
               "median call time (img/s); a call includes the host->device copy and the logits back on the CPU.",
               timing_method(pol),

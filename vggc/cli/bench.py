@@ -31,6 +31,14 @@ def backend_help_rows() -> list[tuple[str, str]]:
     return rows
 
 
+def max_drop_option(f):
+    """``--max-drop PT``: the top-1 budget of the recommended variant (shared with ``vggc pipeline``)."""
+    return click.option("--max-drop", "max_drop", type=click.FloatRange(0.0, 100.0), default=None, metavar="PT",
+                        help="Top-1 budget in percentage points: the recommended variant is the fastest row with "
+                             "a settled timing that loses at most PT against the baseline (results.json: "
+                             "within_budget). Default: 1% of the baseline's top-1.")(f)
+
+
 class BenchCommand(click.Command):
     """Appends the backend registry (keys, formats, device, availability) to ``--help``."""
 
@@ -78,9 +86,10 @@ class BenchCommand(click.Command):
                    "(one model in memory at a time).")
 @click.option("--rounds", type=click.IntRange(1, 100), default=None,
               help="Interleaved timing rounds. Default: 7, or 3 with --quick.")
+@max_drop_option
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list instead of the table.")
 def command(models, data, batch, backends, baseline, quick, limit, threads, out, no_plot, no_cache, timing_mode,
-            rounds, as_json):
+            rounds, max_drop, as_json):
     """Measure every MODEL file on every backend that can run its format.
 
     Per (model, backend) row: top-1 on the CIFAR-10 test split, delta_pt against the baseline row,
@@ -102,7 +111,8 @@ def command(models, data, batch, backends, baseline, quick, limit, threads, out,
     cmdline = " ".join(shlex.quote(a) for a in ["vggc", *sys.argv[1:]])
     rows = run_bench(models, data, batch=batch, backends=backends, baseline=baseline, quick=quick,
                      threads=n_threads, limit=limit, progress=tqdm_progress, out=out, use_cache=not no_cache,
-                     plot=not no_plot, command=cmdline, timing=policy, log=lambda msg: click.echo(msg, err=True))
+                     plot=not no_plot, command=cmdline, timing=policy, log=lambda msg: click.echo(msg, err=True),
+                     max_drop_pt=max_drop)
     ctx = rows.context
     if as_json:
         emit_json(list(rows))

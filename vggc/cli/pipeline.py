@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from vggc.cli.bench import max_drop_option
 from vggc.cli.common import set_threads, threads_option
 from vggc.errors import InputError
 
@@ -40,7 +41,8 @@ def default_inputs(weights: str | None, data: str | None) -> tuple[str, str]:
 @click.option("--force", is_flag=True, help="Rerun every step even when a cached result matches.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for every subset, calibration and training.")
 @threads_option
-def command(weights, data, preset, out_dir, only, force, seed, threads):
+@max_drop_option
+def command(weights, data, preset, out_dir, only, force, seed, threads, max_drop):
     """Run every stage on WEIGHTS and print the comparison table.
 
     Stages: ONNX FP32/FP16 export, dynamic and static INT8 (ONNX Runtime and torchao PT2E), L1 pruning +
@@ -57,7 +59,7 @@ def command(weights, data, preset, out_dir, only, force, seed, threads):
     weights, data = default_inputs(weights, data)
     summary = run_pipeline(weights, data, preset=preset, out_dir=out_dir, seed=seed, force=force,
                            only=[s.strip() for s in only.split(",") if s.strip()] if only else None,
-                           progress=tqdm_progress, log=lambda m: click.echo(m, err=True))
+                           progress=tqdm_progress, log=lambda m: click.echo(m, err=True), max_drop_pt=max_drop)
     click.echo("")
     click.echo("step                      status       seconds")
     for s in summary["steps"]:
@@ -65,5 +67,5 @@ def command(weights, data, preset, out_dir, only, force, seed, threads):
     click.echo(f"step work: {summary['step_seconds']:.0f} s, wall: {summary['wall_seconds']:.0f} s")
     click.echo("")
     if summary["rows"]:
-        click.echo(screen_table(summary["rows"]))
+        click.echo(screen_table(summary["rows"], {"max_drop_pt": max_drop}))
     click.echo(f"report: {summary['report']}")

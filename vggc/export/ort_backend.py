@@ -12,7 +12,13 @@ serves FP32, FP16 and QDQ-INT8 files and a result row reports the file's precisi
 * ``onnxruntime-cpu``: CPU execution provider, intra-op threads = ``torch.get_num_threads()``
   (or the ``threads`` option), all graph optimisations;
 * ``onnxruntime-cuda`` / ``onnxruntime-tensorrt``: the CUDA / TensorRT execution providers, only
-  where ``onnxruntime-gpu`` provides them and a CUDA device is present.
+  where ``onnxruntime-gpu`` provides them and a CUDA device is present. ONNX Runtime silently
+  falls back to the next provider when one does not load; the runner checks the providers the
+  session really uses (``session.get_providers()``) and refuses with
+  ``<provider> did not load (session fell back to ...)`` instead of running under the wrong label.
+
+Every ONNX Runtime runner records ``providers`` (what the session uses) and ``threads`` (its intra-op thread
+count, read back from the session).
 
 This module imports without onnxruntime installed; the backends then report why they cannot run.
 """
@@ -227,7 +233,9 @@ class OrtRunner(Runner):
     """
 
     def __init__(self, path: Path, providers: list, threads: int | None = None, warmup: bool = False,
-                 input_size: int | None = None):
+                 input_size: int | None = None, require: str | None = None):
+        """``require``: the execution provider the session must really use (raises
+        :class:`UnavailableError` naming what it fell back to when it did not load)."""
         import onnxruntime as ort
 
         t0 = time.perf_counter()
@@ -246,7 +254,12 @@ class OrtRunner(Runner):
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name
         self.input_dtype = _NP_TYPES.get(inp.type, np.float32)
-        self.providers = self.session.get_providers()
+        self.providers = list(self.session.get_providers())
+        self.threads = int(self.session.get_session_options().intra_op_num_threads)
+        if require and require not in self.providers:
+            self.session = None
+            raise UnavailableError(f"{require} did not load (session fell back to "
+                                   f"{', '.join(self.providers) or 'no provider'})")
         if warmup and input_size:
             shape = [1, inp.shape[1] if isinstance(inp.shape[1], int) else 3, input_size, input_size]
             self.session.run([self.output_name], {self.input_name: np.zeros(shape, self.input_dtype)})
@@ -290,13 +303,15 @@ def _gpu_reason(ep: str, what: str) -> str | None:
 
 
 def _open_cpu(model: ModelFile, options: dict) -> Runner:
-    return OrtRunner(model.path, ["CPUExecutionProvider"], threads=options.get("threads"))
+    return OrtRunner(model.path, ["CPUExecutionProvider"], threads=options.get("threads"),
+                     require="CPUExecutionProvider")
 
 
 def _open_cuda(model: ModelFile, options: dict) -> Runner:
     dev = int(options.get("device_id", 0))
     return OrtRunner(model.path, [("CUDAExecutionProvider", {"device_id": dev}), "CPUExecutionProvider"],
-                     threads=options.get("threads"), warmup=True, input_size=model.preprocess.input_size)
+                     threads=options.get("threads"), warmup=True, input_size=model.preprocess.input_size,
+                     require="CUDAExecutionProvider")
 
 
 def _open_tensorrt(model: ModelFile, options: dict) -> Runner:
@@ -312,7 +327,7 @@ def _open_tensorrt(model: ModelFile, options: dict) -> Runner:
         trt["trt_int8_enable"] = True  # QDQ graphs: TensorRT takes the scales from the Q/DQ nodes
     return OrtRunner(model.path, [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", {"device_id": dev}),
                                   "CPUExecutionProvider"],
-                     threads=options.get("threads"), warmup=True, input_size=s)
+                     threads=options.get("threads"), warmup=True, input_size=s, require="TensorrtExecutionProvider")
 
 
 def open_onnx_cpu(path: str | Path, threads: int | None = None) -> OrtRunner:

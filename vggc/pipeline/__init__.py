@@ -215,11 +215,12 @@ def _unavailable_row(step: Step, result: StepResult, batch: int) -> dict:
 def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset: str = "quick",
                  out_dir: str | os.PathLike | None = None, seed: int = 0, force: bool = False,
                  only: list[str] | None = None, progress: Progress = no_progress,
-                 log: Callable[[str], None] = lambda _m: None) -> dict:
+                 log: Callable[[str], None] = lambda _m: None, max_drop_pt: float | None = None) -> dict:
     """Run every stage on ``weights`` and bench the results; return a summary dict.
 
     The summary holds ``steps`` (name, status, seconds), ``rows`` (the bench rows, including a
     row for each variant that could not be built), ``report`` (path of report.md) and timings.
+    ``max_drop_pt``: the bench's top-1 budget (``vggc bench --max-drop``; default 1 % of the baseline's).
     """
     from vggc.artifacts import sha256_file, write_json
     from vggc.bench.core import run_bench
@@ -267,11 +268,12 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
         bench_settings = {"quick": p.bench_quick, "limit": p.bench_limit, "batch": p.bench_batch,
                           "timing": timing_policy(quick=p.bench_quick).to_dict(),
                           "models": [m.name for m in models],
-                          "failed": {s.name: r.status for s, r in zip(steps, results) if not r.ok}}
+                          "failed": {s.name: r.status for s, r in zip(steps, results) if not r.ok},
+                          **({"max_drop_pt": max_drop_pt} if max_drop_pt is not None else {})}
 
         def bench_run(ctx: StepContext) -> dict:
             rows = run_bench(models, data, batch=p.bench_batch, quick=p.bench_quick, limit=p.bench_limit, baseline=weights,
-                             out=bench_dir, progress=progress, log=log,
+                             out=bench_dir, progress=progress, log=log, max_drop_pt=max_drop_pt,
                              command=f"vggc pipeline {weights} --data {data} --preset {preset}")
             extra = [_unavailable_row(s, r, p.bench_batch) for s, r in zip(steps, results) if not r.ok and s.model]
             if extra:
