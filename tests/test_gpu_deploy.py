@@ -23,9 +23,10 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from vggc import runtime  # noqa: E402
-from vggc.artifacts import save_state_dict, write_manifest  # noqa: E402
+from vggc.artifacts import save_state_dict, sha256_file, write_manifest  # noqa: E402
 from vggc.errors import InputError, UnavailableError, VggcError  # noqa: E402
 from vggc.export import tensorrt as vtrt  # noqa: E402
+from vggc.export.tensorrt import probe as vtrt_probe  # noqa: E402
 from vggc.export.triton import parse_pbtxt, to_pbtxt, write_triton_repo  # noqa: E402
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -268,7 +269,7 @@ def test_engine_built_elsewhere_fails_to_open_with_one_line(tmp_path, monkeypatc
     write_manifest(eng, kind="tensorrt-engine", inputs={}, settings={}, extra={"precision": "fp16", **BUILT})
     monkeypatch.setattr(gpu_backends, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.13.0.35"))
     monkeypatch.setattr(gpu_backends, "require_cuda", lambda *a: None)
-    monkeypatch.setattr(vtrt, "gpu_info", lambda device=0: {"gpu": "NVIDIA L4", "compute_capability": "8.9"})
+    monkeypatch.setattr(vtrt_probe, "gpu_info", lambda device=0: {"gpu": "NVIDIA L4", "compute_capability": "8.9"})
     with pytest.raises(InputError) as exc:
         gpu_backends.check_engine_here(runtime.describe(eng))
     msg = str(exc.value)
@@ -422,8 +423,8 @@ def fake_tensorrt(version="10.8.0.43", strongly_typed=True, layers=None, parse_o
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    monkeypatch.setattr(vtrt, "cuda_reason", lambda: None)
-    monkeypatch.setattr(vtrt, "gpu_info", lambda device=0: {"gpu": "Fake GPU", "compute_capability": "9.0",
+    monkeypatch.setattr(vtrt_probe, "cuda_reason", lambda: None)
+    monkeypatch.setattr(vtrt_probe, "gpu_info", lambda device=0: {"gpu": "Fake GPU", "compute_capability": "9.0",
                                                              "gpu_memory_gib": 80.0, "cuda": "12.8"})
 
     def install(**kw):
@@ -452,7 +453,7 @@ def test_build_engine_orchestration_on_fake_tensorrt(tiny_files, tmp_path, fake_
     assert man["build_environment"] == {"tensorrt": "10.8.0.43", "gpu": "Fake GPU", "compute_capability": "9.0",
                                         "gpu_memory_gib": 80.0, "cuda": "12.8"}
     assert man["profile"] == {"input": "input", "min": [1, 3, 32, 32], "opt": [32, 3, 32, 32], "max": [128, 3, 32, 32]}
-    assert man["source_onnx"]["sha256"] == man["inputs"]["onnx"]["sha256"] == vtrt.sha256_file(tiny_files["fp16"])
+    assert man["source_onnx"]["sha256"] == man["inputs"]["onnx"]["sha256"] == sha256_file(tiny_files["fp16"])
     assert man["source_onnx"]["precision_source"] == "manifest"
     assert man["layer_precision"]["compute_by_precision"] == {"fp16": 2} and man["precision_check"]["ok"]
     assert man["input_dtype"] == man["output_dtype"] == "float32" and man["output_shape"] == [-1, 10]
@@ -501,67 +502,13 @@ def test_fake_build_refuses_silently_fp32_engine(tiny_files, tmp_path, fake_gpu)
 
 # ----------------------------------------------------------------------------- Triton repository
 
-def _triton_descriptor_pool():
-    """A protobuf schema mirroring the part of Triton's ModelConfig we write (field numbers from
-    triton-inference-server/common protobuf/model_config.proto), so ``text_format`` really parses it."""
-    from google.protobuf import descriptor_pb2, descriptor_pool
-
-    F = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="vggc_triton_subset.proto", package="inference", syntax="proto3")
-    dt = fdp.enum_type.add(name="DataType")
-    for name, num in (("TYPE_INVALID", 0), ("TYPE_BOOL", 1), ("TYPE_UINT8", 2), ("TYPE_INT8", 6), ("TYPE_INT32", 8),
-                      ("TYPE_INT64", 9), ("TYPE_FP16", 10), ("TYPE_FP32", 11), ("TYPE_BF16", 14)):
-        dt.value.add(name=name, number=num)
-
-    def msg(name, fields, enums=()):
-        m = fdp.message_type.add(name=name)
-        for en, values in enums:
-            e = m.enum_type.add(name=en)
-            for vn, vv in values:
-                e.value.add(name=vn, number=vv)
-        for fname, num, ftype, label, tname in fields:
-            f = m.field.add(name=fname, number=num, type=ftype, label=label)
-            if tname:
-                f.type_name = tname
-        return m
-
-    opt, rep = F.LABEL_OPTIONAL, F.LABEL_REPEATED
-    msg("ModelTensor", [("name", 1, F.TYPE_STRING, opt, None), ("data_type", 2, F.TYPE_ENUM, opt, ".inference.DataType"),
-                        ("dims", 3, F.TYPE_INT64, rep, None)])
-    msg("ModelInstanceGroup", [("name", 1, F.TYPE_STRING, opt, None), ("count", 2, F.TYPE_INT32, opt, None),
-                               ("gpus", 3, F.TYPE_INT32, rep, None),
-                               ("kind", 4, F.TYPE_ENUM, opt, ".inference.ModelInstanceGroup.Kind")],
-        enums=[("Kind", [("KIND_AUTO", 0), ("KIND_GPU", 1), ("KIND_CPU", 2), ("KIND_MODEL", 3)])])
-    msg("ModelDynamicBatching", [("preferred_batch_size", 1, F.TYPE_INT32, rep, None),
-                                 ("max_queue_delay_microseconds", 2, F.TYPE_UINT64, opt, None)])
-    msg("ModelConfig", [("name", 1, F.TYPE_STRING, opt, None), ("platform", 2, F.TYPE_STRING, opt, None),
-                        ("max_batch_size", 4, F.TYPE_INT32, opt, None),
-                        ("input", 5, F.TYPE_MESSAGE, rep, ".inference.ModelTensor"),
-                        ("output", 6, F.TYPE_MESSAGE, rep, ".inference.ModelTensor"),
-                        ("instance_group", 7, F.TYPE_MESSAGE, rep, ".inference.ModelInstanceGroup"),
-                        ("default_model_filename", 8, F.TYPE_STRING, opt, None),
-                        ("dynamic_batching", 11, F.TYPE_MESSAGE, opt, ".inference.ModelDynamicBatching"),
-                        ("backend", 17, F.TYPE_STRING, opt, None)])
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return pool
-
-
 def parse_with_protobuf(text: str):
-    """Parse config.pbtxt with ``google.protobuf.text_format``: Triton's own ModelConfig when tritonclient
-    is installed, else the mirrored subset schema (unknown fields or bad enum names fail either way)."""
+    """Parse config.pbtxt with ``google.protobuf.text_format`` against Triton's own ``ModelConfig``
+    (tritonclient's model_config_pb2, a dev dependency): unknown fields or bad enum names fail."""
     from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
 
-    try:
-        from tritonclient.grpc import model_config_pb2
-
-        msg = model_config_pb2.ModelConfig()
-    except ImportError:
-        from google.protobuf import message_factory
-
-        desc = _triton_descriptor_pool().FindMessageTypeByName("inference.ModelConfig")
-        msg = message_factory.GetMessageClass(desc)()
-    return text_format.Parse(text, msg)
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
 def test_pbtxt_writer_and_parser_roundtrip():
@@ -575,6 +522,10 @@ def test_pbtxt_writer_and_parser_roundtrip():
     assert back["dynamic_batching"]["preferred_batch_size"] == [4, 8] and back["platform"] == "onnxruntime_onnx"
     for bad in ("name: ", "input [ { name: 1 ", "a: b c", "dims: [ 1 2 ]"):
         with pytest.raises(ValueError):
+            parse_pbtxt(bad)
+    # well-formed text that Triton's schema refuses: unknown field, bad enum name, wrong type
+    for bad in ("max_batch: 8", "instance_group [ { kind: KIND_TPU } ]", 'max_batch_size: "8"'):
+        with pytest.raises(ValueError, match="^not a Triton ModelConfig: "):
             parse_pbtxt(bad)
 
 
@@ -604,6 +555,9 @@ def test_export_triton_repo_configs_parse_and_onnx_runs(tiny_files):
     assert files == ["tiny16/1/model.onnx", "tiny16/config.pbtxt", "tiny16/config.pbtxt.json",
                      "tiny16_trt/1/model.plan", "tiny16_trt/config.pbtxt", "tiny16_trt/config.pbtxt.json"]
     assert not [p for p in repo.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+    for m in ("tiny16", "tiny16_trt"):  # the writer checked each config against Triton's ModelConfig
+        man = json.loads((repo / m / "config.pbtxt.json").read_text())
+        assert man["schema_check"].startswith("tritonclient ") and man["schema_check"].endswith(" model_config_pb2")
 
     onnx_cfg_text = (repo / "tiny16" / "config.pbtxt").read_text()
     pb = parse_with_protobuf(onnx_cfg_text)
