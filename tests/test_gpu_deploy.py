@@ -115,9 +115,12 @@ def test_int8_source_must_be_symmetric_int8_qdq(tiny_files):
     from onnxruntime.quantization import QuantFormat, QuantType
 
     sym = _qdq(tiny_files, "q_sym", activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-               extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-    asym = _qdq(tiny_files, "q_asym", activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+               extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    asym = _qdq(tiny_files, "q_asym", activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                extra_options={"QuantizeBias": False})
     qop = _qdq(tiny_files, "q_qop", quant_format=QuantFormat.QOperator)
+    bias32 = _qdq(tiny_files, "q_bias32", activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                  extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})  # ORT default: int32 biases
     facts = vtrt.onnx_facts(sym)
     assert facts["precision"] == "int8" and facts["precision_source"] == "graph"
     vtrt.check_source_precision(facts, "int8", sym)  # accepted
@@ -128,12 +131,63 @@ def test_int8_source_must_be_symmetric_int8_qdq(tiny_files):
     assert "\n" not in str(exc.value)
     with pytest.raises(InputError, match="QOperator format .*QLinearConv"):
         vtrt.check_source_precision(vtrt.onnx_facts(qop), "int8", qop)
+    # INT32 bias DequantizeLinear: TensorRT's parser takes INT8/FP8/INT4/FP4 Q/DQ only; the node is named
+    proto = onnx.load(str(bias32))
+    first_bias_dq = next(n.name for n in proto.graph.node if n.op_type == "DequantizeLinear"
+                         and any(i.name == n.input[0] and i.data_type == onnx.TensorProto.INT32
+                                 for i in proto.graph.initializer))
+    with pytest.raises(InputError) as exc:
+        vtrt.check_source_precision(vtrt.onnx_facts(bias32), "int8", bias32)
+    msg = str(exc.value)
+    assert f"Q/DQ node {first_bias_dq} is INT32 (a quantized bias)" in msg and "'QuantizeBias': False" in msg
+    assert "\n" not in msg
+    # other types TensorRT does not take (INT16 here), named by node, one line
+    i16 = onnx.load(str(sym))
+    zp = next(i for i in i16.graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.name.endswith("zero_point"))
+    zp.CopyFrom(onnx.numpy_helper.from_array(np.zeros(onnx.numpy_helper.to_array(zp).shape, np.int16), zp.name))
+    user = next(n for n in i16.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and zp.name in n.input)
+    if user.op_type == "DequantizeLinear" and any(i.name == user.input[0] for i in i16.graph.initializer):
+        pytest.fail("expected an activation zero point")  # weight DQs read the weight's own type first
+    with pytest.raises(InputError, match=rf"Q/DQ node {user.name} is INT16; TensorRT's ONNX parser takes "
+                                         r"INT8/FP8 \(E4M3FN\)/INT4/FP4 \(E2M1\) Q/DQ only$"):
+        vtrt.check_qdq_for_tensorrt(i16, sym)
     # a manifest that disagrees with the graph is refused (the quantize stage writes precision: int8)
     bad = tiny_files["dir"] / "claims_int8.onnx"
     bad.write_bytes(tiny_files["fp16"].read_bytes())
     write_manifest(bad, kind="onnx", inputs={}, settings={}, extra={"precision": "int8"})
     with pytest.raises(InputError, match="manifest says INT8 but the graph is FP16"):
         vtrt.check_source_precision(vtrt.onnx_facts(bad), "int8", bad)
+
+
+def test_one_qdq_file_for_cpu_and_tensorrt(tiny_files):
+    """Float biases (what TensorRT needs) cost the CPU nothing: ONNX Runtime's optimiser quantizes them
+    itself, so the graph it runs is the same QLinearConv/QGemm graph as with int32 bias DQ nodes, and
+    the outputs agree. This is why vggc writes one static QDQ file for both."""
+    from onnxruntime.quantization import QuantType
+
+    from vggc.compress.quantize_ort import optimized_op_types
+
+    common = {"activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8, "per_channel": True}
+    fbias = _qdq(tiny_files, "q_fbias_pc", **common,
+                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    ibias = _qdq(tiny_files, "q_ibias_pc", **common, extra_options={"ActivationSymmetric": True,
+                                                                     "WeightSymmetric": True})
+    ops_f, ops_i = optimized_op_types(fbias, threads=1), optimized_op_types(ibias, threads=1)
+    assert ops_f == ops_i and ops_f.get("QLinearConv") == 8 and ops_f.get("QGemm") == 3
+    x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    yf, yi = _run_repo_onnx(fbias, x), _run_repo_onnx(ibias, x)
+    assert (yf.argmax(1) == yi.argmax(1)).all() and np.abs(yf - yi).max() <= 0.05 * np.abs(yi).max()
+    # per-channel weights on the output-channel axis (axis 0 of Conv / transposed Gemm weights)
+    proto = onnx.load(str(fbias))
+    inits = {i.name: i for i in proto.graph.initializer}
+    consumers = {i: n for n in proto.graph.node for i in n.input}
+    weight_dqs = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(weight_dqs) == 11
+    for n in weight_dqs:
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        w = inits[n.input[0]]
+        assert axis == 0 and list(inits[n.input[1]].dims) == [w.dims[0]], (n.name, consumers[n.output[0]].op_type)
+    vtrt.check_qdq_for_tensorrt(proto, fbias)
 
 
 def test_gpu_backends_registered_with_reasons(tiny_files, tmp_path):

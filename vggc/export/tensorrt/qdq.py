@@ -11,14 +11,43 @@ from vggc.errors import InputError, ModelFormatError
 PRECISIONS = ("fp16", "int8")
 
 
+# ONNX TensorProto element types a Q/DQ node may carry in TensorRT's ONNX parser (onnx-tensorrt
+# docs/operators.md, QuantizeLinear / DequantizeLinear: "INT8, FP8, FP4, INT4", zero point must be zero)
+_TRT_QDQ_TYPES = {3: "INT8", 17: "FP8 (E4M3FN)", 22: "INT4", 23: "FP4 (E2M1)"}
+_ONNX_TYPE_NAMES = {1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64",
+                    10: "FLOAT16", 16: "BFLOAT16", 17: "FLOAT8E4M3FN", 18: "FLOAT8E4M3FNUZ", 19: "FLOAT8E5M2",
+                    20: "FLOAT8E5M2FNUZ", 21: "UINT4", 22: "INT4", 23: "FLOAT4E2M1"}
+
+
+def qdq_type(node, inits: dict, producers: dict) -> int | None:
+    """The quantized element type (ONNX TensorProto enum) of a QuantizeLinear / DequantizeLinear node:
+    a DQ's quantized input (initializer, zero point, or the Q that feeds it), a Q's zero point,
+    ``output_dtype`` attribute or ONNX's default UINT8. ``None`` when only run-time values decide it."""
+    zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if node.op_type == "DequantizeLinear":
+        if node.input[0] in inits:
+            return inits[node.input[0]].data_type
+        if zp is not None:
+            return zp.data_type
+        src = producers.get(node.input[0])
+        return qdq_type(src, inits, producers) if src is not None and src.op_type == "QuantizeLinear" else None
+    if zp is not None:
+        return zp.data_type
+    if len(node.input) > 2 and node.input[2]:
+        return None  # zero point computed by a node
+    for attr in node.attribute:
+        if attr.name == "output_dtype" and attr.i:
+            return int(attr.i)
+    return 2  # QuantizeLinear without a zero point: uint8 (ONNX spec)
+
+
 def check_qdq_for_tensorrt(proto, path: Path) -> None:
-    """Raise :class:`InputError` unless ``proto``'s quantization is TensorRT's explicit INT8 form:
-    QuantizeLinear/DequantizeLinear pairs (QDQ format, not QLinearConv & co.) with signed int8
-    zero points equal to 0 (TensorRT supports symmetric INT8 only; ONNX Runtime's default
-    ``activation_type=QUInt8`` gives uint8/asymmetric activations that TensorRT rejects).
-    For TensorRT, ONNX Runtime's quantizer also documents ``DedicatedQDQPair=True`` ("In TRT, QDQ
-    pair can't be shared between nodes", onnxruntime/quantization/qdq_quantizer.py) and
-    ``QuantizeBias=False`` keeps biases float; those are not enforced here."""
+    """Raise :class:`InputError` (one line, naming the node) unless ``proto``'s quantization is
+    TensorRT's explicit form: QuantizeLinear/DequantizeLinear (QDQ format, not QLinearConv & co.)
+    whose quantized type TensorRT's ONNX parser takes (INT8, FP8 E4M3, INT4, FP4 - so no INT32 bias
+    DQ, which ONNX Runtime writes unless ``QuantizeBias=False``, and no UINT8) and whose INT8 zero
+    points are 0 (TensorRT supports symmetric INT8 only; ONNX Runtime's default
+    ``activation_type=QUInt8`` gives uint8/asymmetric activations)."""
     import numpy as np
     from onnx import numpy_helper
 
@@ -28,20 +57,27 @@ def check_qdq_for_tensorrt(proto, path: Path) -> None:
         raise InputError(f"{path}: quantized in QOperator format ({', '.join(qop)}); TensorRT needs QDQ format "
                          "(quantize_static(..., quant_format=QuantFormat.QDQ))")
     inits = {i.name: i for i in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
     for n in proto.graph.node:
-        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3 or not n.input[2]:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        zp = inits.get(n.input[2])
-        if zp is None:
-            continue  # produced by a node; TensorRT's parser will judge it
-        if zp.data_type == 2:  # TensorProto.UINT8: ONNX Runtime's default QUInt8 activations
-            raise InputError(f"{path}: Q/DQ node {n.name or n.output[0]} is uint8 (asymmetric activations); TensorRT "
+        what = f"Q/DQ node {n.name or n.output[0]}"
+        t = qdq_type(n, inits, producers)
+        if t == 2:  # TensorProto.UINT8: ONNX Runtime's default QUInt8 activations
+            raise InputError(f"{path}: {what} is uint8 (asymmetric activations); TensorRT "
                              "needs symmetric int8: quantize with activation_type=QuantType.QInt8, weight_type="
                              "QuantType.QInt8, extra_options={'ActivationSymmetric': True, 'WeightSymmetric': True}")
-        if zp.data_type == 3 and np.any(numpy_helper.to_array(zp) != 0):  # INT8 with a non-zero zero point
-            raise InputError(f"{path}: Q/DQ node {n.name or n.output[0]} has a non-zero zero point; TensorRT "
+        if t == 6:  # TensorProto.INT32: ONNX Runtime's quantized biases
+            raise InputError(f"{path}: {what} is INT32 (a quantized bias); TensorRT's ONNX parser takes INT8/FP8/"
+                             "INT4/FP4 Q/DQ only: quantize with extra_options={'QuantizeBias': False} (biases stay "
+                             "float) - `vggc quantize --backend onnxruntime --mode static` does")
+        if t is not None and t not in _TRT_QDQ_TYPES:
+            raise InputError(f"{path}: {what} is {_ONNX_TYPE_NAMES.get(t, f'type {t}')}; TensorRT's ONNX parser "
+                             f"takes {'/'.join(_TRT_QDQ_TYPES.values())} Q/DQ only")
+        zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if zp is not None and zp.data_type == 3 and np.any(numpy_helper.to_array(zp) != 0):
+            raise InputError(f"{path}: {what} has a non-zero zero point; TensorRT "
                              "supports symmetric INT8 only (extra_options ActivationSymmetric/WeightSymmetric=True)")
-        # other zero-point types (int32 for quantized biases, fp8) are left to TensorRT's parser to judge
 
 
 def onnx_facts(onnx_path: Path) -> dict:
