@@ -333,153 +333,13 @@ def test_engine_built_elsewhere_fails_to_open_with_one_line(tmp_path, monkeypatc
 
 # ----------------------------------------------------------------------------- build orchestration on a fake TensorRT
 
-def fake_tensorrt(version="10.8.0.43", strongly_typed=True, layers=None, parse_ok=True):
-    """A stand-in for the ``tensorrt`` module with the API surface build_engine uses; it records calls."""
-    calls: dict = {"flags_set": [], "input_shapes": []}
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.calls = calls
-
-    class _Severity:
-        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
-
-    class ILogger:
-        Severity = _Severity
-
-        def __init__(self):
-            pass
-
-    trt.ILogger = ILogger
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(**({"STRONGLY_TYPED": 1} if strongly_typed else {}))
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.ProfilingVerbosity = types.SimpleNamespace(DETAILED="ProfilingVerbosity.DETAILED")
-    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8")
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
-    trt.LayerInformationFormat = types.SimpleNamespace(JSON="JSON")
-    info = json.dumps({"Layers": layers if layers is not None else
-                       [_layer("conv", "CaskConvolution", FP16_FMT), _layer("fc", "CaskGemmConvolution", FP16_FMT)]})
-
-    class Parser:
-        def __init__(self, network, logger):
-            calls["parser"] = True
-
-        def parse_from_file(self, path):
-            calls["parsed"] = path
-            return parse_ok
-
-        num_errors = 1
-
-        def get_error(self, i):
-            return types.SimpleNamespace(desc=lambda: "In node 3 (Conv): UNSUPPORTED_NODE: fake\nsecond line")
-
-    class Cache:
-        def __init__(self, data):
-            self.data = data
-
-        def serialize(self):
-            return b"CACHE:" + self.data
-
-    class Config:
-        def set_memory_pool_limit(self, pool, size):
-            calls["workspace"] = (pool, size)
-
-        def set_flag(self, flag):
-            calls["flags_set"].append(flag)
-
-        def add_optimization_profile(self, profile):
-            calls["profile"] = profile.shapes
-
-        def create_timing_cache(self, data):
-            calls["cache_in"] = data
-            return Cache(bytes(data))
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            self.cache = cache
-            return True
-
-        def get_timing_cache(self):
-            return self.cache
-
-    class Profile:
-        def set_shape(self, name, lo, opt, hi):
-            self.shapes = {"name": name, "min": lo, "opt": opt, "max": hi}
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            calls["network_flags"] = flags
-            return object()
-
-        def create_builder_config(self):
-            calls["config"] = Config()
-            return calls["config"]
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            calls["verbosity"] = config.profiling_verbosity
-            return b"FAKE-ENGINE"
-
-    class Context:
-        def set_input_shape(self, name, shape):
-            calls["input_shapes"].append((name, shape))
-            return True
-
-    class Inspector:
-        execution_context = None
-
-        def get_engine_information(self, fmt):
-            calls["inspector_had_context"] = self.execution_context is not None
-            return info
-
-    class Engine:
-        num_io_tensors = 2
-        num_layers = 2
-        profiling_verbosity = "ProfilingVerbosity.DETAILED"
-        names = ["input", "logits"]
-
-        def get_tensor_name(self, i):
-            return self.names[i]
-
-        def get_tensor_mode(self, name):
-            return "INPUT" if name == "input" else "OUTPUT"
-
-        def get_tensor_dtype(self, name):
-            return types.SimpleNamespace(name="FLOAT")
-
-        def get_tensor_shape(self, name):
-            return [-1, 3, 32, 32] if name == "input" else [-1, 10]
-
-        def get_tensor_profile_shape(self, name, index):
-            p = calls["profile"]
-            return [p["min"], p["opt"], p["max"]]
-
-        def create_execution_context(self):
-            return Context()
-
-        def create_engine_inspector(self):
-            return Inspector()
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            calls["deserialized"] = bytes(data)
-            return Engine()
-
-    trt.Builder, trt.OnnxParser, trt.Runtime = Builder, Parser, Runtime
-    return trt
-
-
 @pytest.fixture
 def fake_gpu(monkeypatch):
     monkeypatch.setattr(vtrt_probe, "cuda_reason", lambda: None)
     monkeypatch.setattr(vtrt_probe, "gpu_info", lambda device=0: {"gpu": "Fake GPU", "compute_capability": "9.0",
                                                              "gpu_memory_gib": 80.0, "cuda": "12.8"})
+
+    from fake_tensorrt import fake_tensorrt
 
     def install(**kw):
         trt = fake_tensorrt(**kw)
@@ -496,7 +356,8 @@ def test_build_engine_orchestration_on_fake_tensorrt(tiny_files, tmp_path, fake_
     facts = vtrt.build_engine(tiny_files["fp16"], out, precision="fp16", min_batch=1, opt_batch=32, max_batch=128,
                               workspace_gib=2, timing_cache=cache)
     c = trt.calls
-    assert c["network_flags"] == 1 << 1 and c["flags_set"] == []  # TRT 10: strongly typed, no precision flags
+    assert c["network_flags"] == 1 << 1  # TRT 10: strongly typed (the fake config has no set_flag to call)
+    assert c["caches_set"] == [(b"OLD", False)] and facts["timing_cache_rejected"] is False
     assert c["workspace"] == ("WORKSPACE", 2 * 2**30)
     assert c["profile"] == {"name": "input", "min": (1, 3, 32, 32), "opt": (32, 3, 32, 32), "max": (128, 3, 32, 32)}
     assert c["verbosity"] == "ProfilingVerbosity.DETAILED" and c["cache_in"] == b"OLD"
@@ -520,14 +381,75 @@ def test_build_engine_orchestration_on_fake_tensorrt(tiny_files, tmp_path, fake_
 def test_fake_build_typing_by_version_and_parse_errors(tiny_files, tmp_path, fake_gpu):
     trt = fake_gpu(version="11.1.0.5")
     vtrt.build_engine(tiny_files["fp16"], tmp_path / "a.engine", precision="fp16")
-    assert trt.calls["network_flags"] == 0 and trt.calls["flags_set"] == []  # 11.x: always strongly typed
-    trt = fake_gpu(version="9.3.0.1", strongly_typed=False)
-    vtrt.build_engine(tiny_files["fp16"], tmp_path / "b.engine", precision="fp16")
-    assert trt.calls["flags_set"] == ["FP16"]  # no STRONGLY_TYPED flag: weak typing with FP16 allowed
+    assert trt.calls["network_flags"] == 0  # 11.x: always strongly typed, no flag
+    trt = fake_gpu(version="10.16.1.11")
+    vtrt.build_engine(tiny_files["fp16"], tmp_path / "a10.engine", precision="fp16")
+    assert trt.calls["network_flags"] == 1 << 1  # 10.x: STRONGLY_TYPED
+    for version, st in (("9.3.0.1", False), ("10.0.0.6", False), ("8.6.1", True)):  # no weakly typed fallback
+        fake_gpu(version=version, strongly_typed=st)
+        with pytest.raises(UnavailableError, match=rf"^TensorRT {version}: vggc builds strongly typed networks and "
+                                                   r"needs TensorRT >= 10"):
+            vtrt.build_engine(tiny_files["fp16"], tmp_path / "b.engine", precision="fp16")
+        assert not (tmp_path / "b.engine").exists()
     fake_gpu(parse_ok=False)
     with pytest.raises(VggcError, match=r"TensorRT cannot parse .*In node 3 \(Conv\): UNSUPPORTED_NODE: fake$"):
         vtrt.build_engine(tiny_files["fp16"], tmp_path / "c.engine", precision="fp16")
     assert not (tmp_path / "c.engine").exists()
+
+
+@pytest.mark.parametrize("mode, why", [
+    ("corrupt", "Error Code 1: Serialization (Serialized timing cache version mismatch)"),
+    ("mismatch", "set_timing_cache refused it"),
+])
+def test_fake_build_rejected_timing_cache_is_reported_and_build_goes_on(tiny_files, tmp_path, fake_gpu, mode, why):
+    trt = fake_gpu(cache_mode=mode)
+    out, cache = tmp_path / "m.engine", tmp_path / "trt.cache"
+    cache.write_bytes(b"FROM-ANOTHER-TENSORRT")
+    facts = vtrt.build_engine(tiny_files["fp16"], out, precision="fp16", timing_cache=cache)
+    assert facts["timing_cache_rejected"] is True and facts["timing_cache_rejected_why"] == why
+    assert out.read_bytes() == b"FAKE-ENGINE"  # built without the cache ...
+    assert trt.calls["caches_set"][-1] == (b"", False) and cache.read_bytes() == b"CACHE:"  # ... and rewrote it
+    man = json.loads((tmp_path / "m.engine.json").read_text())
+    assert man["timing_cache_rejected"] is True and man["timing_cache_rejected_why"] == why
+    res = run("engine", tiny_files["fp16"], "--precision", "fp16", "--out", tmp_path / "cli.engine",
+              "--timing-cache", cache)
+    assert res.exit_code == 0, res.output  # the CLI says so and carries on
+    assert f"  timing cache rejected ({why}): built without it, rewritten\n" in res.output
+
+
+def test_precision_check_myelin_foreignnode_not_verifiable():
+    fc_inside = {"Name": "{ForeignNode[/classifier/0/Gemm.../classifier/6/Gemm]}", "LayerType": "Myelin",
+                 "Inputs": [{"Name": "x", "Format/Datatype": FP16_FMT}], "Outputs": [{"Name": "logits",
+                                                                                     "Format/Datatype": FP32_FMT}]}
+    convs = [_layer(f"conv{i}", "CaskConvolution", FP16_FMT, param="Convolution") for i in range(3)]
+    c = vtrt.check_layer_precision({"Layers": [*convs, fc_inside]}, "fp16")
+    assert c.compute_layers == 3 and c.matching == 3 and not c.offending  # the convs pass ...
+    assert not c.verified and not c.ok and not c.none_matching  # ... but the engine does not
+    d = c.to_dict()
+    assert d["not_verifiable"] == 1 and d["fused_layers"] == [fc_inside["Name"]] and d["ok"] is False
+    assert d["message"].startswith("precision not verifiable: 1 layer(s) fused into Myelin/ForeignNode "
+                                   "({ForeignNode[/classifier/0/Gemm")
+    assert "of the other 3 convolution/GEMM layers 3 run in FP16" in d["message"]
+    only = vtrt.check_layer_precision({"Layers": [{**fc_inside, "LayerType": "kgen"}]}, "fp16")  # by name alone
+    assert only.to_dict()["not_verifiable"] == 1 and not only.ok
+    # all inputs count: an FP16 conv whose second (residual) input is FP32 is not an FP16 layer
+    two = _layer("conv_add", "CaskConvolution", FP16_FMT, param="Convolution")
+    two["Inputs"].append({"Name": "skip", "Format/Datatype": FP32_FMT})
+    c2 = vtrt.check_layer_precision({"Layers": [two]}, "fp16")
+    assert [o["precision"] for o in c2.offending] == ["fp16+fp32"] and not c2.ok
+
+
+def test_fake_build_with_myelin_layer_needs_allow_mixed(tiny_files, tmp_path, fake_gpu):
+    layers = [_layer("conv0", "CaskConvolution", FP16_FMT),
+              {"Name": "{ForeignNode[/classifier/0/Gemm]}", "LayerType": "Myelin", "Inputs": [], "Outputs": []}]
+    fake_gpu(layers=layers)
+    with pytest.raises(VggcError, match="FP16 engine check failed: precision not verifiable: 1 layer.s. fused into "
+                                        "Myelin/ForeignNode .*pass --allow-mixed"):
+        vtrt.build_engine(tiny_files["fp16"], tmp_path / "m.engine", precision="fp16")
+    assert not (tmp_path / "m.engine").exists()
+    fake_gpu(layers=layers)
+    kept = vtrt.build_engine(tiny_files["fp16"], tmp_path / "m.engine", precision="fp16", allow_mixed=True)
+    assert kept["precision_check"]["not_verifiable"] == 1 and kept["precision_check"]["ok"] is False
 
 
 def test_fake_build_refuses_silently_fp32_engine(tiny_files, tmp_path, fake_gpu):

@@ -15,8 +15,9 @@ api/migration/tensorrt-10x-to-11x-python-api-reference.html). So
 * ``--precision int8`` needs a QDQ ONNX (``vggc quantize --backend onnxruntime --mode static``)
   with symmetric signed-int8 Q/DQ (TensorRT's explicit quantization).
 
-On TensorRT 10 the network is created with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` when
-the flag exists (10.x has it), else the old FP16/INT8 builder flags are set ("weak typing").
+The network is always strongly typed: created with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``
+on TensorRT 10.x, with no flag on 11+ (where it is the only mode); TensorRT < 10 is refused. No
+``BuilderFlag.FP16``/``INT8`` is ever set (11 removed them).
 
 After building, the engine is deserialised and its layers are read with the engine inspector
 (``ProfilingVerbosity.DETAILED`` + ``get_engine_information(LayerInformationFormat.JSON)``, with an
@@ -52,9 +53,16 @@ import time
 from pathlib import Path
 
 from vggc.artifacts import atomic_path, sha256_file, write_manifest
-from vggc.errors import InputError, VggcError, first_line
+from vggc.errors import InputError, UnavailableError, VggcError, first_line
 from vggc.export.tensorrt.inspector import check_layer_precision, inspect_engine, summarize_layers
-from vggc.export.tensorrt.probe import _make_logger, current_environment, import_tensorrt, require_cuda, trt_major
+from vggc.export.tensorrt.probe import (
+    INSTALL_HINT,
+    _make_logger,
+    current_environment,
+    import_tensorrt,
+    require_cuda,
+    trt_major,
+)
 from vggc.export.tensorrt.qdq import PRECISIONS, check_source_precision, onnx_facts
 from vggc.limits import MAX_BATCH
 
@@ -74,17 +82,48 @@ def check_batch_range(min_batch: int, opt_batch: int, max_batch: int) -> tuple[i
 
 
 
-def network_typing(trt) -> tuple[int, str]:
-    """Return ``(create_network flags, typing)``: TensorRT 11 is always strongly typed (its
-    STRONGLY_TYPED flag is deprecated and ignored); 10.x gets STRONGLY_TYPED when it has it; else
-    the caller sets FP16/INT8 builder flags (``typing == "weak"``)."""
+def network_typing(trt) -> int:
+    """Return the ``create_network`` flags of a strongly typed network (precision from the ONNX file):
+    0 on TensorRT 11+, where every network is strongly typed (its ``STRONGLY_TYPED`` flag is
+    deprecated); ``1 << STRONGLY_TYPED`` on 10.x. There is no weakly typed branch: TensorRT 11 removed
+    ``BuilderFlag.FP16``/``INT8``, and an older TensorRT without ``STRONGLY_TYPED`` is refused
+    (:class:`UnavailableError`)."""
     if trt_major(trt) >= 11:
-        return 0, "strong"
+        return 0
     flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
-    if flag is not None:
-        return 1 << int(flag), "strong"
-    return 0, "weak"
+    if trt_major(trt) < 10 or flag is None:
+        raise UnavailableError(f"TensorRT {trt.__version__}: vggc builds strongly typed networks and needs "
+                               f"TensorRT >= 10: {INSTALL_HINT}")
+    return 1 << int(flag)
 
+
+def attach_timing_cache(config, logger, data: bytes) -> tuple[object, str | None]:
+    """Attach a timing cache made from ``data`` to ``config``; return ``(cache, why_rejected)``.
+
+    A cache from another TensorRT version or a corrupt file is refused inside
+    ``create_timing_cache`` (TensorRT logs an error and may return None or raise) or by
+    ``set_timing_cache`` (False, e.g. another GPU). Either way the build goes on with a new, empty
+    cache, ``why_rejected`` says why (TensorRT's logged error), and those errors are taken back out
+    of ``logger.errors`` so they are not mistaken for a build failure."""
+    mark = len(logger.errors)
+    why = None
+    cache = None
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception as err:  # noqa: BLE001 - pybind raises RuntimeError/TypeError
+            why = first_line(err)
+        if why is None and (cache is None or len(logger.errors) > mark):
+            why = logger.errors[mark] if len(logger.errors) > mark else "create_timing_cache returned None"
+        if why is None and not config.set_timing_cache(cache, ignore_mismatch=False):
+            why = logger.errors[mark] if len(logger.errors) > mark else "set_timing_cache refused it"
+        del logger.errors[mark:]
+        if why is None:
+            return cache, None
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise VggcError("TensorRT refused a new, empty timing cache")
+    return cache, why
 
 
 def _check_out(out: Path, suffixes: tuple[str, ...], source: Path) -> None:
@@ -160,7 +199,7 @@ def _finish_engine(trt, engine_bytes: bytes, out: Path, *, precision: str, build
     return {"path": str(out), "manifest": str(out.with_name(out.name + ".json")), "precision": precision,
             "builder": builder, "size_bytes": out.stat().st_size, "build_seconds": round(build_seconds, 2),
             "precision_check": check.to_dict(), "layer_precision": doc["layer_precision"], **env,
-            "profile": doc["profile"]}
+            "profile": doc["profile"], **{k: v for k, v in extra.items() if k.startswith("timing_cache_")}}
 
 
 def build_engine(onnx_path, out, *, precision: str, min_batch: int = 1, opt_batch: int = 64, max_batch: int = 256,
@@ -171,7 +210,9 @@ def build_engine(onnx_path, out, *, precision: str, min_batch: int = 1, opt_batc
     (manifest, else embedded metadata, else graph) equals ``precision``, an INT8 file is symmetric
     int8 QDQ, the batch range is sane. Then: strongly typed network (TensorRT 10/11), one
     optimisation profile ``min/opt/max x C x H x W``, ``workspace_gib`` workspace pool, DETAILED
-    profiling verbosity, the timing cache ``timing_cache`` (read if it exists, written back),
+    profiling verbosity, the timing cache ``timing_cache`` (read if it exists, written back; one
+    TensorRT rejects - other version, other GPU, corrupt - is reported in ``timing_cache_rejected_why``
+    and the build goes on without it),
     engine-inspector precision check, engine + ``<out>.json`` written atomically.
 
     Raises :class:`InputError` (bad input), :class:`UnavailableError` (no tensorrt / CUDA),
@@ -195,7 +236,7 @@ def build_engine(onnx_path, out, *, precision: str, min_batch: int = 1, opt_batc
     require_cuda()
     env = current_environment(trt, device)
     logger = _make_logger(trt)
-    flags, typing = network_typing(trt)
+    flags = network_typing(trt)
     try:
         builder = trt.Builder(logger)
         network = builder.create_network(flags)
@@ -206,19 +247,11 @@ def build_engine(onnx_path, out, *, precision: str, min_batch: int = 1, opt_batc
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(float(workspace_gib) * 2**30))
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-        if typing == "weak":  # TensorRT < 10 without STRONGLY_TYPED: let the builder pick lower precision
-            config.set_flag(trt.BuilderFlag.FP16)
-            if precision == "int8":
-                config.set_flag(trt.BuilderFlag.INT8)
         profile = builder.create_optimization_profile()
         profile.set_shape(facts["input_name"], (min_batch, c, h, w), (opt_batch, c, h, w), (max_batch, c, h, w))
         config.add_optimization_profile(profile)
-        cache_rejected = False
-        cache = config.create_timing_cache(_read_timing_cache(tc))
-        if not config.set_timing_cache(cache, ignore_mismatch=False):
-            # a cache from another GPU/TensorRT version: start empty (and overwrite it) rather than fail
-            cache_rejected = True
-            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        # a cache from another GPU/TensorRT version or a corrupt one: reported, built without it, overwritten
+        _cache, cache_rejected = attach_timing_cache(config, logger, _read_timing_cache(tc))
         t0 = time.perf_counter()
         serialized = builder.build_serialized_network(network, config)
         build_s = time.perf_counter() - t0
@@ -234,10 +267,11 @@ def build_engine(onnx_path, out, *, precision: str, min_batch: int = 1, opt_batc
 
     mf = facts["model"]
     settings = {"precision": precision, "min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
-                "workspace_gib": workspace_gib, "timing_cache": str(tc) if tc else None, "typing": typing,
+                "workspace_gib": workspace_gib, "timing_cache": str(tc) if tc else None, "typing": "strong",
                 "allow_mixed": allow_mixed, "device": device}
-    extra = {"typing": typing, "preprocess": mf.preprocess.to_dict(), "params": mf.params, "macs": mf.macs,
-             "arch": mf.arch, "timing_cache_written": cache_written, "timing_cache_rejected": cache_rejected,
+    extra = {"typing": "strong", "preprocess": mf.preprocess.to_dict(), "params": mf.params, "macs": mf.macs,
+             "arch": mf.arch, "timing_cache_written": cache_written, "timing_cache_rejected": cache_rejected is not None,
+             "timing_cache_rejected_why": cache_rejected,
              "source_onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path),
                              "precision": facts["precision"], "precision_source": facts["precision_source"]}}
     return _finish_engine(trt, engine_bytes, out, precision=precision, builder="tensorrt", allow_mixed=allow_mixed,

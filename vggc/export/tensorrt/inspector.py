@@ -57,8 +57,20 @@ def tensor_precision(tensor: Any) -> str:
     return "unknown"
 
 
+def is_fused_layer(layer: dict) -> bool:
+    """True for a layer TensorRT compiled into a Myelin graph / ForeignNode: its inspector entry
+    lists only the fused subgraph's boundary tensors, so the precision of the convolutions and
+    GEMMs inside cannot be read."""
+    lt = str(layer.get("LayerType", "")).lower()
+    name = str(layer.get("Name", ""))
+    return "myelin" in lt or "foreign" in lt or "ForeignNode" in name
+
+
 def is_compute_layer(layer: dict) -> bool:
-    """True for convolution / GEMM / matrix-multiply layers (their precision is the engine's)."""
+    """True for convolution / GEMM / matrix-multiply layers (their precision is the engine's);
+    False for layers fused into Myelin/ForeignNode (:func:`is_fused_layer`), counted apart."""
+    if is_fused_layer(layer):
+        return False
     if layer.get("ParameterType") in _COMPUTE_PARAMETER_TYPES:
         return True
     lt = str(layer.get("LayerType", "")).lower()
@@ -68,12 +80,11 @@ def is_compute_layer(layer: dict) -> bool:
 
 
 def layer_precision(layer: dict) -> str:
-    """A layer's compute precision: that of its first input with a known type."""
-    for t in layer.get("Inputs") or []:
-        p = tensor_precision(t)
-        if p != "unknown":
-            return p
-    return "unknown"
+    """A layer's compute precision from ALL its inputs with a known type: that precision when they
+    agree, ``"a+b"`` (sorted) when they differ (e.g. an FP16 conv fused with an FP32 residual
+    input), ``unknown`` when none has a type."""
+    seen = sorted({p for p in (tensor_precision(t) for t in layer.get("Inputs") or []) if p != "unknown"})
+    return "+".join(seen) if seen else "unknown"
 
 
 def _layers(info: str | dict | list) -> list:
@@ -92,16 +103,18 @@ def summarize_layers(info: str | dict | list) -> dict:
 
     Returns ``layers`` (all), ``detailed`` (False when the engine was built without DETAILED
     profiling verbosity: layers are bare names), ``by_precision`` (all layers), ``compute_layers``
-    and ``compute_by_precision`` (conv/GEMM only) and ``compute`` (name, type, precision of each).
+    and ``compute_by_precision`` (conv/GEMM only), ``compute`` (name, type, precision of each) and
+    ``fused`` (names of the Myelin/ForeignNode layers, whose precision is not verifiable).
     """
     layers = _layers(info)
     detailed = [ly for ly in layers if isinstance(ly, dict)]
     compute = [{"name": str(ly.get("Name", "?")), "type": str(ly.get("LayerType", "?")),
                 "precision": layer_precision(ly)} for ly in detailed if is_compute_layer(ly)]
+    fused = [str(ly.get("Name", "?")) for ly in detailed if is_fused_layer(ly)]
     return {"layers": len(layers), "detailed": bool(detailed) and len(detailed) == len(layers),
             "by_precision": dict(Counter(layer_precision(ly) for ly in detailed)),
             "compute_layers": len(compute), "compute_by_precision": dict(Counter(c["precision"] for c in compute)),
-            "compute": compute}
+            "compute": compute, "fused": fused}
 
 
 @dataclass
@@ -114,11 +127,13 @@ class PrecisionCheck:
     offending: list[dict] = field(default_factory=list)  # known precision != requested
     unknown: int = 0
     detailed: bool = True
+    fused: list[str] = field(default_factory=list)  # Myelin/ForeignNode layers: precision not verifiable
 
     @property
     def verified(self) -> bool:
-        """True when the inspector gave a type for every compute layer (and there is at least one)."""
-        return self.detailed and self.compute_layers > 0 and self.unknown == 0
+        """True when the inspector gave a type for every compute layer (and there is at least one) and
+        no layer hides its precision inside a Myelin/ForeignNode."""
+        return self.detailed and self.compute_layers > 0 and self.unknown == 0 and not self.fused
 
     @property
     def ok(self) -> bool:
@@ -132,6 +147,13 @@ class PrecisionCheck:
         want = self.requested.upper()
         if not self.detailed:
             return "layer precisions unverifiable: engine built without DETAILED profiling verbosity"
+        if self.fused:
+            names = ", ".join(n[:60] for n in self.fused[:2]) + (f" (+{len(self.fused) - 2} more)"
+                                                               if len(self.fused) > 2 else "")
+            seen = (f"; of the other {self.compute_layers} convolution/GEMM layers {self.matching} run in {want}"
+                    if self.compute_layers else "")
+            return (f"precision not verifiable: {len(self.fused)} layer(s) fused into Myelin/ForeignNode "
+                    f"({names}){seen}")
         if self.compute_layers == 0:
             return "layer precisions unverifiable: the engine inspector lists no convolution/GEMM layers"
         if self.unknown:
@@ -149,6 +171,7 @@ class PrecisionCheck:
     def to_dict(self) -> dict:
         return {"requested": self.requested, "ok": self.ok, "verified": self.verified,
                 "compute_layers": self.compute_layers, "matching": self.matching, "unknown": self.unknown,
+                "not_verifiable": len(self.fused), "fused_layers": self.fused[:50],
                 "offending": self.offending[:50], "message": self.message()}
 
 
@@ -159,7 +182,7 @@ def check_layer_precision(info: str | dict | list, requested: str) -> PrecisionC
     unknown = sum(1 for c in s["compute"] if c["precision"] == "unknown")
     matching = sum(1 for c in s["compute"] if c["precision"] == requested)
     return PrecisionCheck(requested, s["compute_layers"], matching, offending, unknown,
-                          detailed=s["detailed"] or s["layers"] == 0)
+                          detailed=s["detailed"] or s["layers"] == 0, fused=s["fused"])
 
 
 
