@@ -578,6 +578,45 @@ def test_export_triton_repo_configs_parse_and_onnx_runs(tiny_files):
     assert [m["name"] for m in again["models"]] == ["tiny16"]
 
 
+def test_export_triton_without_out_and_trt_model_always_gpu(tiny_files, tmp_path):
+    """`vggc export WEIGHTS --triton DIR` (no --out): the model is named after the weights' stem and the
+    ONNX goes only into the repository; --triton-instance cpu applies to the ONNX model, the TensorRT
+    plan stays KIND_GPU; every config parses with Triton's own ModelConfig."""
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    weights = src / "tiny.pt"
+    shutil.copyfile(tiny_files["weights"], weights)
+    engine = _fake_engine_for_triton(src)
+    before = sorted(p.name for p in src.iterdir())
+    repo = tmp_path / "repo"
+    res = run("export", weights, "--no-parity", "--triton", repo, "--triton-instance", "cpu",
+              "--triton-engine", engine, "--json")
+    assert res.exit_code == 0, res.output
+    facts = json.loads(res.stdout)
+    assert facts["repository_only"] is True and facts["path"] == str(repo / "tiny" / "1" / "model.onnx")
+    assert sorted(p.name for p in src.iterdir()) == before  # nothing written beside the weights
+    files = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
+    assert files == ["tiny/1/model.onnx", "tiny/config.pbtxt", "tiny/config.pbtxt.json",
+                     "tiny_trt/1/model.plan", "tiny_trt/config.pbtxt", "tiny_trt/config.pbtxt.json"]
+    onnx_pb = parse_with_protobuf((repo / "tiny" / "config.pbtxt").read_text())
+    trt_pb = parse_with_protobuf((repo / "tiny_trt" / "config.pbtxt").read_text())
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    assert [g.kind for g in onnx_pb.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    assert [g.kind for g in trt_pb.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert onnx_pb.name == "tiny" and trt_pb.name == "tiny_trt" and trt_pb.platform == "tensorrt_plan"
+    # the repository's ONNX is a complete model (it runs) with the export's precision
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert _run_repo_onnx(repo / "tiny" / "1" / "model.onnx", x).shape == (2, 10)
+    # the plain CLI output names the repository file
+    res = run("export", weights, "--no-parity", "--triton", tmp_path / "repo2")
+    assert res.exit_code == 0, res.output
+    assert f"wrote {tmp_path / 'repo2' / 'tiny' / '1' / 'model.onnx'}" in res.output
+    assert_one_line_error(run("export", weights, "--no-parity"), 2, "--out FILE is needed unless --triton DIR")
+
+
 def test_triton_bad_options_write_nothing(tiny_files, tmp_path):
     out = tmp_path / "t.onnx"
     repo = tmp_path / "repo"

@@ -10,7 +10,8 @@
 
 Each config has ``max_batch_size``, input/output ``dims`` without the batch dimension,
 ``dynamic_batching`` (preferred batch sizes + ``max_queue_delay_microseconds``) and one
-``instance_group`` (``KIND_GPU`` count 1, or ``KIND_CPU``). Field names follow Triton's
+``instance_group`` (``KIND_GPU`` count 1, or ``KIND_CPU`` for the ONNX model; a TensorRT plan is
+always ``KIND_GPU``, the only kind Triton runs it on). Field names follow Triton's
 ``ModelConfig`` protobuf (triton-inference-server/common, protobuf/model_config.proto: ``name``=1,
 ``platform``=2, ``max_batch_size``=4, ``input``=5, ``output``=6, ``instance_group``=7,
 ``dynamic_batching``=11; ``ModelDynamicBatching.preferred_batch_size``=1,
@@ -331,10 +332,12 @@ def write_triton_repo(repo, onnx_path, *, name: str | None = None, engine=None, 
         eio = _engine_io(engine)
         trt_max = min(int(max_batch), int(eio["max_batch"]))
         trt_name = f"{name}_trt"
+        # a tensorrt_plan model runs on GPUs only: Triton refuses it on KIND_CPU, whatever the ONNX model uses
+        trt_common = {**common, "instance_kind": "gpu"}
         cfg = model_config(trt_name, TRT_PLATFORM, max_batch=trt_max, preferred=_preferred(eio["opt_batch"], trt_max),
                            **{k: eio[k] for k in ("input_name", "input_type", "input_dims", "output_name",
-                                                  "output_type", "output_dims")}, **common)
-        d = _write_model_dir(repo, trt_name, cfg, engine, "model.plan", {"max_batch": trt_max, **common})
+                                                  "output_type", "output_dims")}, **trt_common)
+        d = _write_model_dir(repo, trt_name, cfg, engine, "model.plan", {"max_batch": trt_max, **trt_common})
         models.append({"name": trt_name, "platform": TRT_PLATFORM, "dir": str(d), "config": str(d / "config.pbtxt"),
                        "max_batch_size": trt_max, "precision": eio["precision"], "tensorrt": eio["tensorrt"],
                        "gpu": eio["gpu"]})
