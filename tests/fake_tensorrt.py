@@ -11,26 +11,88 @@ drift apart. ``calls`` (a dict) records what was called; it is the only helper n
 from __future__ import annotations
 
 import json
+import sys
 import types
 
 HELPER_NAMES = {"calls"}  # module attributes that are test helpers, not TensorRT names
 
 
-class _Strict:
-    """Instances accept only attributes their class declares (or private ``_x`` ones)."""
+_RECORD: list = []  # (owner, name, n_positional or None, keyword names or None) of every public access
+
+
+def _record(owner: str, name: str, nargs=None, kws=None) -> None:
+    """Record an access made by the code under test (the fake's own accesses are not its usage)."""
+    if sys._getframe(2).f_globals.get("__name__") == __name__:
+        return
+    if not name.startswith("_") or name == "__init__":
+        _RECORD.append((owner, name, nargs, tuple(sorted(kws)) if kws is not None else None))
+
+
+def recorded() -> list:
+    """Every public TensorRT name the code under test touched on the fake (owner, name, n_positional,
+    keywords); owner ``<module>`` for module attributes. Cleared by :func:`fake_tensorrt`."""
+    return list(_RECORD)
+
+
+class _Meta(type):
+    """Records class-level accesses (``trt.ILogger.Severity``, enum members) and constructions."""
+
+    def __getattribute__(cls, name):
+        owner = type.__getattribute__(cls, "_fake_owner")
+        if owner and name not in ("_fake_owner", "__name__", "__qualname__", "__mro__", "__dict__"):
+            _record(owner, name)
+        return type.__getattribute__(cls, name)
+
+    def __call__(cls, *args, **kwargs):
+        owner = type.__getattribute__(cls, "_fake_owner")
+        if owner:
+            _record(owner, "__init__", len(args), kwargs)
+        return type.__call__(cls, *args, **kwargs)
+
+
+class _Strict(metaclass=_Meta):
+    """Instances accept only attributes their class declares (or private ``_x`` ones) and record
+    every public attribute read and method call (with its argument shape)."""
+
+    _fake_owner = None
 
     def __setattr__(self, name, value):
         if not name.startswith("_") and not hasattr(type(self), name):
             raise AttributeError(f"fake tensorrt: {type(self).__name__} has no attribute {name!r}")
+        if not name.startswith("_"):
+            _record(type(self)._fake_owner, name)
         object.__setattr__(self, name, value)
 
+    def __getattribute__(self, name):
+        value = object.__getattribute__(self, name)
+        if name.startswith("_"):
+            return value
+        owner = type(self)._fake_owner
+        if callable(value):
+            def call(*args, **kwargs):
+                _record(owner, name, len(args), kwargs)
+                return value(*args, **kwargs)
+            return call
+        _record(owner, name)
+        return value
 
-class _Members:
-    """An enum stand-in: members are class attributes whose value is their qualified name."""
+
+class _Members(metaclass=_Meta):
+    """An enum stand-in: members are class attributes."""
+
+    _fake_owner = None
 
 
 def _enum(name: str, members: dict):
-    return type(name, (_Members,), dict(members))
+    """An enum class for the real enum ``name`` (``"ILogger.Severity"`` for a nested one)."""
+    return type(name.split(".")[-1], (_Members,), {"_fake_owner": name, **members})
+
+
+class _RecordingModule(types.ModuleType):
+    def __getattribute__(self, name):
+        if not name.startswith("_") and name not in HELPER_NAMES:
+            _record("<module>", name)
+        return super().__getattribute__(name)
 
 
 def fake_tensorrt(version="10.8.0.43", strongly_typed=True, layers=None, parse_ok=True, cache_mode="ok"):
@@ -38,12 +100,14 @@ def fake_tensorrt(version="10.8.0.43", strongly_typed=True, layers=None, parse_o
     error and returns None for non-empty data, as TensorRT does for another version's or a damaged
     cache); ``mismatch`` (set_timing_cache returns False for a non-empty cache: another GPU)."""
     calls: dict = {"input_shapes": [], "caches_set": []}
-    trt = types.ModuleType("tensorrt")
+    _RECORD.clear()
+    trt = _RecordingModule("tensorrt")
     trt.__version__ = version
     trt.calls = calls
 
-    class ILogger:  # subclassed by vggc (which adds attributes), like the real pybind11 class
-        Severity = _enum("Severity", {m: i for i, m in enumerate(("INTERNAL_ERROR", "ERROR", "WARNING", "INFO",
+    class ILogger(metaclass=_Meta):  # subclassed by vggc (which adds attributes), like the real pybind11 class
+        _fake_owner = "ILogger"
+        Severity = _enum("ILogger.Severity", {m: i for i, m in enumerate(("INTERNAL_ERROR", "ERROR", "WARNING", "INFO",
                                                                   "VERBOSE"))})
 
         def __init__(self):
@@ -83,19 +147,16 @@ def fake_tensorrt(version="10.8.0.43", strongly_typed=True, layers=None, parse_o
         def get_error(self, index):
             return ParserError()
 
-    class ITimingCache(_Strict):
-        def __init__(self, data):
-            self._data = data
+    class ITimingCache(_Strict):  # made by IBuilderConfig.create_timing_cache only (no public constructor)
+        _data = b""
 
         def serialize(self):
             return b"CACHE:" + self._data
 
     class IBuilderConfig(_Strict):
         profiling_verbosity = None
-
-        def __init__(self, logger):
-            self._logger = logger
-            self._cache = None
+        _logger = None  # set by Builder.create_builder_config (no public constructor)
+        _cache = None
 
         def set_memory_pool_limit(self, pool, pool_size):
             calls["workspace"] = (pool, pool_size)
@@ -110,7 +171,9 @@ def fake_tensorrt(version="10.8.0.43", strongly_typed=True, layers=None, parse_o
                 self._logger.log(ILogger.Severity.ERROR, "Error Code 1: Serialization (Serialized timing cache "
                                  "version mismatch)\ndetails")
                 return None
-            return ITimingCache(data)
+            cache = ITimingCache()
+            cache._data = data
+            return cache
 
         def set_timing_cache(self, cache, ignore_mismatch):
             calls["caches_set"].append((cache._data, ignore_mismatch))
@@ -135,8 +198,10 @@ def fake_tensorrt(version="10.8.0.43", strongly_typed=True, layers=None, parse_o
             return object()
 
         def create_builder_config(self):
-            calls["config"] = IBuilderConfig(self._logger)
-            return calls["config"]
+            config = IBuilderConfig()
+            config._logger = self._logger
+            calls["config"] = config
+            return config
 
         def create_optimization_profile(self):
             return IOptimizationProfile()
@@ -196,6 +261,7 @@ def fake_tensorrt(version="10.8.0.43", strongly_typed=True, layers=None, parse_o
     trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
     # classes vggc reaches through return values, exposed under their real names for the API check
     for cls in (ParserError, ITimingCache, IBuilderConfig, IOptimizationProfile, IExecutionContext, EngineInspector,
-                ICudaEngine):
+                ICudaEngine, Builder, OnnxParser, Runtime):
+        cls._fake_owner = cls.__name__
         setattr(trt, cls.__name__, cls)
     return trt

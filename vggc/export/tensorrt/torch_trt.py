@@ -67,6 +67,36 @@ def torch_tensorrt_typing_kwargs(tt, fn) -> dict:
     return _supported_kwargs(fn, {"use_explicit_typing": True})
 
 
+# the keywords vggc passes to Torch-TensorRT's entry points (checked against its source in tests/test_trt_api.py)
+COMPILE_KEYWORDS = ("ir", "arg_inputs")  # + compile_options() + torch_tensorrt_typing_kwargs()
+ENGINE_KEYWORDS = ("arg_inputs", "ir")  # convert_method_to_trt_engine(model, "forward", ...)
+INPUT_KEYWORDS = ("min_shape", "opt_shape", "max_shape", "dtype")  # torch_tensorrt.Input(...)
+
+
+def compile_options(workspace_gib: float, timing_cache: Path | None) -> dict:
+    """The Torch-TensorRT compile settings vggc passes (to ``compile`` and
+    ``convert_method_to_trt_engine``, which forward them to the dynamo compiler)."""
+    options = {"workspace_size": int(float(workspace_gib) * 2**30), "min_block_size": 1,
+               "require_full_compilation": True}
+    if timing_cache is not None:
+        options["timing_cache_path"] = str(timing_cache)
+    return options
+
+
+def save_options(save_params, x, min_batch: int, max_batch: int) -> dict:
+    """Keywords for ``torch_tensorrt.save`` given its parameter names ``save_params``: an exported
+    program, the example input, and (2.12+) a dynamic batch dimension with ``retrace=True``."""
+    import torch
+
+    save_kw: dict[str, Any] = {"output_format": "exported_program", "arg_inputs": [x]}
+    if "dynamic_shapes" in save_params:  # 2.12+: keep the batch dimension dynamic in the saved program
+        save_kw["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch", min=min_batch, max=max_batch)}}
+        save_kw["retrace"] = True
+    elif "retrace" in save_params:  # older: serialise the compiled graph's own symbolic shapes
+        save_kw["retrace"] = False
+    return save_kw
+
+
 def build_torch_tensorrt(weights, out, *, precision: str = "fp16", min_batch: int = 1, opt_batch: int = 64,
                          max_batch: int = 256, workspace_gib: float = 4, timing_cache=None,
                          allow_mixed: bool = False, device: int = 0) -> dict:
@@ -107,10 +137,7 @@ def build_torch_tensorrt(weights, out, *, precision: str = "fp16", min_batch: in
     model = _fp32_io_half_model(lm.model).to(dev)
     spec = tt.Input(min_shape=(min_batch, 3, s, s), opt_shape=(opt_batch, 3, s, s), max_shape=(max_batch, 3, s, s),
                     dtype=torch.float32)
-    options = {"workspace_size": int(float(workspace_gib) * 2**30), "min_block_size": 1,
-               "require_full_compilation": True}
-    if tc is not None:
-        options["timing_cache_path"] = str(tc)
+    options = compile_options(workspace_gib, tc)
     env = {"torch_tensorrt": str(getattr(tt, "__version__", "?"))}
     trt = None
     with contextlib.suppress(UnavailableError):
@@ -156,13 +183,7 @@ def build_torch_tensorrt(weights, out, *, precision: str = "fp16", min_batch: in
         got = (got[0] if isinstance(got, (tuple, list)) else got).float()
     max_diff = float((got - ref).abs().max())
     agree = float((got.argmax(1) == ref.argmax(1)).float().mean())
-    save_kw: dict[str, Any] = {"output_format": "exported_program", "arg_inputs": [x]}
-    save_params = inspect.signature(tt.save).parameters
-    if "dynamic_shapes" in save_params:  # 2.12+: keep the batch dimension dynamic in the saved program
-        save_kw["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch", min=min_batch, max=max_batch)}}
-        save_kw["retrace"] = True
-    elif "retrace" in save_params:  # older: serialise the compiled graph's own symbolic shapes
-        save_kw["retrace"] = False
+    save_kw = save_options(inspect.signature(tt.save).parameters, x, min_batch, max_batch)
     try:
         with atomic_path(out) as tmp:
             tt.save(trt_gm, str(tmp), **save_kw)
