@@ -10,7 +10,7 @@ Steps: :func:`vggc.export.onnx.export_onnx` (dynamo exporter, dynamic batch) ->
   Q/DQ is what TensorRT's explicit-quantization parser accepts, so the same file is the input of
   ``vggc engine --precision int8``. On the CPU, ONNX Runtime quantizes the float bias itself and
   fuses each DQ -> Conv -> Q group into ``QLinearConv`` (and Gemm into ``QGemm``), i.e. real int8
-  kernels: the optimised graph is the same as with int32 biases (checked in tests/test_quantize.py).
+  kernels: the optimised graph is the same as with int32 biases (tests/test_gpu_deploy.py checks it).
 * **dynamic**: ``quantize_dynamic`` restricted to ``MatMul``/``Gemm`` (the Linear layers): weights
   int8, activations quantized at run time. Convolutions are *not* quantized: ORT's dynamic
   ``ConvInteger`` has no optimised CPU kernel and made this VGG16 ~5x slower than FP32 here.
