@@ -23,9 +23,10 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from vggc import runtime  # noqa: E402
-from vggc.artifacts import save_state_dict, write_manifest  # noqa: E402
+from vggc.artifacts import save_state_dict, sha256_file, write_manifest  # noqa: E402
 from vggc.errors import InputError, UnavailableError, VggcError  # noqa: E402
 from vggc.export import tensorrt as vtrt  # noqa: E402
+from vggc.export.tensorrt import probe as vtrt_probe  # noqa: E402
 from vggc.export.triton import parse_pbtxt, to_pbtxt, write_triton_repo  # noqa: E402
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -114,9 +115,12 @@ def test_int8_source_must_be_symmetric_int8_qdq(tiny_files):
     from onnxruntime.quantization import QuantFormat, QuantType
 
     sym = _qdq(tiny_files, "q_sym", activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-               extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-    asym = _qdq(tiny_files, "q_asym", activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+               extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    asym = _qdq(tiny_files, "q_asym", activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                extra_options={"QuantizeBias": False})
     qop = _qdq(tiny_files, "q_qop", quant_format=QuantFormat.QOperator)
+    bias32 = _qdq(tiny_files, "q_bias32", activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                  extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})  # ORT default: int32 biases
     facts = vtrt.onnx_facts(sym)
     assert facts["precision"] == "int8" and facts["precision_source"] == "graph"
     vtrt.check_source_precision(facts, "int8", sym)  # accepted
@@ -127,12 +131,63 @@ def test_int8_source_must_be_symmetric_int8_qdq(tiny_files):
     assert "\n" not in str(exc.value)
     with pytest.raises(InputError, match="QOperator format .*QLinearConv"):
         vtrt.check_source_precision(vtrt.onnx_facts(qop), "int8", qop)
+    # INT32 bias DequantizeLinear: TensorRT's parser takes INT8/FP8/INT4/FP4 Q/DQ only; the node is named
+    proto = onnx.load(str(bias32))
+    first_bias_dq = next(n.name for n in proto.graph.node if n.op_type == "DequantizeLinear"
+                         and any(i.name == n.input[0] and i.data_type == onnx.TensorProto.INT32
+                                 for i in proto.graph.initializer))
+    with pytest.raises(InputError) as exc:
+        vtrt.check_source_precision(vtrt.onnx_facts(bias32), "int8", bias32)
+    msg = str(exc.value)
+    assert f"Q/DQ node {first_bias_dq} is INT32 (a quantized bias)" in msg and "'QuantizeBias': False" in msg
+    assert "\n" not in msg
+    # other types TensorRT does not take (INT16 here), named by node, one line
+    i16 = onnx.load(str(sym))
+    zp = next(i for i in i16.graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.name.endswith("zero_point"))
+    zp.CopyFrom(onnx.numpy_helper.from_array(np.zeros(onnx.numpy_helper.to_array(zp).shape, np.int16), zp.name))
+    user = next(n for n in i16.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and zp.name in n.input)
+    if user.op_type == "DequantizeLinear" and any(i.name == user.input[0] for i in i16.graph.initializer):
+        pytest.fail("expected an activation zero point")  # weight DQs read the weight's own type first
+    with pytest.raises(InputError, match=rf"Q/DQ node {user.name} is INT16; TensorRT's ONNX parser takes "
+                                         r"INT8/FP8 \(E4M3FN\)/INT4/FP4 \(E2M1\) Q/DQ only$"):
+        vtrt.check_qdq_for_tensorrt(i16, sym)
     # a manifest that disagrees with the graph is refused (the quantize stage writes precision: int8)
     bad = tiny_files["dir"] / "claims_int8.onnx"
     bad.write_bytes(tiny_files["fp16"].read_bytes())
     write_manifest(bad, kind="onnx", inputs={}, settings={}, extra={"precision": "int8"})
     with pytest.raises(InputError, match="manifest says INT8 but the graph is FP16"):
         vtrt.check_source_precision(vtrt.onnx_facts(bad), "int8", bad)
+
+
+def test_one_qdq_file_for_cpu_and_tensorrt(tiny_files):
+    """Float biases (what TensorRT needs) cost the CPU nothing: ONNX Runtime's optimiser quantizes them
+    itself, so the graph it runs is the same QLinearConv/QGemm graph as with int32 bias DQ nodes, and
+    the outputs agree. This is why vggc writes one static QDQ file for both."""
+    from onnxruntime.quantization import QuantType
+
+    from vggc.compress.quantize_ort import optimized_op_types
+
+    common = {"activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8, "per_channel": True}
+    fbias = _qdq(tiny_files, "q_fbias_pc", **common,
+                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    ibias = _qdq(tiny_files, "q_ibias_pc", **common, extra_options={"ActivationSymmetric": True,
+                                                                     "WeightSymmetric": True})
+    ops_f, ops_i = optimized_op_types(fbias, threads=1), optimized_op_types(ibias, threads=1)
+    assert ops_f == ops_i and ops_f.get("QLinearConv") == 8 and ops_f.get("QGemm") == 3
+    x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    yf, yi = _run_repo_onnx(fbias, x), _run_repo_onnx(ibias, x)
+    assert (yf.argmax(1) == yi.argmax(1)).all() and np.abs(yf - yi).max() <= 0.05 * np.abs(yi).max()
+    # per-channel weights on the output-channel axis (axis 0 of Conv / transposed Gemm weights)
+    proto = onnx.load(str(fbias))
+    inits = {i.name: i for i in proto.graph.initializer}
+    consumers = {i: n for n in proto.graph.node for i in n.input}
+    weight_dqs = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(weight_dqs) == 11
+    for n in weight_dqs:
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        w = inits[n.input[0]]
+        assert axis == 0 and list(inits[n.input[1]].dims) == [w.dims[0]], (n.name, consumers[n.output[0]].op_type)
+    vtrt.check_qdq_for_tensorrt(proto, fbias)
 
 
 def test_gpu_backends_registered_with_reasons(tiny_files, tmp_path):
@@ -268,7 +323,7 @@ def test_engine_built_elsewhere_fails_to_open_with_one_line(tmp_path, monkeypatc
     write_manifest(eng, kind="tensorrt-engine", inputs={}, settings={}, extra={"precision": "fp16", **BUILT})
     monkeypatch.setattr(gpu_backends, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.13.0.35"))
     monkeypatch.setattr(gpu_backends, "require_cuda", lambda *a: None)
-    monkeypatch.setattr(vtrt, "gpu_info", lambda device=0: {"gpu": "NVIDIA L4", "compute_capability": "8.9"})
+    monkeypatch.setattr(vtrt_probe, "gpu_info", lambda device=0: {"gpu": "NVIDIA L4", "compute_capability": "8.9"})
     with pytest.raises(InputError) as exc:
         gpu_backends.check_engine_here(runtime.describe(eng))
     msg = str(exc.value)
@@ -278,153 +333,13 @@ def test_engine_built_elsewhere_fails_to_open_with_one_line(tmp_path, monkeypatc
 
 # ----------------------------------------------------------------------------- build orchestration on a fake TensorRT
 
-def fake_tensorrt(version="10.8.0.43", strongly_typed=True, layers=None, parse_ok=True):
-    """A stand-in for the ``tensorrt`` module with the API surface build_engine uses; it records calls."""
-    calls: dict = {"flags_set": [], "input_shapes": []}
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.calls = calls
-
-    class _Severity:
-        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
-
-    class ILogger:
-        Severity = _Severity
-
-        def __init__(self):
-            pass
-
-    trt.ILogger = ILogger
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(**({"STRONGLY_TYPED": 1} if strongly_typed else {}))
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.ProfilingVerbosity = types.SimpleNamespace(DETAILED="ProfilingVerbosity.DETAILED")
-    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8")
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
-    trt.LayerInformationFormat = types.SimpleNamespace(JSON="JSON")
-    info = json.dumps({"Layers": layers if layers is not None else
-                       [_layer("conv", "CaskConvolution", FP16_FMT), _layer("fc", "CaskGemmConvolution", FP16_FMT)]})
-
-    class Parser:
-        def __init__(self, network, logger):
-            calls["parser"] = True
-
-        def parse_from_file(self, path):
-            calls["parsed"] = path
-            return parse_ok
-
-        num_errors = 1
-
-        def get_error(self, i):
-            return types.SimpleNamespace(desc=lambda: "In node 3 (Conv): UNSUPPORTED_NODE: fake\nsecond line")
-
-    class Cache:
-        def __init__(self, data):
-            self.data = data
-
-        def serialize(self):
-            return b"CACHE:" + self.data
-
-    class Config:
-        def set_memory_pool_limit(self, pool, size):
-            calls["workspace"] = (pool, size)
-
-        def set_flag(self, flag):
-            calls["flags_set"].append(flag)
-
-        def add_optimization_profile(self, profile):
-            calls["profile"] = profile.shapes
-
-        def create_timing_cache(self, data):
-            calls["cache_in"] = data
-            return Cache(bytes(data))
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            self.cache = cache
-            return True
-
-        def get_timing_cache(self):
-            return self.cache
-
-    class Profile:
-        def set_shape(self, name, lo, opt, hi):
-            self.shapes = {"name": name, "min": lo, "opt": opt, "max": hi}
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            calls["network_flags"] = flags
-            return object()
-
-        def create_builder_config(self):
-            calls["config"] = Config()
-            return calls["config"]
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            calls["verbosity"] = config.profiling_verbosity
-            return b"FAKE-ENGINE"
-
-    class Context:
-        def set_input_shape(self, name, shape):
-            calls["input_shapes"].append((name, shape))
-            return True
-
-    class Inspector:
-        execution_context = None
-
-        def get_engine_information(self, fmt):
-            calls["inspector_had_context"] = self.execution_context is not None
-            return info
-
-    class Engine:
-        num_io_tensors = 2
-        num_layers = 2
-        profiling_verbosity = "ProfilingVerbosity.DETAILED"
-        names = ["input", "logits"]
-
-        def get_tensor_name(self, i):
-            return self.names[i]
-
-        def get_tensor_mode(self, name):
-            return "INPUT" if name == "input" else "OUTPUT"
-
-        def get_tensor_dtype(self, name):
-            return types.SimpleNamespace(name="FLOAT")
-
-        def get_tensor_shape(self, name):
-            return [-1, 3, 32, 32] if name == "input" else [-1, 10]
-
-        def get_tensor_profile_shape(self, name, index):
-            p = calls["profile"]
-            return [p["min"], p["opt"], p["max"]]
-
-        def create_execution_context(self):
-            return Context()
-
-        def create_engine_inspector(self):
-            return Inspector()
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            calls["deserialized"] = bytes(data)
-            return Engine()
-
-    trt.Builder, trt.OnnxParser, trt.Runtime = Builder, Parser, Runtime
-    return trt
-
-
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    monkeypatch.setattr(vtrt, "cuda_reason", lambda: None)
-    monkeypatch.setattr(vtrt, "gpu_info", lambda device=0: {"gpu": "Fake GPU", "compute_capability": "9.0",
+    monkeypatch.setattr(vtrt_probe, "cuda_reason", lambda: None)
+    monkeypatch.setattr(vtrt_probe, "gpu_info", lambda device=0: {"gpu": "Fake GPU", "compute_capability": "9.0",
                                                              "gpu_memory_gib": 80.0, "cuda": "12.8"})
+
+    from fake_tensorrt import fake_tensorrt
 
     def install(**kw):
         trt = fake_tensorrt(**kw)
@@ -441,7 +356,8 @@ def test_build_engine_orchestration_on_fake_tensorrt(tiny_files, tmp_path, fake_
     facts = vtrt.build_engine(tiny_files["fp16"], out, precision="fp16", min_batch=1, opt_batch=32, max_batch=128,
                               workspace_gib=2, timing_cache=cache)
     c = trt.calls
-    assert c["network_flags"] == 1 << 1 and c["flags_set"] == []  # TRT 10: strongly typed, no precision flags
+    assert c["network_flags"] == 1 << 1  # TRT 10: strongly typed (the fake config has no set_flag to call)
+    assert c["caches_set"] == [(b"OLD", False)] and facts["timing_cache_rejected"] is False
     assert c["workspace"] == ("WORKSPACE", 2 * 2**30)
     assert c["profile"] == {"name": "input", "min": (1, 3, 32, 32), "opt": (32, 3, 32, 32), "max": (128, 3, 32, 32)}
     assert c["verbosity"] == "ProfilingVerbosity.DETAILED" and c["cache_in"] == b"OLD"
@@ -452,7 +368,7 @@ def test_build_engine_orchestration_on_fake_tensorrt(tiny_files, tmp_path, fake_
     assert man["build_environment"] == {"tensorrt": "10.8.0.43", "gpu": "Fake GPU", "compute_capability": "9.0",
                                         "gpu_memory_gib": 80.0, "cuda": "12.8"}
     assert man["profile"] == {"input": "input", "min": [1, 3, 32, 32], "opt": [32, 3, 32, 32], "max": [128, 3, 32, 32]}
-    assert man["source_onnx"]["sha256"] == man["inputs"]["onnx"]["sha256"] == vtrt.sha256_file(tiny_files["fp16"])
+    assert man["source_onnx"]["sha256"] == man["inputs"]["onnx"]["sha256"] == sha256_file(tiny_files["fp16"])
     assert man["source_onnx"]["precision_source"] == "manifest"
     assert man["layer_precision"]["compute_by_precision"] == {"fp16": 2} and man["precision_check"]["ok"]
     assert man["input_dtype"] == man["output_dtype"] == "float32" and man["output_shape"] == [-1, 10]
@@ -465,14 +381,75 @@ def test_build_engine_orchestration_on_fake_tensorrt(tiny_files, tmp_path, fake_
 def test_fake_build_typing_by_version_and_parse_errors(tiny_files, tmp_path, fake_gpu):
     trt = fake_gpu(version="11.1.0.5")
     vtrt.build_engine(tiny_files["fp16"], tmp_path / "a.engine", precision="fp16")
-    assert trt.calls["network_flags"] == 0 and trt.calls["flags_set"] == []  # 11.x: always strongly typed
-    trt = fake_gpu(version="9.3.0.1", strongly_typed=False)
-    vtrt.build_engine(tiny_files["fp16"], tmp_path / "b.engine", precision="fp16")
-    assert trt.calls["flags_set"] == ["FP16"]  # no STRONGLY_TYPED flag: weak typing with FP16 allowed
+    assert trt.calls["network_flags"] == 0  # 11.x: always strongly typed, no flag
+    trt = fake_gpu(version="10.16.1.11")
+    vtrt.build_engine(tiny_files["fp16"], tmp_path / "a10.engine", precision="fp16")
+    assert trt.calls["network_flags"] == 1 << 1  # 10.x: STRONGLY_TYPED
+    for version, st in (("9.3.0.1", False), ("10.0.0.6", False), ("8.6.1", True)):  # no weakly typed fallback
+        fake_gpu(version=version, strongly_typed=st)
+        with pytest.raises(UnavailableError, match=rf"^TensorRT {version}: vggc builds strongly typed networks and "
+                                                   r"needs TensorRT >= 10"):
+            vtrt.build_engine(tiny_files["fp16"], tmp_path / "b.engine", precision="fp16")
+        assert not (tmp_path / "b.engine").exists()
     fake_gpu(parse_ok=False)
     with pytest.raises(VggcError, match=r"TensorRT cannot parse .*In node 3 \(Conv\): UNSUPPORTED_NODE: fake$"):
         vtrt.build_engine(tiny_files["fp16"], tmp_path / "c.engine", precision="fp16")
     assert not (tmp_path / "c.engine").exists()
+
+
+@pytest.mark.parametrize("mode, why", [
+    ("corrupt", "Error Code 1: Serialization (Serialized timing cache version mismatch)"),
+    ("mismatch", "set_timing_cache refused it"),
+])
+def test_fake_build_rejected_timing_cache_is_reported_and_build_goes_on(tiny_files, tmp_path, fake_gpu, mode, why):
+    trt = fake_gpu(cache_mode=mode)
+    out, cache = tmp_path / "m.engine", tmp_path / "trt.cache"
+    cache.write_bytes(b"FROM-ANOTHER-TENSORRT")
+    facts = vtrt.build_engine(tiny_files["fp16"], out, precision="fp16", timing_cache=cache)
+    assert facts["timing_cache_rejected"] is True and facts["timing_cache_rejected_why"] == why
+    assert out.read_bytes() == b"FAKE-ENGINE"  # built without the cache ...
+    assert trt.calls["caches_set"][-1] == (b"", False) and cache.read_bytes() == b"CACHE:"  # ... and rewrote it
+    man = json.loads((tmp_path / "m.engine.json").read_text())
+    assert man["timing_cache_rejected"] is True and man["timing_cache_rejected_why"] == why
+    res = run("engine", tiny_files["fp16"], "--precision", "fp16", "--out", tmp_path / "cli.engine",
+              "--timing-cache", cache)
+    assert res.exit_code == 0, res.output  # the CLI says so and carries on
+    assert f"  timing cache rejected ({why}): built without it, rewritten\n" in res.output
+
+
+def test_precision_check_myelin_foreignnode_not_verifiable():
+    fc_inside = {"Name": "{ForeignNode[/classifier/0/Gemm.../classifier/6/Gemm]}", "LayerType": "Myelin",
+                 "Inputs": [{"Name": "x", "Format/Datatype": FP16_FMT}], "Outputs": [{"Name": "logits",
+                                                                                     "Format/Datatype": FP32_FMT}]}
+    convs = [_layer(f"conv{i}", "CaskConvolution", FP16_FMT, param="Convolution") for i in range(3)]
+    c = vtrt.check_layer_precision({"Layers": [*convs, fc_inside]}, "fp16")
+    assert c.compute_layers == 3 and c.matching == 3 and not c.offending  # the convs pass ...
+    assert not c.verified and not c.ok and not c.none_matching  # ... but the engine does not
+    d = c.to_dict()
+    assert d["not_verifiable"] == 1 and d["fused_layers"] == [fc_inside["Name"]] and d["ok"] is False
+    assert d["message"].startswith("precision not verifiable: 1 layer(s) fused into Myelin/ForeignNode "
+                                   "({ForeignNode[/classifier/0/Gemm")
+    assert "of the other 3 convolution/GEMM layers 3 run in FP16" in d["message"]
+    only = vtrt.check_layer_precision({"Layers": [{**fc_inside, "LayerType": "kgen"}]}, "fp16")  # by name alone
+    assert only.to_dict()["not_verifiable"] == 1 and not only.ok
+    # all inputs count: an FP16 conv whose second (residual) input is FP32 is not an FP16 layer
+    two = _layer("conv_add", "CaskConvolution", FP16_FMT, param="Convolution")
+    two["Inputs"].append({"Name": "skip", "Format/Datatype": FP32_FMT})
+    c2 = vtrt.check_layer_precision({"Layers": [two]}, "fp16")
+    assert [o["precision"] for o in c2.offending] == ["fp16+fp32"] and not c2.ok
+
+
+def test_fake_build_with_myelin_layer_needs_allow_mixed(tiny_files, tmp_path, fake_gpu):
+    layers = [_layer("conv0", "CaskConvolution", FP16_FMT),
+              {"Name": "{ForeignNode[/classifier/0/Gemm]}", "LayerType": "Myelin", "Inputs": [], "Outputs": []}]
+    fake_gpu(layers=layers)
+    with pytest.raises(VggcError, match="FP16 engine check failed: precision not verifiable: 1 layer.s. fused into "
+                                        "Myelin/ForeignNode .*pass --allow-mixed"):
+        vtrt.build_engine(tiny_files["fp16"], tmp_path / "m.engine", precision="fp16")
+    assert not (tmp_path / "m.engine").exists()
+    fake_gpu(layers=layers)
+    kept = vtrt.build_engine(tiny_files["fp16"], tmp_path / "m.engine", precision="fp16", allow_mixed=True)
+    assert kept["precision_check"]["not_verifiable"] == 1 and kept["precision_check"]["ok"] is False
 
 
 def test_fake_build_refuses_silently_fp32_engine(tiny_files, tmp_path, fake_gpu):
@@ -501,67 +478,13 @@ def test_fake_build_refuses_silently_fp32_engine(tiny_files, tmp_path, fake_gpu)
 
 # ----------------------------------------------------------------------------- Triton repository
 
-def _triton_descriptor_pool():
-    """A protobuf schema mirroring the part of Triton's ModelConfig we write (field numbers from
-    triton-inference-server/common protobuf/model_config.proto), so ``text_format`` really parses it."""
-    from google.protobuf import descriptor_pb2, descriptor_pool
-
-    F = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="vggc_triton_subset.proto", package="inference", syntax="proto3")
-    dt = fdp.enum_type.add(name="DataType")
-    for name, num in (("TYPE_INVALID", 0), ("TYPE_BOOL", 1), ("TYPE_UINT8", 2), ("TYPE_INT8", 6), ("TYPE_INT32", 8),
-                      ("TYPE_INT64", 9), ("TYPE_FP16", 10), ("TYPE_FP32", 11), ("TYPE_BF16", 14)):
-        dt.value.add(name=name, number=num)
-
-    def msg(name, fields, enums=()):
-        m = fdp.message_type.add(name=name)
-        for en, values in enums:
-            e = m.enum_type.add(name=en)
-            for vn, vv in values:
-                e.value.add(name=vn, number=vv)
-        for fname, num, ftype, label, tname in fields:
-            f = m.field.add(name=fname, number=num, type=ftype, label=label)
-            if tname:
-                f.type_name = tname
-        return m
-
-    opt, rep = F.LABEL_OPTIONAL, F.LABEL_REPEATED
-    msg("ModelTensor", [("name", 1, F.TYPE_STRING, opt, None), ("data_type", 2, F.TYPE_ENUM, opt, ".inference.DataType"),
-                        ("dims", 3, F.TYPE_INT64, rep, None)])
-    msg("ModelInstanceGroup", [("name", 1, F.TYPE_STRING, opt, None), ("count", 2, F.TYPE_INT32, opt, None),
-                               ("gpus", 3, F.TYPE_INT32, rep, None),
-                               ("kind", 4, F.TYPE_ENUM, opt, ".inference.ModelInstanceGroup.Kind")],
-        enums=[("Kind", [("KIND_AUTO", 0), ("KIND_GPU", 1), ("KIND_CPU", 2), ("KIND_MODEL", 3)])])
-    msg("ModelDynamicBatching", [("preferred_batch_size", 1, F.TYPE_INT32, rep, None),
-                                 ("max_queue_delay_microseconds", 2, F.TYPE_UINT64, opt, None)])
-    msg("ModelConfig", [("name", 1, F.TYPE_STRING, opt, None), ("platform", 2, F.TYPE_STRING, opt, None),
-                        ("max_batch_size", 4, F.TYPE_INT32, opt, None),
-                        ("input", 5, F.TYPE_MESSAGE, rep, ".inference.ModelTensor"),
-                        ("output", 6, F.TYPE_MESSAGE, rep, ".inference.ModelTensor"),
-                        ("instance_group", 7, F.TYPE_MESSAGE, rep, ".inference.ModelInstanceGroup"),
-                        ("default_model_filename", 8, F.TYPE_STRING, opt, None),
-                        ("dynamic_batching", 11, F.TYPE_MESSAGE, opt, ".inference.ModelDynamicBatching"),
-                        ("backend", 17, F.TYPE_STRING, opt, None)])
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return pool
-
-
 def parse_with_protobuf(text: str):
-    """Parse config.pbtxt with ``google.protobuf.text_format``: Triton's own ModelConfig when tritonclient
-    is installed, else the mirrored subset schema (unknown fields or bad enum names fail either way)."""
+    """Parse config.pbtxt with ``google.protobuf.text_format`` against Triton's own ``ModelConfig``
+    (tritonclient's model_config_pb2, a dev dependency): unknown fields or bad enum names fail."""
     from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
 
-    try:
-        from tritonclient.grpc import model_config_pb2
-
-        msg = model_config_pb2.ModelConfig()
-    except ImportError:
-        from google.protobuf import message_factory
-
-        desc = _triton_descriptor_pool().FindMessageTypeByName("inference.ModelConfig")
-        msg = message_factory.GetMessageClass(desc)()
-    return text_format.Parse(text, msg)
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
 def test_pbtxt_writer_and_parser_roundtrip():
@@ -575,6 +498,10 @@ def test_pbtxt_writer_and_parser_roundtrip():
     assert back["dynamic_batching"]["preferred_batch_size"] == [4, 8] and back["platform"] == "onnxruntime_onnx"
     for bad in ("name: ", "input [ { name: 1 ", "a: b c", "dims: [ 1 2 ]"):
         with pytest.raises(ValueError):
+            parse_pbtxt(bad)
+    # well-formed text that Triton's schema refuses: unknown field, bad enum name, wrong type
+    for bad in ("max_batch: 8", "instance_group [ { kind: KIND_TPU } ]", 'max_batch_size: "8"'):
+        with pytest.raises(ValueError, match="^not a Triton ModelConfig: "):
             parse_pbtxt(bad)
 
 
@@ -604,6 +531,9 @@ def test_export_triton_repo_configs_parse_and_onnx_runs(tiny_files):
     assert files == ["tiny16/1/model.onnx", "tiny16/config.pbtxt", "tiny16/config.pbtxt.json",
                      "tiny16_trt/1/model.plan", "tiny16_trt/config.pbtxt", "tiny16_trt/config.pbtxt.json"]
     assert not [p for p in repo.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+    for m in ("tiny16", "tiny16_trt"):  # the writer checked each config against Triton's ModelConfig
+        man = json.loads((repo / m / "config.pbtxt.json").read_text())
+        assert man["schema_check"].startswith("tritonclient ") and man["schema_check"].endswith(" model_config_pb2")
 
     onnx_cfg_text = (repo / "tiny16" / "config.pbtxt").read_text()
     pb = parse_with_protobuf(onnx_cfg_text)
@@ -646,6 +576,45 @@ def test_export_triton_repo_configs_parse_and_onnx_runs(tiny_files):
     assert cfg["instance_group"][0]["kind"] == "KIND_CPU" and cfg["max_batch_size"] == 32
     assert cfg["dynamic_batching"]["preferred_batch_size"] == [32]
     assert [m["name"] for m in again["models"]] == ["tiny16"]
+
+
+def test_export_triton_without_out_and_trt_model_always_gpu(tiny_files, tmp_path):
+    """`vggc export WEIGHTS --triton DIR` (no --out): the model is named after the weights' stem and the
+    ONNX goes only into the repository; --triton-instance cpu applies to the ONNX model, the TensorRT
+    plan stays KIND_GPU; every config parses with Triton's own ModelConfig."""
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    weights = src / "tiny.pt"
+    shutil.copyfile(tiny_files["weights"], weights)
+    engine = _fake_engine_for_triton(src)
+    before = sorted(p.name for p in src.iterdir())
+    repo = tmp_path / "repo"
+    res = run("export", weights, "--no-parity", "--triton", repo, "--triton-instance", "cpu",
+              "--triton-engine", engine, "--json")
+    assert res.exit_code == 0, res.output
+    facts = json.loads(res.stdout)
+    assert facts["repository_only"] is True and facts["path"] == str(repo / "tiny" / "1" / "model.onnx")
+    assert sorted(p.name for p in src.iterdir()) == before  # nothing written beside the weights
+    files = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
+    assert files == ["tiny/1/model.onnx", "tiny/config.pbtxt", "tiny/config.pbtxt.json",
+                     "tiny_trt/1/model.plan", "tiny_trt/config.pbtxt", "tiny_trt/config.pbtxt.json"]
+    onnx_pb = parse_with_protobuf((repo / "tiny" / "config.pbtxt").read_text())
+    trt_pb = parse_with_protobuf((repo / "tiny_trt" / "config.pbtxt").read_text())
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    assert [g.kind for g in onnx_pb.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    assert [g.kind for g in trt_pb.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert onnx_pb.name == "tiny" and trt_pb.name == "tiny_trt" and trt_pb.platform == "tensorrt_plan"
+    # the repository's ONNX is a complete model (it runs) with the export's precision
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert _run_repo_onnx(repo / "tiny" / "1" / "model.onnx", x).shape == (2, 10)
+    # the plain CLI output names the repository file
+    res = run("export", weights, "--no-parity", "--triton", tmp_path / "repo2")
+    assert res.exit_code == 0, res.output
+    assert f"wrote {tmp_path / 'repo2' / 'tiny' / '1' / 'model.onnx'}" in res.output
+    assert_one_line_error(run("export", weights, "--no-parity"), 2, "--out FILE is needed unless --triton DIR")
 
 
 def test_triton_bad_options_write_nothing(tiny_files, tmp_path):

@@ -66,6 +66,11 @@ def command(model, precision, out, min_batch, opt_batch, max_batch, workspace, b
     click.echo(f"  TensorRT {facts.get('tensorrt', '?')} on {facts.get('gpu', '?')} "
                f"(compute capability {facts.get('compute_capability', '?')})")
     click.echo(f"  batch profile min {p.get('min')} opt {p.get('opt')} max {p.get('max')}")
+    if facts.get("timing_cache_rejected"):
+        click.echo(f"  timing cache rejected ({facts.get('timing_cache_rejected_why')}): built without it, "
+                   "rewritten")
+    elif facts.get("timing_cache_written"):
+        click.echo("  timing cache updated")
     check = facts.get("precision_check")
     if check:
         click.echo(f"  layer check: {check['message']}")

@@ -13,8 +13,9 @@ from vggc.export.job import FORMATS, export_file
 @click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="onnx", show_default=True,
               help="Output format. onnx: one self-contained .onnx file with a dynamic batch "
                    "dimension, input 'input' (normalised float32 N x 3 x S x S), output 'logits'.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="Output file (.onnx). Written atomically with a manifest <out>.json beside it.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=str),
+              help="Output file (.onnx). Written atomically with a manifest <out>.json beside it. May be left "
+                   "out with --triton DIR: the ONNX then goes only into the repository, as model <WEIGHTS stem>.")
 @click.option("--opset", type=int, default=18, show_default=True,
               help="ONNX opset version (18..23, what the exporter implements).")
 @click.option("--fp16", is_flag=True,
@@ -34,14 +35,16 @@ from vggc.export.job import FORMATS, export_file
 @threads_option
 @click.option("--triton", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Also write a Triton model repository into DIR: DIR/<out stem>/config.pbtxt (platform "
-                   "onnxruntime_onnx, dynamic batching, instance group) + DIR/<out stem>/1/model.onnx.")
+                   "onnxruntime_onnx, dynamic batching, instance group) + DIR/<out stem>/1/model.onnx. Without "
+                   "--out the model is named after WEIGHTS' stem.")
 @click.option("--triton-engine", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Add this `vggc engine` .engine/.plan as a second model <out stem>_trt (platform tensorrt_plan, "
                    "1/model.plan). It must be built with the TensorRT version of the Triton server.")
 @click.option("--triton-max-batch", type=click.IntRange(1, 65536), default=256, show_default=True,
               help="Triton max_batch_size (for the engine model capped at its profile's max batch).")
 @click.option("--triton-instance", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
-              help="Triton instance_group kind: KIND_GPU or KIND_CPU (count 1).")
+              help="Triton instance_group kind of the ONNX model: KIND_GPU or KIND_CPU (count 1). The "
+                   "--triton-engine model is always KIND_GPU (Triton runs TensorRT plans on GPUs only).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (path, precision, opset, size_bytes, params, macs, parity "
                    "with max_abs_logit_diff, top1_agreement, torch_top1, onnx_top1; triton when written).")

@@ -6,9 +6,11 @@ Steps: :func:`vggc.export.onnx.export_onnx` (dynamo exporter, dynamic batch) ->
 
 * **static**: QDQ format, activations *and* weights signed int8 (S8S8), both symmetric (zero point
   0), weights per output channel by default, calibrated with MinMax / Entropy / Percentile on the
-  given batches. Symmetric S8S8 QDQ is what TensorRT's explicit-quantization parser accepts, so
-  the same file is the input of ``vggc engine --precision int8``. On the CPU, ONNX Runtime fuses
-  each DQ -> Conv -> Q group into ``QLinearConv`` (and Gemm into ``QGemm``), i.e. real int8 kernels.
+  given batches; biases stay FP32 (``QuantizeBias=False``). Symmetric S8S8 QDQ without int32 bias
+  Q/DQ is what TensorRT's explicit-quantization parser accepts, so the same file is the input of
+  ``vggc engine --precision int8``. On the CPU, ONNX Runtime quantizes the float bias itself and
+  fuses each DQ -> Conv -> Q group into ``QLinearConv`` (and Gemm into ``QGemm``), i.e. real int8
+  kernels: the optimised graph is the same as with int32 biases (tests/test_gpu_deploy.py checks it).
 * **dynamic**: ``quantize_dynamic`` restricted to ``MatMul``/``Gemm`` (the Linear layers): weights
   int8, activations quantized at run time. Convolutions are *not* quantized: ORT's dynamic
   ``ConvInteger`` has no optimised CPU kernel and made this VGG16 ~5x slower than FP32 here.
@@ -130,6 +132,13 @@ def quantize_onnx_static(src: Path, out: Path, batches: Sequence[np.ndarray], *,
 
     reader = _reader_cls()(batches, input_name, tick)
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
+             # biases stay FP32: ORT's default int32 bias DequantizeLinear is refused by TensorRT's ONNX parser
+             # (Q/DQ types INT8/FP8/INT4/FP4 only); TensorRT fuses a float bias into the INT8 conv, and ORT's CPU
+             # optimiser quantizes it itself, so the file still runs as QLinearConv/QGemm (runtime_ops shows it)
+             "QuantizeBias": False,
+             # per-channel weights on the output-channel axis (ORT's defaults are Conv 0, Gemm 0 with transB;
+             # a MatMul's B is [in, out]: axis 1) - TensorRT's per-channel scales are per output channel
+             "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
              # statistics gathered one batch at a time (histograms merged), bounded memory
              "CalibStridedMinMax": 1}
     if calib_method == "percentile":

@@ -17,7 +17,7 @@ from vggc.progress import Progress, no_progress
 FORMATS = {"onnx": (".onnx",)}
 
 
-def export_file(weights: str, out: str, *, fmt: str = "onnx", data: str | None = None, opset: int = 18,
+def export_file(weights: str, out: str | None, *, fmt: str = "onnx", data: str | None = None, opset: int = 18,
                 fp16: bool = False, parity: bool = True, parity_limit: int | None = None, seed: int = 0,
                 batch_size: int = 256, mean=None, std=None, input_size=None, threads: int | None = None,
                 progress: Progress = no_progress, triton: str | None = None, triton_engine: str | None = None,
@@ -27,6 +27,8 @@ def export_file(weights: str, out: str, *, fmt: str = "onnx", data: str | None =
     With ``parity`` (the default) the export is compared with PyTorch on the CIFAR-10 test split
     under ``data`` (all of it, or a class-balanced ``parity_limit`` subset drawn with ``seed``).
     ``triton``: also write a Triton model repository there (:func:`vggc.export.triton.write_triton_repo`).
+    ``out=None`` needs ``triton``: the ONNX goes only into the repository, as model ``<weights stem>``
+    (exported to a temporary directory first; ``path`` is then the repository's ``1/model.onnx``).
     """
     from vggc.data import limit_split, load_split, resolve_preprocess
     from vggc.export.onnx import check_opset, export_with_parity
@@ -34,6 +36,20 @@ def export_file(weights: str, out: str, *, fmt: str = "onnx", data: str | None =
 
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt}: unsupported; choose from {', '.join(FORMATS)}")
+    if out is None:
+        if not triton:
+            raise InputError("--out FILE is needed unless --triton DIR is given")
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="vggc-export-") as d:
+            facts = export_file(weights, str(Path(d) / f"{Path(weights).stem}{FORMATS[fmt][0]}"), fmt=fmt,
+                                data=data, opset=opset, fp16=fp16, parity=parity, parity_limit=parity_limit,
+                                seed=seed, batch_size=batch_size, mean=mean, std=std, input_size=input_size,
+                                threads=threads, progress=progress, triton=triton, triton_engine=triton_engine,
+                                triton_max_batch=triton_max_batch, triton_instance=triton_instance)
+        model = facts["triton"]["models"][0]
+        return {**facts, "path": str(Path(model["dir"]) / "1" / "model.onnx"),
+                "manifest": str(Path(model["config"]).with_name("config.pbtxt.json")), "repository_only": True}
     check_out_path(out, FORMATS[fmt])
     check_opset(opset)
     if Path(out).resolve() == Path(weights).resolve():

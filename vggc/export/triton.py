@@ -10,7 +10,8 @@
 
 Each config has ``max_batch_size``, input/output ``dims`` without the batch dimension,
 ``dynamic_batching`` (preferred batch sizes + ``max_queue_delay_microseconds``) and one
-``instance_group`` (``KIND_GPU`` count 1, or ``KIND_CPU``). Field names follow Triton's
+``instance_group`` (``KIND_GPU`` count 1, or ``KIND_CPU`` for the ONNX model; a TensorRT plan is
+always ``KIND_GPU``, the only kind Triton runs it on). Field names follow Triton's
 ``ModelConfig`` protobuf (triton-inference-server/common, protobuf/model_config.proto: ``name``=1,
 ``platform``=2, ``max_batch_size``=4, ``input``=5, ``output``=6, ``instance_group``=7,
 ``dynamic_batching``=11; ``ModelDynamicBatching.preferred_batch_size``=1,
@@ -18,7 +19,8 @@ Each config has ``max_batch_size``, input/output ``dims`` without the batch dime
 
 Each model directory is assembled in a temporary directory beside it and swapped in, so a
 failure never leaves a half-written model. :func:`parse_pbtxt` reads the protobuf text format
-back (a small structural parser used by the tests and by ``vggc`` itself).
+back with ``google.protobuf.text_format`` against Triton's own ``ModelConfig`` protobuf
+(``tritonclient.grpc.model_config_pb2``), so a config Triton would refuse is refused here too.
 
 A ``tensorrt_plan`` model only loads in a Triton whose TensorRT version built the engine (the
 same check ``vggc`` does at run time); see docs/gpu.md.
@@ -26,7 +28,6 @@ same check ``vggc`` does at run time); see docs/gpu.md.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from vggc.artifacts import TMP_PREFIX, write_manifest
-from vggc.errors import InputError, ModelFormatError
+from vggc.errors import InputError, ModelFormatError, UnavailableError, VggcError, first_line
 
 ONNX_PLATFORM = "onnxruntime_onnx"
 TRT_PLATFORM = "tensorrt_plan"
@@ -89,100 +90,80 @@ def to_pbtxt(msg: dict, indent: int = 0) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-_TOKEN_RE = re.compile(r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s{}\[\]:,"#]+')
+TRITONCLIENT_MISSING = "tritonclient not installed (Triton's ModelConfig schema): pip install 'tritonclient[grpc]'"
 
 
-def _tokens(text: str) -> list[str]:
-    out, pos = [], 0
-    while pos < len(text):
-        m = _TOKEN_RE.match(text, pos)
-        if not m:
-            raise ValueError(f"unexpected character {text[pos]!r} at offset {pos}")
-        tok = m.group(0)
-        pos = m.end()
-        if not tok.strip() or tok.startswith("#"):
-            continue
-        out.append(tok)
+def model_config_class():
+    """Return Triton's own ``ModelConfig`` protobuf class (``tritonclient.grpc.model_config_pb2``,
+    generated from triton-inference-server/common protobuf/model_config.proto);
+    :class:`UnavailableError` (one line) when tritonclient is not installed."""
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise UnavailableError(TRITONCLIENT_MISSING) from None
+    return model_config_pb2.ModelConfig
+
+
+def _message_to_dict(msg) -> dict:
+    """A parsed message as a dict of the fields that are set: nested messages as dicts, repeated
+    fields as lists, enums by name, integers as ``int`` (``MessageToDict`` would make int64 strings)."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    def conv(fd, v):
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            return _message_to_dict(v)
+        if fd.type == FieldDescriptor.TYPE_ENUM:
+            return fd.enum_type.values_by_number[v].name
+        return v
+
+    out: dict = {}
+    for fd, value in msg.ListFields():
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            out[fd.name] = {k: (_message_to_dict(v) if hasattr(v, "ListFields") else v) for k, v in value.items()}
+        elif fd.label == FieldDescriptor.LABEL_REPEATED:
+            out[fd.name] = [conv(fd, v) for v in value]
+        else:
+            out[fd.name] = conv(fd, value)
     return out
 
 
+def parse_model_config(text: str):
+    """Parse ``config.pbtxt`` text into Triton's ``ModelConfig`` message (``google.protobuf.text_format``
+    against the real schema: unknown fields, wrong types and bad enum names are refused). Raises
+    ``ValueError`` (one line) on text Triton would not load, :class:`UnavailableError` without tritonclient."""
+    from google.protobuf import text_format
+
+    msg = model_config_class()()
+    try:
+        text_format.Parse(text, msg)
+    except text_format.ParseError as err:
+        raise ValueError(f"not a Triton ModelConfig: {first_line(err)}") from None
+    return msg
+
+
+def schema_check(text: str) -> str:
+    """Check a config text we wrote against Triton's ``ModelConfig`` and return what checked it
+    (``"tritonclient <version> model_config_pb2"``), or ``"not checked: ..."`` without tritonclient
+    (recorded in the manifest, never silent). A refused text is a vggc bug: :class:`VggcError`."""
+    try:
+        parse_model_config(text)
+    except UnavailableError as err:
+        return f"not checked: {err}"
+    except ValueError as err:
+        raise VggcError(f"vggc wrote a config.pbtxt Triton would refuse ({err})") from None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"tritonclient {version('tritonclient')} model_config_pb2"
+    except PackageNotFoundError:
+        return "tritonclient model_config_pb2"
+
+
 def parse_pbtxt(text: str) -> dict:
-    """Parse protobuf text format into a dict (a small structural parser, no schema).
-
-    A field that appears more than once, or whose value is written as ``[...]``, becomes a list;
-    nested messages become dicts; quoted strings are unquoted; numbers become int/float; enum
-    identifiers stay strings. Raises ``ValueError`` on malformed input.
-    """
-    toks = _tokens(text)
-    pos = 0
-
-    def peek():
-        return toks[pos] if pos < len(toks) else None
-
-    def take(expected=None):
-        nonlocal pos
-        if pos >= len(toks):
-            raise ValueError(f"unexpected end of input (expected {expected or 'a token'})")
-        tok = toks[pos]
-        if expected is not None and tok != expected:
-            raise ValueError(f"expected {expected!r}, got {tok!r}")
-        pos += 1
-        return tok
-
-    def scalar(tok: str):
-        if tok.startswith('"'):
-            return json.loads(tok)
-        for conv in (int, float):
-            with contextlib.suppress(ValueError):
-                return conv(tok)
-        if tok in ("true", "false"):
-            return tok == "true"
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", tok):
-            raise ValueError(f"bad value {tok!r}")
-        return tok
-
-    def value():
-        tok = peek()
-        if tok == "{":
-            take("{")
-            m = message("}")
-            take("}")
-            return m
-        if tok == "[":
-            take("[")
-            items = []
-            while peek() != "]":
-                items.append(value())
-                if peek() == ",":
-                    take(",")
-                elif peek() != "]":
-                    raise ValueError(f"expected ',' or ']' in list, got {peek()!r}")
-            take("]")
-            return items
-        return scalar(take())
-
-    def message(end):
-        out: dict = {}
-        while peek() is not None and peek() != end:
-            key = take()
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-                raise ValueError(f"bad field name {key!r}")
-            if peek() == ":":
-                take(":")
-            elif peek() not in ("{", "["):
-                raise ValueError(f"expected ':' or '{{' after {key!r}, got {peek()!r}")
-            v = value()
-            if key in out:
-                prev = out[key]
-                out[key] = (prev if isinstance(prev, list) else [prev]) + (v if isinstance(v, list) else [v])
-            else:
-                out[key] = v
-        return out
-
-    result = message(None)
-    if pos != len(toks):
-        raise ValueError(f"unexpected {toks[pos]!r}")
-    return result
+    """Parse ``config.pbtxt`` text with Triton's ``ModelConfig`` schema (:func:`parse_model_config`) and
+    return the fields that are set as a dict (nested messages as dicts, repeated fields as lists, enum
+    values by name, integers as int). Raises ``ValueError`` on malformed input."""
+    return _message_to_dict(parse_model_config(text))
 
 
 # ----------------------------------------------------------------------------- configs
@@ -279,10 +260,12 @@ def _write_model_dir(repo: Path, name: str, config: dict, model_src: Path, model
         (tmp / "1").mkdir()
         shutil.copyfile(model_src, tmp / "1" / model_file)
         cfg = tmp / "config.pbtxt"
-        cfg.write_text(to_pbtxt(config))
+        text = to_pbtxt(config)
+        checked = schema_check(text)
+        cfg.write_text(text)
         write_manifest(cfg, kind="triton-model", inputs={"model": model_src}, settings=settings,
                        extra={"model": name, "platform": config["platform"], "model_file": f"1/{model_file}",
-                              "max_batch_size": config["max_batch_size"]})
+                              "max_batch_size": config["max_batch_size"], "schema_check": checked})
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".old-{name}-", dir=repo))
             os.replace(final, old / name)
@@ -349,10 +332,12 @@ def write_triton_repo(repo, onnx_path, *, name: str | None = None, engine=None, 
         eio = _engine_io(engine)
         trt_max = min(int(max_batch), int(eio["max_batch"]))
         trt_name = f"{name}_trt"
+        # a tensorrt_plan model runs on GPUs only: Triton refuses it on KIND_CPU, whatever the ONNX model uses
+        trt_common = {**common, "instance_kind": "gpu"}
         cfg = model_config(trt_name, TRT_PLATFORM, max_batch=trt_max, preferred=_preferred(eio["opt_batch"], trt_max),
                            **{k: eio[k] for k in ("input_name", "input_type", "input_dims", "output_name",
-                                                  "output_type", "output_dims")}, **common)
-        d = _write_model_dir(repo, trt_name, cfg, engine, "model.plan", {"max_batch": trt_max, **common})
+                                                  "output_type", "output_dims")}, **trt_common)
+        d = _write_model_dir(repo, trt_name, cfg, engine, "model.plan", {"max_batch": trt_max, **trt_common})
         models.append({"name": trt_name, "platform": TRT_PLATFORM, "dir": str(d), "config": str(d / "config.pbtxt"),
                        "max_batch_size": trt_max, "precision": eio["precision"], "tensorrt": eio["tensorrt"],
                        "gpu": eio["gpu"]})
