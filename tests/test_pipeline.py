@@ -261,3 +261,105 @@ def test_pipeline_refuses_an_out_dir_another_run_holds(tmp_path, monkeypatch):
         with pytest.raises(InputError, match="another vggc pipeline"):
             pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["onnx_fp32"])
     assert not (out / ".steps").exists() and not (out / "tiny.onnx").exists()
+
+
+# ----------------------------------------------------------------------------- key inputs (issue 14)
+
+def _data_steps(rec, data, threads=2):
+    """Steps that read the train split, the test split, nothing, and a timing step."""
+    from vggc import provenance
+
+    return [
+        Step("calib", ["calib.txt"], rec.writer("calib", lambda: "k"), data=data, splits=("train",)),
+        Step("parity", ["parity.txt"], rec.writer("parity", lambda: "p"), data=data, splits=("test",)),
+        Step("nodata", ["nodata.txt"], rec.writer("nodata", lambda: "n")),
+        Step("timed", ["timed.txt"], rec.writer("timed", lambda: "t"), data=data, splits=("test",),
+             environment=lambda: provenance.timing_environment(threads)),
+    ]
+
+
+def test_changed_training_image_reruns_only_the_steps_that_read_train(tmp_path):
+    from conftest import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "data", per_class=1, classes=2)
+    out, rec = tmp_path / "run", Recorder()
+    run_steps(_data_steps(rec, data), out)
+    rec.calls.clear()
+    img = next((data / "train" / "class00").iterdir())
+    img.write_bytes(img.read_bytes() + b"\0")  # one training image changed (size and mtime)
+    res = {r.name: r for r in run_steps(_data_steps(rec, data), out)}
+    assert rec.calls == ["calib"]
+    assert res["calib"].why == "rerun (train data changed)"
+    assert res["parity"].status == "cached" and res["nodata"].status == "cached"
+    marker = json.loads((out / ".steps" / "calib.json").read_text())
+    assert set(marker["key_inputs"]["data"]) == {"train"} and marker["why"] == "rerun (train data changed)"
+
+
+def test_same_out_on_another_data_directory_reruns_the_data_steps(tmp_path):
+    import shutil
+
+    from conftest import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "data", per_class=1, classes=2)
+    out, rec = tmp_path / "run", Recorder()
+    run_steps(_data_steps(rec, data), out)
+    rec.calls.clear()
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    res = {r.name: r for r in run_steps(_data_steps(rec, copy), out)}
+    assert rec.calls == ["calib", "parity", "timed"]
+    assert res["nodata"].status == "cached"
+    assert res["parity"].why == "rerun (test data changed)"
+
+
+def test_changed_library_version_reruns_and_names_it(tmp_path, monkeypatch):
+    from vggc import provenance
+
+    out, rec = tmp_path / "run", Recorder()
+    run_steps(_steps(rec, tmp_path), out)
+    rec.calls.clear()
+    real = provenance.library_versions()
+    monkeypatch.setattr(provenance, "library_versions", lambda names=provenance.LIBRARIES: {**real, "torch": "9.9.9"})
+    res = run_steps(_steps(rec, tmp_path), out)
+    assert rec.calls == ["a", "b", "c", "d"]
+    assert res[0].why == f"rerun (torch {real['torch']} -> 9.9.9)"
+    assert res[0].key_inputs["environment"]["libraries"]["torch"] == "9.9.9"
+
+
+def test_changed_vggc_source_reruns(tmp_path, monkeypatch):
+    from vggc import provenance
+
+    out, rec = tmp_path / "run", Recorder()
+    run_steps(_steps(rec, tmp_path), out)
+    rec.calls.clear()
+    monkeypatch.setattr(provenance, "source_digest", lambda: "0" * 64)
+    res = run_steps(_steps(rec, tmp_path), out)
+    assert rec.calls == ["a", "b", "c", "d"] and res[0].why == "rerun (vggc source changed)"
+
+
+def test_other_threads_retimes_only_the_timing_step(tmp_path):
+    from conftest import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "data", per_class=1, classes=2)
+    out, rec = tmp_path / "run", Recorder()
+    run_steps(_data_steps(rec, data, threads=2), out)
+    rec.calls.clear()
+    res = {r.name: r for r in run_steps(_data_steps(rec, data, threads=1), out)}
+    assert rec.calls == ["timed"]
+    assert res["timed"].why == "re-timed (threads 2 -> 1)"
+    assert res["timed"].key_inputs["environment"]["threads"] == 1
+    assert res["timed"].key_inputs["environment"]["cpu_flags"]  # the CPU is part of a timing's key
+
+
+def test_rerun_after_a_killed_attempt_says_so_and_a_tampered_output_is_named(tmp_path):
+    out, rec = tmp_path / "run", Recorder()
+    with pytest.raises(KeyboardInterrupt):
+        run_steps(_steps(rec, tmp_path, interrupt_c=True), out)
+    res = {r.name: r for r in run_steps(_steps(rec, tmp_path), out)}
+    assert res["a"].why == "reused: key inputs unchanged"
+    assert res["c"].why == "rerun (its previous attempt did not finish)"
+    (out / "d.txt").write_text("tampered")
+    res = {r.name: r for r in run_steps(_steps(rec, tmp_path), out)}
+    assert res["d"].why == "rerun (d.txt was modified since it was written)"
+    res = {r.name: r for r in run_steps(_steps(rec, tmp_path, a_setting=5), out)}
+    assert res["a"].why == "rerun (x 1 -> 5)"
