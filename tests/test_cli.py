@@ -119,3 +119,18 @@ def test_console_script_exit_code(tmp_path):
     p = subprocess.run([sys.executable, "-c", "from vggc.cli import main; main()", "info", str(empty)],
                        capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.strip().startswith("error:") and "Traceback" not in p.stderr
+
+
+def test_nan_weights_are_one_line_errors_in_every_command(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setenv("VGGC_CACHE", str(tmp_path / "cache"))
+    sd = make_tiny_vgg().state_dict()
+    sd["features.4.weight"][0, 0, 0, 0] = float("nan")
+    bad = tmp_path / "nan.pt"
+    torch.save(sd, bad)
+    msg = "tensor features.4.weight holds 1 NaN value"
+    assert_one_line_error(run("info", bad), 2, msg)
+    assert_one_line_error(run("eval", bad, "--data", tiny_data), 2, msg)
+    assert_one_line_error(run("export", bad, "--no-parity", "--out", tmp_path / "m.onnx"), 2, msg)
+    assert_one_line_error(run("quantize", bad, "--mode", "dynamic", "--backend", "onnxruntime", "--data", tiny_data,
+                              "--out", tmp_path / "q.onnx"), 2, msg)
+    assert not list(tmp_path.glob("*.onnx"))

@@ -117,3 +117,18 @@ def test_manifest_preprocess_wins_over_defaults(tmp_path):
         {"kind": "state_dict", "preprocess": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "input_size": 32}}))
     pre = resolve_preprocess(load_weights(tmp_path / "m.pt").sidecar)
     assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.25, 0.25, 0.25)
+
+
+@pytest.mark.parametrize("bad,what", [(float("nan"), "1 NaN value"), (float("inf"), "1 Inf value")])
+def test_non_finite_weights_are_refused_naming_the_first_bad_tensor(tmp_path, tiny_vgg, bad, what):
+    sd = tiny_vgg.state_dict()
+    first, later = "features.0.weight", "classifier.0.bias"
+    sd[later][0] = float("nan")
+    sd[first].view(-1)[5] = bad
+    path = tmp_path / "bad.pt"
+    torch.save(sd, path)
+    with pytest.raises(ModelFormatError) as info:
+        load_weights(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: tensor {first} holds {what} (of {sd[first].numel()})") and "\n" not in msg
+    assert later not in msg
