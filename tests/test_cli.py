@@ -134,3 +134,27 @@ def test_nan_weights_are_one_line_errors_in_every_command(tmp_path, tiny_data, m
     assert_one_line_error(run("quantize", bad, "--mode", "dynamic", "--backend", "onnxruntime", "--data", tiny_data,
                               "--out", tmp_path / "q.onnx"), 2, msg)
     assert not list(tmp_path.glob("*.onnx"))
+
+
+@pytest.mark.parametrize("kind", ["pt", "onnx"])
+def test_corrupt_manifest_is_one_line_error_in_eval_bench_and_quantize(tmp_path, tiny_data, monkeypatch, kind):
+    """A manifest `<file>.json` that exists but does not parse is refused the same way everywhere,
+    for a state_dict and for an ONNX file (never evaluated with default normalisation)."""
+    monkeypatch.setenv("VGGC_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "tiny.pt"
+    torch.save(make_tiny_vgg().state_dict(), weights)
+    model = weights
+    if kind == "onnx":
+        model = tmp_path / "tiny.onnx"
+        res = run("export", weights, "--no-parity", "--out", model)
+        assert res.exit_code == 0, res.output
+    manifest = model.with_name(model.name + ".json")
+    manifest.write_text('{"preprocess": {"mean": [0.5, 0.5')  # truncated JSON
+    msg = manifest.name
+    assert_one_line_error(run("eval", model, "--data", tiny_data), 2, msg)
+    assert_one_line_error(run("bench", model, "--data", tiny_data, "--out", tmp_path / "b"), 2, msg)
+    if kind == "pt":  # quantize reads a state_dict
+        assert_one_line_error(run("quantize", model, "--mode", "dynamic", "--backend", "onnxruntime",
+                                  "--data", tiny_data, "--out", tmp_path / "q.onnx"), 2, msg)
+        assert not (tmp_path / "q.onnx").exists()
+    assert not (tmp_path / "b" / "results.json").exists()
