@@ -363,3 +363,113 @@ def test_rerun_after_a_killed_attempt_says_so_and_a_tampered_output_is_named(tmp
     assert res["d"].why == "rerun (d.txt was modified since it was written)"
     res = {r.name: r for r in run_steps(_steps(rec, tmp_path, a_setting=5), out)}
     assert res["a"].why == "rerun (x 1 -> 5)"
+
+
+def test_pipeline_threads_retime_only_the_bench_and_changed_data_reruns_its_steps(tmp_path, monkeypatch):
+    """Real tiny run: another --threads re-times the bench and reuses every other step; one changed
+    training image reruns the calibration step (not the export, which reads test images); the same
+    --out on a copy of the data reruns every data-dependent step; pipeline.json says why."""
+    import shutil
+
+    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch)
+    out, only = tmp_path / "run", ["onnx_fp32", "int8_ort_static"]
+    first = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=only, threads=2)
+    assert all(s["status"] == "ok" for s in first["steps"]) and first["threads"] == 2
+    bench = {s["name"]: s for s in first["steps"]}["bench"]
+    assert bench["key_inputs"]["environment"]["threads"] == 2 and set(bench["key_inputs"]["data"]) == {"test"}
+    assert {r["threads"] for r in first["rows"] if r["status"] == "ok"} == {2}
+
+    log: list[str] = []
+    second = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=only, threads=1, log=log.append)
+    steps = {s["name"]: s for s in second["steps"]}
+    assert {n: s["status"] for n, s in steps.items()} == {"onnx_fp32": "cached", "int8_ort_static": "cached",
+                                                          "bench": "ok"}
+    assert steps["bench"]["why"] == "re-timed (threads 2 -> 1)" and "-- bench: re-timed (threads 2 -> 1)" in log
+    assert {r["threads"] for r in second["rows"] if r["status"] == "ok"} == {1}
+    doc = json.loads((out / "pipeline.json").read_text())
+    assert doc["threads"] == 1 and {s["name"]: s["why"] for s in doc["steps"]}["bench"] == "re-timed (threads 2 -> 1)"
+    assert {s["name"]: s for s in doc["steps"]}["int8_ort_static"]["key_inputs"]["settings"]["reduce_range"] in (
+        True, False)
+
+    img = next((data / "train" / "class03").iterdir())
+    img.write_bytes(img.read_bytes() + b"\0")  # one training image changed
+    third = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=only, threads=1)
+    steps = {s["name"]: s for s in third["steps"]}
+    assert steps["onnx_fp32"]["status"] == "cached"
+    assert steps["int8_ort_static"]["status"] == "ok" and steps["int8_ort_static"]["why"] == "rerun (train data changed)"
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    fourth = pipeline.run_pipeline(weights, copy, preset="tiny", out_dir=out, only=only, threads=1)
+    steps = {s["name"]: s for s in fourth["steps"]}
+    assert steps["onnx_fp32"]["status"] == "ok" and steps["onnx_fp32"]["why"] == "rerun (test data changed)"
+    assert steps["int8_ort_static"]["status"] == "ok" and steps["bench"]["status"] == "ok"
+    assert "test data changed" in steps["bench"]["why"]
+
+
+_PIPELINE_SCRIPT = r"""
+import sys, time
+import vggc.pipeline as pipeline, vggc.train
+pipeline.PRESETS["quick"] = pipeline.Preset("quick", parity_limit=None, calib_size=20, prune_target_macs=0.5,
+    prune_finetune_epochs=4, prune_limit=None, distill_epochs=1, distill_limit=None, distill_width=0.25,
+    eval_limit=None, bench_quick=True, bench_limit=None, bench_batch=8, train_batch=8)
+pause = float(sys.argv[1])
+real_fit = vggc.train.fit
+def fit(*a, on_epoch=None, **kw):  # a pause after each epoch's checkpoint: a window to kill in
+    def slow(rec):
+        if on_epoch:
+            on_epoch(rec)
+        time.sleep(pause)
+    return real_fit(*a, on_epoch=slow, **kw)
+vggc.train.fit = fit
+from vggc.cli import main
+main(sys.argv[2:])
+"""
+
+
+def test_sigkill_during_training_then_rerun_resumes_to_identical_weights(tmp_path, monkeypatch):
+    """`vggc pipeline` in a subprocess is SIGKILLed once the prune fine-tune's first checkpoint
+    exists; the rerun resumes from it and ends with the same weights as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    _, weights, data = _tiny_setup(tmp_path, monkeypatch)
+    script = tmp_path / "run_pipeline.py"
+    script.write_text(_PIPELINE_SCRIPT)
+    env = {**os.environ, "VGGC_CACHE": str(tmp_path / "cache"), "PYTHONPATH": os.getcwd()}
+
+    def cmd(out, pause):
+        return [sys.executable, str(script), str(pause), "pipeline", str(weights), "--data", str(data),
+                "--out", str(out), "--only", "prune", "--threads", "1"]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(killed, 2.0), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not list(killed.glob("*.ckpt")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "tiny_pruned.pt").exists() and not (killed / ".steps" / "prune.json").exists()
+    assert list(killed.glob("*.ckpt"))
+
+    rerun = subprocess.run(cmd(killed, 0), env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "prune: rerun (its previous attempt did not finish)" in rerun.stderr
+    ft = json.loads((killed / "tiny_pruned.pt.json").read_text())["metrics"]["steps"][0]
+    assert [h["epoch"] for h in ft["history"]] == [1, 2, 3, 4]
+    assert ft["resumed_from_epoch"] >= 1  # continued from the checkpoint, not from scratch
+
+    clean = tmp_path / "clean"
+    ref = subprocess.run(cmd(clean, 0), env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    a = torch.load(killed / "tiny_pruned.pt", weights_only=True)
+    b = torch.load(clean / "tiny_pruned.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
