@@ -473,3 +473,29 @@ def test_sigkill_during_training_then_rerun_resumes_to_identical_weights(tmp_pat
     a = torch.load(killed / "tiny_pruned.pt", weights_only=True)
     b = torch.load(clean / "tiny_pruned.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_automatic_settings_enter_the_keys_resolved(tmp_path, monkeypatch):
+    """reduce_range and training precision are 'auto' in the stages; the steps' keys hold what they
+    resolve to on this CPU, so a run on a CPU that resolves them otherwise does not reuse them."""
+    import vggc.compress.quantize as quantize
+    import vggc.cpu
+    from vggc.pipeline import PRESETS, build_steps
+
+    def keyed(vnni: bool, bf16: bool) -> dict:
+        monkeypatch.setattr(quantize, "has_vnni", lambda: vnni)
+        monkeypatch.setattr(vggc.cpu, "has_native_bf16", lambda: bf16)
+        return {s.name: s.settings for s in build_steps(tmp_path / "w.pt", tmp_path, PRESETS["quick"])}
+
+    here = keyed(vggc.cpu.has_vnni(), vggc.cpu.has_native_bf16())
+    assert here["int8_ort_static"]["reduce_range"] is quantize.resolve_reduce_range(None)
+    vnni, avx2 = keyed(True, True), keyed(False, False)
+    assert vnni["int8_ort_static"]["reduce_range"] is False and avx2["int8_ort_static"]["reduce_range"] is True
+    import torch
+
+    if not torch.cuda.is_available():  # on CUDA training resolves to fp16 whatever the CPU
+        assert vnni["prune"]["train_precision"] == "bf16" and avx2["prune"]["train_precision"] == "fp32"
+        assert vnni["distill"]["train_precision"] == "bf16" and avx2["distill"]["train_precision"] == "fp32"
+    steps = {s.name: s for s in build_steps(tmp_path / "w.pt", tmp_path, PRESETS["quick"])}
+    assert steps["int8_ort_static"].splits == ("train",) and steps["int8_ort_dynamic"].splits == ()
+    assert steps["onnx_fp32"].splits == ("test",) and steps["prune"].splits == ("train", "test")

@@ -181,9 +181,15 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0, thr
                                               "prune_scan/sensitivity.png"], scan_run, inputs=[weights],
                                settings={"scan_limit": preset.scan_limit, "seed": seed}, model=False, **reads("train"),
                                label=f"per-layer pruning sensitivity on {preset.scan_limit} training images"))
-    ft = {"strategy": preset.prune_strategy, "epochs": preset.prune_finetune_epochs, "batch": preset.train_batch, "limit": preset.prune_limit, "target": preset.prune_target_macs,
+    from vggc.train import resolve_device, resolve_precision
+
+    # training runs with precision/device "auto": the key holds what they resolve to on this machine
+    # (bf16 on CPUs with native bf16, fp32 elsewhere, fp16 on CUDA), which changes the trained weights
+    device = resolve_device("auto")
+    trained_on = {"train_device": device.type, "train_precision": resolve_precision("auto", device)}
+    ft = {**trained_on, "strategy": preset.prune_strategy, "epochs": preset.prune_finetune_epochs, "batch": preset.train_batch, "limit": preset.prune_limit, "target": preset.prune_target_macs,
           "eval_limit": preset.eval_limit, "seed": seed}
-    kd = {"epochs": preset.distill_epochs, "batch": preset.train_batch, "limit": preset.distill_limit, "width": preset.distill_width,
+    kd = {**trained_on, "epochs": preset.distill_epochs, "batch": preset.train_batch, "limit": preset.distill_limit, "width": preset.distill_width,
           "eval_limit": preset.eval_limit, "seed": seed, "T": 4.0, "alpha": 0.9}
     return [
         export_step("onnx_fp32", None, f"{stem}.onnx", fp16=False),
