@@ -156,7 +156,7 @@ def test_parity_failure_writes_nothing(tmp_path, monkeypatch):
     import vggc.export.onnx as onnx_export
 
     def bad_parity(*a, **k):
-        return {"n": 20, "max_abs_logit_diff": 3.0, "mean_abs_logit_diff": 1.0, "top1_agreement": 0.5,
+        return {"kind": "real", "n": 20, "max_abs_logit_diff": 3.0, "mean_abs_logit_diff": 1.0, "top1_agreement": 0.5,
                 "agreements": 10, "torch_top1": 0.5, "onnx_top1": 0.4}
 
     monkeypatch.setattr(onnx_export, "check_parity", bad_parity)
@@ -164,7 +164,7 @@ def test_parity_failure_writes_nothing(tmp_path, monkeypatch):
     split = Split(torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=g),
                   torch.arange(20) % 10, tuple(str(i) for i in range(10)))
     out = tmp_path / "m.onnx"
-    with pytest.raises(VggcError, match="parity too low: top-1 agreement 50.00% < 99.90%"):
+    with pytest.raises(VggcError, match="parity too low: top-1 agreement 50.00% < 99.90% on 20 real images"):
         export_with_parity(_tiny_model(), out, preprocess=Preprocess(), split=split)
     assert not out.exists() and not (tmp_path / "m.onnx.json").exists()
     assert not _leftovers(tmp_path)
