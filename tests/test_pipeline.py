@@ -499,3 +499,33 @@ def test_automatic_settings_enter_the_keys_resolved(tmp_path, monkeypatch):
     steps = {s.name: s for s in build_steps(tmp_path / "w.pt", tmp_path, PRESETS["quick"])}
     assert steps["int8_ort_static"].splits == ("train",) and steps["int8_ort_dynamic"].splits == ()
     assert steps["onnx_fp32"].splits == ("test",) and steps["prune"].splits == ("train", "test")
+
+
+def test_cli_threads_reach_every_step_and_the_bench(tmp_path, monkeypatch):
+    """`vggc pipeline --threads 1`: each step runs with torch at 1 thread and gets threads=1 for the
+    ONNX Runtime sessions it opens; the bench rows are timed at 1 thread."""
+    import torch
+    from conftest import run_cli
+
+    import vggc.export.job
+
+    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch)
+    monkeypatch.setitem(pipeline.PRESETS, "quick", pipeline.PRESETS["tiny"])
+    real, seen = vggc.export.job.export_file, []
+
+    def export_file(*a, **kw):
+        seen.append((kw.get("threads"), torch.get_num_threads()))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(vggc.export.job, "export_file", export_file)
+    before = torch.get_num_threads()
+    out = tmp_path / "run"
+    try:  # the CLI sets torch's thread count for the process
+        res = run_cli("pipeline", weights, "--data", data, "--out", out, "--only", "onnx_fp32", "--threads", 1)
+    finally:
+        torch.set_num_threads(before)
+    assert res.exit_code == 0, res.output
+    assert seen == [(1, 1)]
+    rows = json.loads((out / "bench" / "results.json").read_text())
+    assert {r["threads"] for r in rows if r["status"] == "ok"} == {1}
+    assert json.loads((out / "pipeline.json").read_text())["threads"] == 1
