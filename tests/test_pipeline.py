@@ -292,7 +292,7 @@ def test_changed_training_image_reruns_only_the_steps_that_read_train(tmp_path):
     assert res["calib"].why == "rerun (train data changed)"
     assert res["parity"].status == "cached" and res["nodata"].status == "cached"
     marker = json.loads((out / ".steps" / "calib.json").read_text())
-    assert set(marker["key_inputs"]["data"]) == {"train"} and marker["why"] == "rerun (train data changed)"
+    assert set(marker["key_inputs"]["data"]) == {"dir", "train"} and marker["why"] == "rerun (train data changed)"
 
 
 def test_same_out_on_another_data_directory_reruns_the_data_steps(tmp_path):
@@ -309,7 +309,8 @@ def test_same_out_on_another_data_directory_reruns_the_data_steps(tmp_path):
     res = {r.name: r for r in run_steps(_data_steps(rec, copy), out)}
     assert rec.calls == ["calib", "parity", "timed"]
     assert res["nodata"].status == "cached"
-    assert res["parity"].why == "rerun (test data changed)"
+    assert res["parity"].why == "rerun (data directory changed, test data changed)"
+    assert res["calib"].key_inputs["data"]["dir"] == str(copy.resolve())
 
 
 def test_changed_library_version_reruns_and_names_it(tmp_path, monkeypatch):
@@ -376,7 +377,7 @@ def test_pipeline_threads_retime_only_the_bench_and_changed_data_reruns_its_step
     first = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=only, threads=2)
     assert all(s["status"] == "ok" for s in first["steps"]) and first["threads"] == 2
     bench = {s["name"]: s for s in first["steps"]}["bench"]
-    assert bench["key_inputs"]["environment"]["threads"] == 2 and set(bench["key_inputs"]["data"]) == {"test"}
+    assert bench["key_inputs"]["environment"]["threads"] == 2 and set(bench["key_inputs"]["data"]) == {"dir", "test"}
     assert {r["threads"] for r in first["rows"] if r["status"] == "ok"} == {2}
 
     log: list[str] = []
@@ -402,7 +403,8 @@ def test_pipeline_threads_retime_only_the_bench_and_changed_data_reruns_its_step
     shutil.copytree(data, copy)
     fourth = pipeline.run_pipeline(weights, copy, preset="tiny", out_dir=out, only=only, threads=1)
     steps = {s["name"]: s for s in fourth["steps"]}
-    assert steps["onnx_fp32"]["status"] == "ok" and steps["onnx_fp32"]["why"] == "rerun (test data changed)"
+    assert steps["onnx_fp32"]["status"] == "ok"
+    assert steps["onnx_fp32"]["why"] == "rerun (data directory changed, test data changed)"
     assert steps["int8_ort_static"]["status"] == "ok" and steps["bench"]["status"] == "ok"
     assert "test data changed" in steps["bench"]["why"]
 

@@ -1,7 +1,7 @@
 """Pipeline step keys: everything a step's result depends on, in readable form, and what changed.
 
 A step's *key inputs* are its name, settings (automatic choices already resolved), the SHA-256 of
-every input file, the fingerprint of each data split it reads (:func:`vggc.data.split_fingerprint`)
+every input file, the directory and the fingerprint of each data split it reads (:func:`vggc.data.split_fingerprint`)
 and its environment (:func:`vggc.provenance.result_environment`; a timing step uses
 :func:`vggc.provenance.timing_environment`, which adds the CPU and the thread count). The key is the
 SHA-256 of that dict. The dict itself is stored in the step's marker and in ``pipeline.json``, so
@@ -24,7 +24,7 @@ _SHORT = 40
 def key_inputs(name: str, settings: dict, input_files: list[Path], data: dict[str, str],
                environment: dict) -> dict:
     """Return the readable key inputs of one step: ``step``, ``settings``, ``inputs`` (list of
-    ``{"file", "sha256"}``), ``data`` (``{split: fingerprint}``) and ``environment``."""
+    ``{"file", "sha256"}``), ``data`` (``{"dir": path, split: fingerprint}``) and ``environment``."""
     return {"step": name, "settings": settings,
             "inputs": [{"file": Path(p).name, "sha256": sha256_file(p)} for p in input_files],
             "data": dict(data), "environment": environment}
@@ -59,7 +59,7 @@ def _label(path: tuple[str, ...]) -> str:
             return rest[1]
         return {"vggc_source": "vggc source"}.get(rest[0], rest[0]) if rest else "environment"
     if head == "data":
-        return f"{rest[0]} data" if rest else "data"
+        return ("data directory" if rest[0] == "dir" else f"{rest[0]} data") if rest else "data"
     return ".".join(rest) if head == "settings" and rest else ".".join(path)
 
 

@@ -103,7 +103,9 @@ def step_inputs(step: Step, input_files: list[Path], fingerprint: Callable[[Path
     (``fingerprint(data, split)`` defaults to :func:`vggc.data.split_fingerprint`)."""
     if fingerprint is None:
         from vggc.data import split_fingerprint as fingerprint
-    data = {split: fingerprint(step.data, split) for split in step.splits} if step.data is not None else {}
+    data = {}
+    if step.data is not None and step.splits:  # the directory, for a reader; the fingerprints cover it
+        data = {"dir": str(Path(step.data).resolve()), **{split: fingerprint(step.data, split) for split in step.splits}}
     return key_inputs(step.name, step.settings, input_files, data, step.environment())
 
 
