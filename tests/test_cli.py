@@ -119,3 +119,42 @@ def test_console_script_exit_code(tmp_path):
     p = subprocess.run([sys.executable, "-c", "from vggc.cli import main; main()", "info", str(empty)],
                        capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.strip().startswith("error:") and "Traceback" not in p.stderr
+
+
+def test_nan_weights_are_one_line_errors_in_every_command(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setenv("VGGC_CACHE", str(tmp_path / "cache"))
+    sd = make_tiny_vgg().state_dict()
+    sd["features.4.weight"][0, 0, 0, 0] = float("nan")
+    bad = tmp_path / "nan.pt"
+    torch.save(sd, bad)
+    msg = "tensor features.4.weight holds 1 NaN value"
+    assert_one_line_error(run("info", bad), 2, msg)
+    assert_one_line_error(run("eval", bad, "--data", tiny_data), 2, msg)
+    assert_one_line_error(run("export", bad, "--no-parity", "--out", tmp_path / "m.onnx"), 2, msg)
+    assert_one_line_error(run("quantize", bad, "--mode", "dynamic", "--backend", "onnxruntime", "--data", tiny_data,
+                              "--out", tmp_path / "q.onnx"), 2, msg)
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+@pytest.mark.parametrize("kind", ["pt", "onnx"])
+def test_corrupt_manifest_is_one_line_error_in_eval_bench_and_quantize(tmp_path, tiny_data, monkeypatch, kind):
+    """A manifest `<file>.json` that exists but does not parse is refused the same way everywhere,
+    for a state_dict and for an ONNX file (never evaluated with default normalisation)."""
+    monkeypatch.setenv("VGGC_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "tiny.pt"
+    torch.save(make_tiny_vgg().state_dict(), weights)
+    model = weights
+    if kind == "onnx":
+        model = tmp_path / "tiny.onnx"
+        res = run("export", weights, "--no-parity", "--out", model)
+        assert res.exit_code == 0, res.output
+    manifest = model.with_name(model.name + ".json")
+    manifest.write_text('{"preprocess": {"mean": [0.5, 0.5')  # truncated JSON
+    msg = manifest.name
+    assert_one_line_error(run("eval", model, "--data", tiny_data), 2, msg)
+    assert_one_line_error(run("bench", model, "--data", tiny_data, "--out", tmp_path / "b"), 2, msg)
+    if kind == "pt":  # quantize reads a state_dict
+        assert_one_line_error(run("quantize", model, "--mode", "dynamic", "--backend", "onnxruntime",
+                                  "--data", tiny_data, "--out", tmp_path / "q.onnx"), 2, msg)
+        assert not (tmp_path / "q.onnx").exists()
+    assert not (tmp_path / "b" / "results.json").exists()

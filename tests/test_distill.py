@@ -352,3 +352,31 @@ def test_ddp_two_processes(kd_setup, tmp_path):
     assert m["train_images"] == 60 and len(m["train"]["history"]) == 2
     assert load_weights(out).name == "mobilenet_v2_cifar"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ddp")) == ["ddp.pt", "ddp.pt.json"]
+
+
+def test_resume_refuses_an_unreadable_or_missing_settings_file(kd_setup, tmp_path):
+    """The checkpoint's settings file is what --resume checks; when it cannot be read (or is gone)
+    the resume is refused with one line, never continued without the check."""
+    from vggc.errors import StaleCheckpointError
+
+    teacher, data, _ = kd_setup
+    cfg = TrainConfig(epochs=2, batch_size=20, lr=0.05, precision="fp32", seed=1, device="cpu")
+    kd = KDConfig(4.0, 0.9)
+    part = tmp_path / "part.pt"
+
+    def stop(rec):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(teacher, data, part, cfg, kd, width_mult=SMALL, do_eval=False, on_epoch=stop)
+    settings = tmp_path / "part.pt.ckpt.json"
+    assert settings.is_file() and (tmp_path / "part.pt.ckpt").is_file()
+    settings.write_text('{"kd": {"temperature": 4.0,')  # truncated
+    with pytest.raises(StaleCheckpointError, match=r"part.pt.ckpt.json: unreadable settings file .*rerun without "
+                                                   r"--resume") as info:
+        distill(teacher, data, part, cfg, kd, width_mult=SMALL, do_eval=False, resume=True)
+    assert "\n" not in str(info.value)
+    settings.unlink()
+    with pytest.raises(StaleCheckpointError, match=r"part.pt.ckpt.json \(the settings of part.pt.ckpt\) is missing"):
+        distill(teacher, data, part, cfg, kd, width_mult=SMALL, do_eval=False, resume=True)
+    assert not part.exists()

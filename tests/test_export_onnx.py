@@ -149,14 +149,14 @@ def test_bad_opset_is_one_line_input_error(tmp_path, tiny_vgg):
     res = CliRunner().invoke(main, ["export", "x.pt", "--opset", "99", "--no-parity", "--out", str(out)])
     assert res.exit_code == 2 and "--opset 99: unsupported" in res.output
     res = CliRunner().invoke(main, ["export", "x.pt", "--out", str(out)], env={"VGGC_DATA": ""})
-    assert res.exit_code == 2 and "--data" in res.output
+    assert res.exit_code == 2 and "x.pt" in res.output  # no --data is fine now; the missing file is not
 
 
 def test_parity_failure_writes_nothing(tmp_path, monkeypatch):
     import vggc.export.onnx as onnx_export
 
     def bad_parity(*a, **k):
-        return {"n": 20, "max_abs_logit_diff": 3.0, "mean_abs_logit_diff": 1.0, "top1_agreement": 0.5,
+        return {"kind": "real", "n": 20, "max_abs_logit_diff": 3.0, "mean_abs_logit_diff": 1.0, "top1_agreement": 0.5,
                 "agreements": 10, "torch_top1": 0.5, "onnx_top1": 0.4}
 
     monkeypatch.setattr(onnx_export, "check_parity", bad_parity)
@@ -164,7 +164,7 @@ def test_parity_failure_writes_nothing(tmp_path, monkeypatch):
     split = Split(torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=g),
                   torch.arange(20) % 10, tuple(str(i) for i in range(10)))
     out = tmp_path / "m.onnx"
-    with pytest.raises(VggcError, match="parity too low: top-1 agreement 50.00% < 99.90%"):
+    with pytest.raises(VggcError, match="parity too low: top-1 agreement 50.00% < 99.90% on 20 real images"):
         export_with_parity(_tiny_model(), out, preprocess=Preprocess(), split=split)
     assert not out.exists() and not (tmp_path / "m.onnx.json").exists()
     assert not _leftovers(tmp_path)
@@ -215,3 +215,71 @@ def test_torchvision_vgg16_layout_exports(tmp_path):
     assert got.shape == (2, 10)
     assert np.abs(got - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
     assert runtime.describe(out).macs == pytest.approx(432_775_168)
+
+
+# ----------------------------------------------------------------------------- parity without --data
+
+def test_export_without_data_checks_parity_on_synthetic_images(tmp_path):
+    from vggc.cli import main
+
+    weights, out = tmp_path / "tiny.pt", tmp_path / "m.onnx"
+    torch.save(_tiny_model().state_dict(), weights)
+    res = CliRunner().invoke(main, ["export", str(weights), "--format", "onnx", "--out", str(out)],
+                             env={"VGGC_DATA": ""})
+    assert res.exit_code == 0, res.output
+    assert "on 512 synthetic images (fixed seed 0)" in res.output
+    assert "real images (--data DIR) give the stronger check" in res.output
+    assert "PyTorch top-1" not in res.output  # random images have no labels
+    manifest = json.loads((tmp_path / "m.onnx.json").read_text())
+    p = manifest["parity"]
+    assert p["kind"] == "synthetic" and p["n"] == 512 and p["torch_top1"] is None
+    assert p["top1_agreement"] >= 0.999 and p["max_abs_logit_diff"] < 1e-3
+    assert manifest["settings"]["parity_kind"] == "synthetic"
+
+    out16 = tmp_path / "m16.onnx"
+    res = CliRunner().invoke(main, ["export", str(weights), "--fp16", "--parity-limit", "64", "--out", str(out16),
+                                    "--json"], env={"VGGC_DATA": ""})
+    assert res.exit_code == 0, res.output
+    p = json.loads(res.stdout)["parity"]
+    assert p["kind"] == "synthetic" and p["n"] == 64 and p["min_agreement"] == 0.995
+
+
+def test_export_with_data_checks_real_images(tmp_path, tiny_data, monkeypatch):
+    from vggc.cli import main
+
+    monkeypatch.setenv("VGGC_CACHE", str(tmp_path / "cache"))
+    weights, out = tmp_path / "tiny.pt", tmp_path / "m.onnx"
+    torch.save(_tiny_model().state_dict(), weights)
+    res = CliRunner().invoke(main, ["export", str(weights), "--data", str(tiny_data), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    p = json.loads(res.stdout)["parity"]
+    assert p["kind"] == "real" and p["n"] == 60 and p["torch_top1"] is not None
+    res = CliRunner().invoke(main, ["export", str(weights), "--no-parity", "--out", str(tmp_path / "n.onnx")],
+                             env={"VGGC_DATA": ""})
+    assert res.exit_code == 0 and "parity check skipped (--no-parity)" in res.output
+
+
+def test_synthetic_split_is_fixed_seed_at_the_input_size():
+    from vggc.export.onnx import synthetic_split
+
+    a, b = synthetic_split(10, 64, seed=3), synthetic_split(10, 64, seed=3)
+    assert a.images.shape == (10, 3, 64, 64) and a.images.dtype == torch.uint8
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, synthetic_split(10, 64, seed=4).images)
+    assert a.name == "synthetic" and (a.labels == -1).all()
+
+
+def test_synthetic_parity_below_the_bar_is_refused(tmp_path, monkeypatch):
+    """An ONNX file whose predictions disagree with PyTorch is refused on synthetic images too."""
+    from vggc.export.onnx import synthetic_split
+    from vggc.export.ort_backend import OrtRunner
+
+    real_predict = OrtRunner.predict
+
+    def broken(self, x):  # the exported graph's output with the classes rotated: wrong predictions
+        return real_predict(self, x).roll(1, dims=1)
+
+    monkeypatch.setattr(OrtRunner, "predict", broken)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(VggcError, match=r"parity too low: .* on 64 synthetic images"):
+        export_with_parity(_tiny_model(), out, preprocess=Preprocess(), split=synthetic_split(64, 32))
+    assert not out.exists() and not (tmp_path / "m.onnx.json").exists() and not _leftovers(tmp_path)

@@ -185,3 +185,18 @@ def test_pruned_model_macs_match_torch_flop_counter(arch):
     plan, _ = prune_model(model, PruneSpec(strategy="global", target_macs=0.5))
     macs, _ = _flop_counter_macs(model)
     assert plan.macs == count_macs(model) == macs and macs <= 0.5 * plan.base_macs
+
+
+@pytest.mark.parametrize("bad,what", [(float("nan"), "1 NaN value"), (float("inf"), "1 Inf value")])
+def test_non_finite_weights_are_refused_naming_the_first_bad_tensor(tmp_path, tiny_vgg, bad, what):
+    sd = tiny_vgg.state_dict()
+    first, later = "features.0.weight", "classifier.0.bias"
+    sd[later][0] = float("nan")
+    sd[first].view(-1)[5] = bad
+    path = tmp_path / "bad.pt"
+    torch.save(sd, path)
+    with pytest.raises(ModelFormatError) as info:
+        load_weights(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: tensor {first} holds {what} (of {sd[first].numel()})") and "\n" not in msg
+    assert later not in msg

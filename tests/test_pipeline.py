@@ -272,3 +272,273 @@ def test_pipeline_refuses_an_out_dir_another_run_holds(tmp_path, monkeypatch):
         with pytest.raises(InputError, match="another vggc pipeline"):
             pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["onnx_fp32"])
     assert not (out / ".steps").exists() and not (out / "tiny.onnx").exists()
+
+
+# ----------------------------------------------------------------------------- key inputs (issue 14)
+
+def _data_steps(rec, data, threads=2):
+    """Steps that read the train split, the test split, nothing, and a timing step."""
+    from vggc import provenance
+
+    return [
+        Step("calib", ["calib.txt"], rec.writer("calib", lambda: "k"), data=data, splits=("train",)),
+        Step("parity", ["parity.txt"], rec.writer("parity", lambda: "p"), data=data, splits=("test",)),
+        Step("nodata", ["nodata.txt"], rec.writer("nodata", lambda: "n")),
+        Step("timed", ["timed.txt"], rec.writer("timed", lambda: "t"), data=data, splits=("test",),
+             environment=lambda: provenance.timing_environment(threads)),
+    ]
+
+
+def test_changed_training_image_reruns_only_the_steps_that_read_train(tmp_path):
+    from conftest import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "data", per_class=1, classes=2)
+    out, rec = tmp_path / "run", Recorder()
+    run_steps(_data_steps(rec, data), out)
+    rec.calls.clear()
+    img = next((data / "train" / "class00").iterdir())
+    img.write_bytes(img.read_bytes() + b"\0")  # one training image changed (size and mtime)
+    res = {r.name: r for r in run_steps(_data_steps(rec, data), out)}
+    assert rec.calls == ["calib"]
+    assert res["calib"].why == "rerun (train data changed)"
+    assert res["parity"].status == "cached" and res["nodata"].status == "cached"
+    marker = json.loads((out / ".steps" / "calib.json").read_text())
+    assert set(marker["key_inputs"]["data"]) == {"dir", "train"} and marker["why"] == "rerun (train data changed)"
+
+
+def test_same_out_on_another_data_directory_reruns_the_data_steps(tmp_path):
+    import shutil
+
+    from conftest import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "data", per_class=1, classes=2)
+    out, rec = tmp_path / "run", Recorder()
+    run_steps(_data_steps(rec, data), out)
+    rec.calls.clear()
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    res = {r.name: r for r in run_steps(_data_steps(rec, copy), out)}
+    assert rec.calls == ["calib", "parity", "timed"]
+    assert res["nodata"].status == "cached"
+    assert res["parity"].why == "rerun (data directory changed, test data changed)"
+    assert res["calib"].key_inputs["data"]["dir"] == str(copy.resolve())
+
+
+def test_changed_library_version_reruns_and_names_it(tmp_path, monkeypatch):
+    from vggc import provenance
+
+    out, rec = tmp_path / "run", Recorder()
+    run_steps(_steps(rec, tmp_path), out)
+    rec.calls.clear()
+    real = provenance.library_versions()
+    monkeypatch.setattr(provenance, "library_versions", lambda names=provenance.LIBRARIES: {**real, "torch": "9.9.9"})
+    res = run_steps(_steps(rec, tmp_path), out)
+    assert rec.calls == ["a", "b", "c", "d"]
+    assert res[0].why == f"rerun (torch {real['torch']} -> 9.9.9)"
+    assert res[0].key_inputs["environment"]["libraries"]["torch"] == "9.9.9"
+
+
+def test_changed_vggc_source_reruns(tmp_path, monkeypatch):
+    from vggc import provenance
+
+    out, rec = tmp_path / "run", Recorder()
+    run_steps(_steps(rec, tmp_path), out)
+    rec.calls.clear()
+    monkeypatch.setattr(provenance, "source_digest", lambda: "0" * 64)
+    res = run_steps(_steps(rec, tmp_path), out)
+    assert rec.calls == ["a", "b", "c", "d"] and res[0].why == "rerun (vggc source changed)"
+
+
+def test_other_threads_retimes_only_the_timing_step(tmp_path):
+    from conftest import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "data", per_class=1, classes=2)
+    out, rec = tmp_path / "run", Recorder()
+    run_steps(_data_steps(rec, data, threads=2), out)
+    rec.calls.clear()
+    res = {r.name: r for r in run_steps(_data_steps(rec, data, threads=1), out)}
+    assert rec.calls == ["timed"]
+    assert res["timed"].why == "re-timed (threads 2 -> 1)"
+    assert res["timed"].key_inputs["environment"]["threads"] == 1
+    assert res["timed"].key_inputs["environment"]["cpu_flags"]  # the CPU is part of a timing's key
+
+
+def test_rerun_after_a_killed_attempt_says_so_and_a_tampered_output_is_named(tmp_path):
+    out, rec = tmp_path / "run", Recorder()
+    with pytest.raises(KeyboardInterrupt):
+        run_steps(_steps(rec, tmp_path, interrupt_c=True), out)
+    res = {r.name: r for r in run_steps(_steps(rec, tmp_path), out)}
+    assert res["a"].why == "reused: key inputs unchanged"
+    assert res["c"].why == "rerun (its previous attempt did not finish)"
+    (out / "d.txt").write_text("tampered")
+    res = {r.name: r for r in run_steps(_steps(rec, tmp_path), out)}
+    assert res["d"].why == "rerun (d.txt was modified since it was written)"
+    res = {r.name: r for r in run_steps(_steps(rec, tmp_path, a_setting=5), out)}
+    assert res["a"].why == "rerun (x 1 -> 5)"
+
+
+def test_pipeline_threads_retime_only_the_bench_and_changed_data_reruns_its_steps(tmp_path, monkeypatch):
+    """Real tiny run: another --threads re-times the bench and reuses every other step; one changed
+    training image reruns the calibration step (not the export, which reads test images); the same
+    --out on a copy of the data reruns every data-dependent step; pipeline.json says why."""
+    import shutil
+
+    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch)
+    out, only = tmp_path / "run", ["onnx_fp32", "int8_ort_static"]
+    first = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=only, threads=2)
+    assert all(s["status"] == "ok" for s in first["steps"]) and first["threads"] == 2
+    bench = {s["name"]: s for s in first["steps"]}["bench"]
+    assert bench["key_inputs"]["environment"]["threads"] == 2 and set(bench["key_inputs"]["data"]) == {"dir", "test"}
+    assert {r["threads"] for r in first["rows"] if r["status"] == "ok"} == {2}
+
+    log: list[str] = []
+    second = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=only, threads=1, log=log.append)
+    steps = {s["name"]: s for s in second["steps"]}
+    assert {n: s["status"] for n, s in steps.items()} == {"onnx_fp32": "cached", "int8_ort_static": "cached",
+                                                          "bench": "ok"}
+    assert steps["bench"]["why"] == "re-timed (threads 2 -> 1)" and "-- bench: re-timed (threads 2 -> 1)" in log
+    assert {r["threads"] for r in second["rows"] if r["status"] == "ok"} == {1}
+    doc = json.loads((out / "pipeline.json").read_text())
+    assert doc["threads"] == 1 and {s["name"]: s["why"] for s in doc["steps"]}["bench"] == "re-timed (threads 2 -> 1)"
+    assert {s["name"]: s for s in doc["steps"]}["int8_ort_static"]["key_inputs"]["settings"]["reduce_range"] in (
+        True, False)
+
+    img = next((data / "train" / "class03").iterdir())
+    img.write_bytes(img.read_bytes() + b"\0")  # one training image changed
+    third = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=only, threads=1)
+    steps = {s["name"]: s for s in third["steps"]}
+    assert steps["onnx_fp32"]["status"] == "cached"
+    assert steps["int8_ort_static"]["status"] == "ok" and steps["int8_ort_static"]["why"] == "rerun (train data changed)"
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    fourth = pipeline.run_pipeline(weights, copy, preset="tiny", out_dir=out, only=only, threads=1)
+    steps = {s["name"]: s for s in fourth["steps"]}
+    assert steps["onnx_fp32"]["status"] == "ok"
+    assert steps["onnx_fp32"]["why"] == "rerun (data directory changed, test data changed)"
+    assert steps["int8_ort_static"]["status"] == "ok" and steps["bench"]["status"] == "ok"
+    assert "test data changed" in steps["bench"]["why"]
+
+
+_PIPELINE_SCRIPT = r"""
+import sys, time
+import vggc.pipeline as pipeline, vggc.train
+pipeline.PRESETS["quick"] = pipeline.Preset("quick", parity_limit=None, calib_size=20, prune_target_macs=0.5,
+    prune_finetune_epochs=4, prune_limit=None, distill_epochs=1, distill_limit=None, distill_width=0.25,
+    eval_limit=None, bench_quick=True, bench_limit=None, bench_batch=8, train_batch=8)
+pause = float(sys.argv[1])
+real_fit = vggc.train.fit
+def fit(*a, on_epoch=None, **kw):  # a pause after each epoch's checkpoint: a window to kill in
+    def slow(rec):
+        if on_epoch:
+            on_epoch(rec)
+        time.sleep(pause)
+    return real_fit(*a, on_epoch=slow, **kw)
+vggc.train.fit = fit
+from vggc.cli import main
+main(sys.argv[2:])
+"""
+
+
+def test_sigkill_during_training_then_rerun_resumes_to_identical_weights(tmp_path, monkeypatch):
+    """`vggc pipeline` in a subprocess is SIGKILLed once the prune fine-tune's first checkpoint
+    exists; the rerun resumes from it and ends with the same weights as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    _, weights, data = _tiny_setup(tmp_path, monkeypatch)
+    script = tmp_path / "run_pipeline.py"
+    script.write_text(_PIPELINE_SCRIPT)
+    env = {**os.environ, "VGGC_CACHE": str(tmp_path / "cache"), "PYTHONPATH": os.getcwd()}
+
+    def cmd(out, pause):
+        return [sys.executable, str(script), str(pause), "pipeline", str(weights), "--data", str(data),
+                "--out", str(out), "--only", "prune", "--threads", "1"]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(killed, 2.0), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not list(killed.glob("*.ckpt")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "tiny_pruned.pt").exists() and not (killed / ".steps" / "prune.json").exists()
+    assert list(killed.glob("*.ckpt"))
+
+    rerun = subprocess.run(cmd(killed, 0), env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "prune: rerun (its previous attempt did not finish)" in rerun.stderr
+    ft = json.loads((killed / "tiny_pruned.pt.json").read_text())["metrics"]["steps"][0]
+    assert [h["epoch"] for h in ft["history"]] == [1, 2, 3, 4]
+    assert ft["resumed_from_epoch"] >= 1  # continued from the checkpoint, not from scratch
+
+    clean = tmp_path / "clean"
+    ref = subprocess.run(cmd(clean, 0), env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    a = torch.load(killed / "tiny_pruned.pt", weights_only=True)
+    b = torch.load(clean / "tiny_pruned.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_automatic_settings_enter_the_keys_resolved(tmp_path, monkeypatch):
+    """reduce_range and training precision are 'auto' in the stages; the steps' keys hold what they
+    resolve to on this CPU, so a run on a CPU that resolves them otherwise does not reuse them."""
+    import vggc.compress.quantize as quantize
+    import vggc.cpu
+    from vggc.pipeline import PRESETS, build_steps
+
+    def keyed(vnni: bool, bf16: bool) -> dict:
+        monkeypatch.setattr(quantize, "has_vnni", lambda: vnni)
+        monkeypatch.setattr(vggc.cpu, "has_native_bf16", lambda: bf16)
+        return {s.name: s.settings for s in build_steps(tmp_path / "w.pt", tmp_path, PRESETS["quick"])}
+
+    here = keyed(vggc.cpu.has_vnni(), vggc.cpu.has_native_bf16())
+    assert here["int8_ort_static"]["reduce_range"] is quantize.resolve_reduce_range(None)
+    vnni, avx2 = keyed(True, True), keyed(False, False)
+    assert vnni["int8_ort_static"]["reduce_range"] is False and avx2["int8_ort_static"]["reduce_range"] is True
+    import torch
+
+    if not torch.cuda.is_available():  # on CUDA training resolves to fp16 whatever the CPU
+        assert vnni["prune"]["train_precision"] == "bf16" and avx2["prune"]["train_precision"] == "fp32"
+        assert vnni["distill"]["train_precision"] == "bf16" and avx2["distill"]["train_precision"] == "fp32"
+    steps = {s.name: s for s in build_steps(tmp_path / "w.pt", tmp_path, PRESETS["quick"])}
+    assert steps["int8_ort_static"].splits == ("train",) and steps["int8_ort_dynamic"].splits == ()
+    assert steps["onnx_fp32"].splits == ("test",) and steps["prune"].splits == ("train", "test")
+
+
+def test_cli_threads_reach_every_step_and_the_bench(tmp_path, monkeypatch):
+    """`vggc pipeline --threads 1`: each step runs with torch at 1 thread and gets threads=1 for the
+    ONNX Runtime sessions it opens; the bench rows are timed at 1 thread."""
+    import torch
+    from conftest import run_cli
+
+    import vggc.export.job
+
+    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch)
+    monkeypatch.setitem(pipeline.PRESETS, "quick", pipeline.PRESETS["tiny"])
+    real, seen = vggc.export.job.export_file, []
+
+    def export_file(*a, **kw):
+        seen.append((kw.get("threads"), torch.get_num_threads()))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(vggc.export.job, "export_file", export_file)
+    before = torch.get_num_threads()
+    out = tmp_path / "run"
+    try:  # the CLI sets torch's thread count for the process
+        res = run_cli("pipeline", weights, "--data", data, "--out", out, "--only", "onnx_fp32", "--threads", 1)
+    finally:
+        torch.set_num_threads(before)
+    assert res.exit_code == 0, res.output
+    assert seen == [(1, 1)]
+    rows = json.loads((out / "bench" / "results.json").read_text())
+    assert {r["threads"] for r in rows if r["status"] == "ok"} == {1}
+    assert json.loads((out / "pipeline.json").read_text())["threads"] == 1

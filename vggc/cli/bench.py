@@ -100,12 +100,15 @@ def command(models, data, batch, backends, baseline, quick, limit, threads, out,
     count, by default taken in interleaved rounds over all rows (see --timing); other load on the
     machine still makes absolute numbers noisy.
     """
+    from vggc.artifacts import read_manifest
     from vggc.bench import run_bench, screen_table
     from vggc.bench.report import subset_label
     from vggc.bench.timing import timing_policy
     from vggc.cli.common import set_threads
     from vggc.progress import tqdm_progress
 
+    for m in models:  # an existing but unreadable manifest/sidecar is bad input (exit 2), as in eval/quantize
+        read_manifest(m)
     policy = timing_policy(timing_mode, quick, rounds)
     n_threads = set_threads(threads)
     cmdline = " ".join(shlex.quote(a) for a in ["vggc", *sys.argv[1:]])

@@ -55,15 +55,16 @@ def command(weights, data, preset, out_dir, only, force, seed, threads, max_drop
     from vggc.pipeline import run_pipeline
     from vggc.progress import tqdm_progress
 
-    set_threads(threads)
+    n_threads = set_threads(threads)
     weights, data = default_inputs(weights, data)
-    summary = run_pipeline(weights, data, preset=preset, out_dir=out_dir, seed=seed, force=force,
+    summary = run_pipeline(weights, data, preset=preset, out_dir=out_dir, seed=seed, force=force, threads=n_threads,
                            only=[s.strip() for s in only.split(",") if s.strip()] if only else None,
                            progress=tqdm_progress, log=lambda m: click.echo(m, err=True), max_drop_pt=max_drop)
     click.echo("")
     click.echo("step                      status       seconds")
     for s in summary["steps"]:
-        click.echo(f"{s['name']:<25} {s['status'][:70]:<12} {s['seconds']:>7.1f}")
+        why = "" if s["status"] == "cached" else s.get("why", "")
+        click.echo(f"{s['name']:<25} {s['status'][:70]:<12} {s['seconds']:>7.1f}  {why}".rstrip())
     click.echo(f"step work: {summary['step_seconds']:.0f} s, wall: {summary['wall_seconds']:.0f} s")
     click.echo("")
     if summary["rows"]:

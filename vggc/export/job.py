@@ -25,13 +25,15 @@ def export_file(weights: str, out: str | None, *, fmt: str = "onnx", data: str |
     """Export the state_dict ``weights`` to ``out``; return the facts ``vggc export`` prints.
 
     With ``parity`` (the default) the export is compared with PyTorch on the CIFAR-10 test split
-    under ``data`` (all of it, or a class-balanced ``parity_limit`` subset drawn with ``seed``).
+    under ``data`` (all of it, or a class-balanced ``parity_limit`` subset drawn with ``seed``;
+    ``parity.kind`` ``"real"``); without ``data`` on a fixed-seed batch of synthetic images at the
+    model's input size (``parity_limit`` of them, default 512; ``parity.kind`` ``"synthetic"``).
     ``triton``: also write a Triton model repository there (:func:`vggc.export.triton.write_triton_repo`).
     ``out=None`` needs ``triton``: the ONNX goes only into the repository, as model ``<weights stem>``
     (exported to a temporary directory first; ``path`` is then the repository's ``1/model.onnx``).
     """
     from vggc.data import limit_split, load_split, resolve_preprocess
-    from vggc.export.onnx import check_opset, export_with_parity
+    from vggc.export.onnx import SYNTHETIC_PARITY_N, check_opset, export_with_parity, synthetic_split
     from vggc.models import load_weights
 
     if fmt not in FORMATS:
@@ -61,14 +63,14 @@ def export_file(weights: str, out: str | None, *, fmt: str = "onnx", data: str |
 
         check_triton_options(triton, name=Path(out).stem, engine=triton_engine, max_batch=triton_max_batch,
                              instance_kind=triton_instance)
-    if parity and not data:
-        raise InputError("the parity check needs test images: pass --data DIR (or set VGGC_DATA), "
-                         "or --no-parity to skip it")
     lm = load_weights(weights)
     pre = resolve_preprocess(lm.sidecar, mean, std, input_size)
     split = None
-    if parity:
+    if parity and data:
         split = limit_split(load_split(data, "test", progress=progress), parity_limit, seed)
+    elif parity:
+        split = synthetic_split(parity_limit or SYNTHETIC_PARITY_N, pre.input_size, seed=seed,
+                                channels=getattr(lm.config, "in_channels", 3))
     facts = export_with_parity(lm.model, out, preprocess=pre, split=split, opset=opset, fp16=fp16,
                                batch_size=batch_size, threads=threads, source=weights, arch=lm.name,
                                settings={"parity_limit": parity_limit, "seed": seed, "format": fmt},

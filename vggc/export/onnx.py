@@ -11,7 +11,10 @@ inputs/outputs (a Cast at each end), so callers feed and read float32 either way
 
 :func:`export_with_parity` is what ``vggc export`` runs: export to a temporary file, compare it
 with PyTorch on real test images (:func:`check_parity`), and only then move it into place and
-write its manifest. Below the agreement bar nothing is left at the output path.
+write its manifest. Below the agreement bar nothing is left at the output path. Without test
+images the check runs on :func:`synthetic_split` (a fixed-seed batch of random images at the
+model's input size; ``parity.kind`` says which): it catches a broken graph, real images are the
+stronger check.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ DEFAULT_OPSET = 18
 # Minimum top-1 agreement between ONNX Runtime and PyTorch for an export to be kept.
 MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.995}
 METADATA_PREFIX = "vggc."
+# parity without test images: this many fixed-seed random images at the model's input size
+SYNTHETIC_PARITY_N = 512
+SYNTHETIC = "synthetic"  # Split.name of synthetic_split(); parity["kind"] is "synthetic" or "real"
 
 
 def check_opset(opset: int) -> int:
@@ -138,14 +144,33 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, input_size: int = 3
 
 # ----------------------------------------------------------------------------- parity
 
+def synthetic_split(n: int = SYNTHETIC_PARITY_N, input_size: int = 32, *, seed: int = 0, channels: int = 3) -> Split:
+    """Return ``n`` fixed-seed random uint8 images ``(n, channels, S, S)`` for a parity check
+    without test images: half uniform noise, half smooth (4x4-pixel noise upsampled) so both
+    high- and low-frequency inputs are covered. Labels are ``-1`` (there is no ground truth);
+    the split is named :data:`SYNTHETIC`."""
+    if n < 1:
+        raise InputError(f"synthetic parity needs at least one image, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, channels, input_size, input_size), generator=g, dtype=torch.uint8)
+    half = n // 2
+    if half:
+        small = torch.rand(half, channels, 4, 4, generator=g) * 255.0
+        smooth = torch.nn.functional.interpolate(small, size=(input_size, input_size), mode="bilinear",
+                                                 align_corners=False)
+        images[:half] = smooth.round().clamp_(0, 255).to(torch.uint8)
+    return Split(images, torch.full((n,), -1, dtype=torch.int64), (), SYNTHETIC)
+
+
 @torch.no_grad()
 def check_parity(onnx_path: str | os.PathLike, model: nn.Module, split: Split, preprocess: Preprocess, *,
                  batch_size: int = 256, threads: int | None = None, progress: Progress = no_progress) -> dict:
     """Compare ONNX Runtime (CPU) on ``onnx_path`` with PyTorch ``model`` on every image of ``split``.
 
-    Returns ``n``, ``max_abs_logit_diff``, ``mean_abs_logit_diff``, ``top1_agreement`` (fraction
-    of images where both predict the same class), ``agreements``, ``torch_top1`` and
-    ``onnx_top1`` (fractions 0..1).
+    Returns ``kind`` (``"real"``, or ``"synthetic"`` for a :func:`synthetic_split`), ``n``,
+    ``max_abs_logit_diff``, ``mean_abs_logit_diff``, ``top1_agreement`` (fraction of images where
+    both predict the same class), ``agreements``, ``torch_top1`` and ``onnx_top1`` (fractions 0..1;
+    ``None`` on synthetic images, which have no labels).
     """
     from vggc.export.ort_backend import OrtRunner
 
@@ -175,9 +200,10 @@ def check_parity(onnx_path: str | os.PathLike, model: nn.Module, split: Split, p
             n += int(labels.numel())
     finally:
         runner.close()
-    return {"n": n, "max_abs_logit_diff": max_diff, "mean_abs_logit_diff": sum_diff / n,
-            "top1_agreement": agree / n, "agreements": agree,
-            "torch_top1": torch_hits / n, "onnx_top1": onnx_hits / n}
+    labelled = split.name != SYNTHETIC
+    return {"kind": "real" if labelled else SYNTHETIC, "n": n, "max_abs_logit_diff": max_diff,
+            "mean_abs_logit_diff": sum_diff / n, "top1_agreement": agree / n, "agreements": agree,
+            "torch_top1": torch_hits / n if labelled else None, "onnx_top1": onnx_hits / n if labelled else None}
 
 
 def export_with_parity(model: nn.Module, out: str | os.PathLike, *, preprocess: Preprocess,
@@ -209,7 +235,7 @@ def export_with_parity(model: nn.Module, out: str | os.PathLike, *, preprocess: 
             if parity["top1_agreement"] < bar:
                 raise VggcError(
                     f"ONNX/PyTorch parity too low: top-1 agreement {100 * parity['top1_agreement']:.2f}% "
-                    f"< {100 * bar:.2f}% on {parity['n']} images (max |dlogit| "
+                    f"< {100 * bar:.2f}% on {parity['n']} {parity['kind']} images (max |dlogit| "
                     f"{parity['max_abs_logit_diff']:.3g}); {out} not written")
     params = count_params(model)
     macs = count_macs(model, preprocess.input_size)
@@ -222,7 +248,8 @@ def export_with_parity(model: nn.Module, out: str | os.PathLike, *, preprocess: 
     try:
         write_manifest(out, kind="onnx", inputs={"source": source} if source is not None else {},
                        settings={"opset": opset, "fp16": fp16, "input_size": preprocess.input_size,
-                                 "parity_images": parity["n"] if parity else 0, "min_agreement": bar,
+                                 "parity_images": parity["n"] if parity else 0, "parity_kind": parity["kind"] if parity else None,
+                                 "min_agreement": bar,
                                  **(settings or {})},
                        metrics={"parity": parity} if parity else {}, extra=doc_extra)
     except BaseException:

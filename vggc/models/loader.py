@@ -62,6 +62,21 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     return out
 
 
+def check_finite(sd: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`ModelFormatError` naming the first tensor (in file order) holding NaN or Inf
+    values, with how many; a model with such weights would evaluate to chance without a word."""
+    for k, v in sd.items():
+        if not (v.is_floating_point() or v.is_complex()):
+            continue
+        finite = torch.isfinite(v)
+        if not bool(finite.all()):
+            nan = int(torch.isnan(v).sum())
+            inf = int(v.numel() - int(finite.sum()) - nan)
+            what = " and ".join(f"{n} {name}" for n, name in ((nan, "NaN"), (inf, "Inf")) if n)
+            raise ModelFormatError(f"tensor {k} holds {what} value{'s' if nan + inf > 1 else ''} "
+                                   f"(of {v.numel()}); refusing to load non-finite weights")
+
+
 def model_from_state_dict(sd: dict[str, torch.Tensor]) -> tuple[nn.Module, Architecture, Any]:
     """Rebuild and load the module described by ``sd``; return ``(model, arch, config)``."""
     arch, config = detect(sd)
@@ -99,11 +114,15 @@ def read_sidecar(weights: str | Path) -> dict:
 
 
 def load_weights(path: str | Path) -> LoadedModel:
-    """Load a ``.pt`` state_dict file safely (``weights_only=True``) and rebuild its model."""
+    """Load a ``.pt`` state_dict file safely (``weights_only=True``) and rebuild its model.
+
+    Returns a :class:`LoadedModel`. Raises :class:`ModelFormatError` (one line naming the file) for
+    anything that is not a loadable state_dict, including NaN/Inf weights (:func:`check_finite`)."""
     path = Path(path)
     obj = safe_torch_load(path)
     try:
         sd = unwrap_state_dict(obj)
+        check_finite(sd)
         model, arch, config = model_from_state_dict(sd)
     except ModelFormatError as err:
         raise ModelFormatError(f"{path}: {err}") from None

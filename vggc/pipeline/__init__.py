@@ -85,11 +85,18 @@ def _resumable(run: Callable[[bool], dict], work: list[Path], checkpoints: list[
     return run(False)
 
 
-def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
+def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0, threads: int | None = None,
                 progress: Progress = no_progress) -> list[Step]:
-    """Return the pipeline's steps for ``weights`` (a VGG16 state_dict) in dependency order."""
+    """Return the pipeline's steps for ``weights`` (a VGG16 state_dict) in dependency order.
+
+    Each step names the data splits it reads (their fingerprints key it) and carries every setting
+    chosen automatically in its resolved form (quantization's ``reduce_range``). ``threads`` is
+    handed to the stages that open ONNX Runtime sessions (torch's count is set by the caller)."""
+    from vggc.compress.quantize import resolve_reduce_range
+
     stem = weights.stem
     data_s = str(data)
+    reads = lambda *splits: {"data": data, "splits": splits}  # noqa: E731 - the splits a step reads
 
     def export_step(name: str, src: str | None, out: str, fp16: bool) -> Step:
         def run(ctx: StepContext) -> dict:
@@ -97,17 +104,19 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
 
             source = str(weights if src is None else ctx.dep(src))
             facts = export_file(source, str(ctx.output()), data=data_s, fp16=fp16,
-                                parity_limit=preset.parity_limit, seed=seed, progress=progress)
+                                parity_limit=preset.parity_limit, seed=seed, threads=threads, progress=progress)
             parity = facts.get("parity") or {}
             return {"precision": facts.get("precision"), "size_bytes": facts.get("size_bytes"),
                     **{k: v for k, v in parity.items() if isinstance(v, (int, float))}}
 
         return Step(name, [out], run, deps=[src] if src else [], inputs=[] if src else [weights],
                     settings={"fp16": fp16, "parity_limit": preset.parity_limit, "seed": seed},
-                    label=f"ONNX {'FP16' if fp16 else 'FP32'} export")
+                    label=f"ONNX {'FP16' if fp16 else 'FP32'} export", **reads("test"))  # parity on test images
 
     def quant_step(name: str, src: str | None, out: str, mode: str, backend: str) -> Step:
-        settings = {"mode": mode, "backend": backend, "calib_size": preset.calib_size, "seed": seed}
+        reduce_range = resolve_reduce_range(None)  # auto, resolved on this CPU (VNNI or not)
+        settings = {"mode": mode, "backend": backend, "calib_size": preset.calib_size, "seed": seed,
+                    "reduce_range": reduce_range}
 
         def run(ctx: StepContext) -> dict:
             from vggc.compress.quantize import quantize
@@ -115,13 +124,15 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
             source = weights if src is None else ctx.dep(src)
             # accuracy of the INT8 file is measured once, by the bench step, on the same images as every row
             res = quantize(source, mode=mode, backend=backend, data=data_s, calib_size=preset.calib_size,
-                           seed=seed, out=ctx.output(), evaluate=False, progress=progress)
+                           seed=seed, out=ctx.output(), evaluate=False, threads=threads,
+                           progress=progress)  # reduce_range auto: the manifest says so; the key has its value
             return {k: v for k, v in (res or {}).items() if isinstance(v, (int, float, str, bool)) or v is None}
 
         # an OpenVINO IR is two files: the .xml (the model the bench opens) and its .bin
         outs = [out, str(Path(out).with_suffix(".bin"))] if backend == "openvino" else [out]
         return Step(name, outs, run, deps=[src] if src else [], inputs=[] if src else [weights],
-                    settings=settings, label=f"{mode} INT8 ({'NNCF, OpenVINO IR' if backend == 'openvino' else backend})")
+                    settings=settings, label=f"{mode} INT8 ({'NNCF, OpenVINO IR' if backend == 'openvino' else backend})",
+                    **reads(*(("train",) if mode == "static" else ())))  # calibration images
 
     def prune_run(ctx: StepContext) -> dict:
         from vggc.compress.prune import PruneSpec, prune_file, work_files
@@ -170,11 +181,17 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
     if preset.prune_strategy == "sensitivity":
         scan_steps.append(Step("prune_scan", ["prune_scan/sensitivity.csv.json", "prune_scan/sensitivity.csv",
                                               "prune_scan/sensitivity.png"], scan_run, inputs=[weights],
-                               settings={"scan_limit": preset.scan_limit, "seed": seed}, model=False,
+                               settings={"scan_limit": preset.scan_limit, "seed": seed}, model=False, **reads("train"),
                                label=f"per-layer pruning sensitivity on {preset.scan_limit} training images"))
-    ft = {"strategy": preset.prune_strategy, "epochs": preset.prune_finetune_epochs, "batch": preset.train_batch, "limit": preset.prune_limit, "target": preset.prune_target_macs,
+    from vggc.train import resolve_device, resolve_precision
+
+    # training runs with precision/device "auto": the key holds what they resolve to on this machine
+    # (bf16 on CPUs with native bf16, fp32 elsewhere, fp16 on CUDA), which changes the trained weights
+    device = resolve_device("auto")
+    trained_on = {"train_device": device.type, "train_precision": resolve_precision("auto", device)}
+    ft = {**trained_on, "strategy": preset.prune_strategy, "epochs": preset.prune_finetune_epochs, "batch": preset.train_batch, "limit": preset.prune_limit, "target": preset.prune_target_macs,
           "eval_limit": preset.eval_limit, "seed": seed}
-    kd = {"epochs": preset.distill_epochs, "batch": preset.train_batch, "limit": preset.distill_limit, "width": preset.distill_width,
+    kd = {**trained_on, "epochs": preset.distill_epochs, "batch": preset.train_batch, "limit": preset.distill_limit, "width": preset.distill_width,
           "eval_limit": preset.eval_limit, "seed": seed, "T": 4.0, "alpha": 0.9}
     return [
         export_step("onnx_fp32", None, f"{stem}.onnx", fp16=False),
@@ -186,14 +203,14 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0,
         quant_step("int8_ov_static", None, f"{stem}_int8_ov_static.xml", "static", "openvino"),
         *scan_steps,
         Step("prune", [f"{stem}_pruned.pt"], prune_run, inputs=[weights], settings=ft,
-             deps=[s.name for s in scan_steps],
+             deps=[s.name for s in scan_steps], **reads("train", "test"),
              label=f"L1 prune ({preset.prune_strategy}) to {preset.prune_target_macs:.0%} MACs + fine-tune"),
         export_step("pruned_onnx", "prune", f"{stem}_pruned.onnx", fp16=False),
         quant_step("pruned_int8_ort_static", "prune", f"{stem}_pruned_int8_ort_static.onnx", "static", "onnxruntime"),
         quant_step("pruned_int8_torch_static", "prune", f"{stem}_pruned_int8_torch_static.pt2", "static", "torch"),
         quant_step("pruned_int8_ov_static", "prune", f"{stem}_pruned_int8_ov_static.xml", "static", "openvino"),
         Step("distill", [f"{stem}_student_mbv2.pt"], distill_run, inputs=[weights], settings=kd,
-             label="distil into MobileNetV2"),
+             label="distil into MobileNetV2", **reads("train", "test")),
         export_step("student_onnx", "distill", f"{stem}_student_mbv2.onnx", fp16=False),
         engine_step("trt_fp16", "onnx_fp16", f"{stem}_fp16.engine", "fp16"),
         engine_step("trt_int8", "int8_ort_static", f"{stem}_int8.engine", "int8"),
@@ -214,18 +231,19 @@ def _unavailable_row(step: Step, result: StepResult, batch: int) -> dict:
 
 def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset: str = "quick",
                  out_dir: str | os.PathLike | None = None, seed: int = 0, force: bool = False,
-                 only: list[str] | None = None, progress: Progress = no_progress,
+                 only: list[str] | None = None, threads: int | None = None, progress: Progress = no_progress,
                  log: Callable[[str], None] = lambda _m: None, max_drop_pt: float | None = None) -> dict:
     """Run every stage on ``weights`` and bench the results; return a summary dict.
 
-    The summary holds ``steps`` (name, status, seconds), ``rows`` (the bench rows, including a
-    row for each variant that could not be built), ``report`` (path of report.md) and timings.
+    ``threads`` (default: all cores) is the CPU thread count of every step, the bench included;
+    it keys the bench's timings (another count re-times the bench, nothing else reruns).
+    The summary holds ``steps`` (name, status, seconds, ``why`` it ran or was reused and the
+    ``key_inputs`` it was keyed on), ``rows`` (the bench rows, including a row for each variant
+    that could not be built), ``report`` (path of report.md), ``threads`` and timings.
     ``max_drop_pt``: the bench's top-1 budget (``vggc bench --max-drop``; default 1 % of the baseline's).
     """
-    from vggc.artifacts import sha256_file, write_json
-    from vggc.bench.core import run_bench
-    from vggc.bench.report import write_outputs
-    from vggc.bench.timing import timing_policy
+    import torch
+
     from vggc.data import detect_layout
     from vggc.models import load_weights
 
@@ -234,9 +252,12 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
     weights, data = Path(weights), Path(data)
     detect_layout(data)
     load_weights(weights)  # fail fast, one line, on a bad weights file
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: must be at least 1")
+    n_threads = int(threads or os.cpu_count() or 1)
     p = PRESETS[preset]
     out = Path(out_dir) if out_dir else Path("artifacts") / f"{weights.stem}-{preset}"
-    steps = build_steps(weights, data, p, seed=seed, progress=progress)
+    steps = build_steps(weights, data, p, seed=seed, threads=n_threads, progress=progress)
     if only:
         unknown = sorted(set(only) - {s.name for s in steps})
         if unknown:
@@ -253,6 +274,24 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
         steps = [s for s in steps if s.name in keep]
     skipped = [s for s in steps if s.name in p.skip and not (only and s.name in only)]
     steps = [s for s in steps if s not in skipped]
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        return _run(weights, data, p, preset, out, steps, skipped, seed=seed, force=force, threads=n_threads,
+                    progress=progress, log=log)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _run(weights: Path, data: Path, p: Preset, preset: str, out: Path, steps: list[Step], skipped: list[Step], *,
+         seed: int, force: bool, threads: int, progress: Progress, log: Callable[[str], None]) -> dict:
+    """Run the steps and the bench under ``out`` (see :func:`run_pipeline`); return the summary."""
+    from vggc import provenance
+    from vggc.artifacts import sha256_file, write_json
+    from vggc.bench.core import run_bench
+    from vggc.bench.report import write_outputs
+    from vggc.bench.timing import timing_policy
+
     with claim_out_dir(out) as stale:
         if stale:
             log(f"-- removed {len(stale)} temporary file(s) left by an interrupted run")
@@ -262,7 +301,9 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
             steps.append(s)
             results.append(StepResult(s.name, f"skipped: not in the {p.name} preset (use --preset full or --only)"))
 
-        # The bench is a step too: keyed by every model file it measures and its settings.
+        # The bench is a step too: keyed by every model file it measures, its settings, the test split
+        # and the timing environment (CPU, kernel flags, threads, libraries): another machine or thread
+        # count re-times it (the bench's own accuracy cache keeps the accuracies that still hold).
         models = [weights] + [out / s.outputs[0] for s, r in zip(steps, results) if r.ok and s.model]
         bench_dir = out / "bench"
         bench_settings = {"quick": p.bench_quick, "limit": p.bench_limit, "batch": p.bench_batch,
@@ -273,8 +314,8 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
 
         def bench_run(ctx: StepContext) -> dict:
             rows = run_bench(models, data, batch=p.bench_batch, quick=p.bench_quick, limit=p.bench_limit, baseline=weights,
-                             out=bench_dir, progress=progress, log=log, max_drop_pt=max_drop_pt,
-                             command=f"vggc pipeline {weights} --data {data} --preset {preset}")
+                             threads=threads, out=bench_dir, progress=progress, log=log, max_drop_pt=max_drop_pt,
+                             command=f"vggc pipeline {weights} --data {data} --preset {preset} --threads {threads}")
             extra = [_unavailable_row(s, r, p.bench_batch) for s, r in zip(steps, results) if not r.ok and s.model]
             if extra:
                 rows.extend(extra)
@@ -282,13 +323,14 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
             return {"rows": len(rows), "ok": sum(r.get("status") == "ok" for r in rows)}
 
         bench_step = Step("bench", ["bench/results.json", "bench/report.md"], bench_run, inputs=models,
-                          settings=bench_settings, label=f"bench {len(models)} model files")
+                          settings=bench_settings, label=f"bench {len(models)} model files", data=data, splits=("test",),
+                          environment=lambda: provenance.timing_environment(threads))
         bench_result = run_steps([bench_step], out, force=force, log=log)[0]
         results.append(bench_result)
         rows = json.loads((bench_dir / "results.json").read_text()) if bench_result.ok else []
         summary = {
             "weights": str(weights), "weights_sha256": sha256_file(weights), "data": str(data),
-            "preset": asdict(p), "seed": seed, "out": str(out),
+            "preset": asdict(p), "seed": seed, "threads": threads, "out": str(out),
             "steps": [r.to_dict() for r in results],
             "step_seconds": round(sum(r.seconds for r in results), 2),
             "wall_seconds": round(time.perf_counter() - t0, 2),

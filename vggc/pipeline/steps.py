@@ -1,9 +1,12 @@
 """A tiny step runner with content-addressed caching.
 
-A :class:`Step` names its output files, the steps it depends on and its settings. Its cache key
-is the SHA-256 of (step name, settings, the SHA-256 of every input file, vggc version). After a
-step succeeds, a marker ``<out>/.steps/<name>.json`` records the key and each output's SHA-256;
-a rerun skips a step whose marker matches and whose outputs are intact. Outputs are written
+A :class:`Step` names its output files, the steps it depends on, its settings, the data splits it
+reads and its environment. Its cache key is the SHA-256 of its key inputs
+(:mod:`vggc.pipeline.keys`: settings, the SHA-256 of every input file, the fingerprint of each
+split read, the vggc source digest and library versions, and for a timing step the CPU and thread
+count). After a step succeeds, a marker ``<out>/.steps/<name>.json`` records the key, its key
+inputs in readable form and each output's SHA-256; a rerun skips a step whose marker matches and
+whose outputs are intact, and a step that reruns says what changed (``StepResult.why``). Outputs are written
 atomically by the stage functions, and the marker is written last, so a run killed mid-step
 leaves no complete-looking step and the next run redoes exactly that step.
 
@@ -21,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from vggc import __version__
-from vggc.artifacts import remove_stale_temps, sha256_file, sha256_json, write_json
+from vggc import provenance
+from vggc.artifacts import remove_stale_temps, sha256_file, write_json
 from vggc.errors import InputError, UnavailableError, VggcError
+from vggc.pipeline.keys import describe_changes, key_inputs, key_of
 
 LOCK_NAME = ".lock"
 
@@ -33,7 +37,10 @@ class Step:
     """One unit of work. ``run(ctx)`` writes ``outputs`` (paths relative to the run directory)
     and returns a metrics dict. ``inputs``: extra input files (absolute) besides the outputs of
     ``deps``. ``available()``: ``None`` or why the step cannot run on this machine. ``model``:
-    whether ``outputs[0]`` is a model for the bench."""
+    whether ``outputs[0]`` is a model for the bench. ``data`` and ``splits``: the data directory
+    and the splits of it the step reads (their fingerprints are in the key). ``environment()``:
+    what the result depends on beyond inputs and settings (default
+    :func:`vggc.provenance.result_environment`; a timing step passes ``timing_environment``)."""
 
     name: str
     outputs: list[str]
@@ -44,6 +51,9 @@ class Step:
     available: Callable[[], str | None] = lambda: None
     label: str = ""
     model: bool = True  # outputs[0] is a model file the bench measures (a scan table is not)
+    data: Path | None = None
+    splits: tuple[str, ...] = ()
+    environment: Callable[[], dict] = field(default=lambda: provenance.result_environment())
 
 
 @dataclass
@@ -63,13 +73,17 @@ class StepContext:
 
 @dataclass
 class StepResult:
-    """``status``: ``ok``, ``cached``, ``unavailable: ...``, ``failed: ...`` or ``skipped: ...``."""
+    """``status``: ``ok``, ``cached``, ``unavailable: ...``, ``failed: ...`` or ``skipped: ...``.
+    ``why``: why it ran or was reused (``"first run"``, ``"re-timed (threads 2 -> 1)"``, ...);
+    ``key_inputs``: the readable key inputs it was keyed on (empty when it did not run)."""
 
     name: str
     status: str
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    why: str = ""
+    key_inputs: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -77,34 +91,64 @@ class StepResult:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 2),
-                "outputs": self.outputs, "metrics": self.metrics}
+                "outputs": self.outputs, "metrics": self.metrics, "why": self.why, "key_inputs": self.key_inputs}
 
 
 def _marker(out_dir: Path, name: str) -> Path:
     return out_dir / ".steps" / f"{name}.json"
 
 
+def step_inputs(step: Step, input_files: list[Path], fingerprint: Callable[[Path, str], str] | None = None) -> dict:
+    """Return the readable key inputs of ``step`` given its resolved input files
+    (``fingerprint(data, split)`` defaults to :func:`vggc.data.split_fingerprint`)."""
+    if fingerprint is None:
+        from vggc.data import split_fingerprint as fingerprint
+    data = {}
+    if step.data is not None and step.splits:  # the directory, for a reader; the fingerprints cover it
+        data = {"dir": str(Path(step.data).resolve()), **{split: fingerprint(step.data, split) for split in step.splits}}
+    return key_inputs(step.name, step.settings, input_files, data, step.environment())
+
+
 def step_key(step: Step, input_files: list[Path]) -> str:
     """Return the cache key of ``step`` given its resolved input files."""
-    return sha256_json({"step": step.name, "settings": step.settings, "vggc": __version__,
-                        "inputs": [sha256_file(p) for p in input_files]})
+    return key_of(step_inputs(step, input_files))
 
 
-def _cached(out_dir: Path, step: Step, key: str) -> dict | None:
-    m = _marker(out_dir, step.name)
-    if not m.is_file():
-        return None
-    try:
-        doc = json.loads(m.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+def _last_inputs(out_dir: Path, name: str) -> Path:
+    """Where the key inputs of a step's last attempt are kept while it reruns (a killed or failed
+    rerun has no marker, but the next run can still say what changed)."""
+    return out_dir / ".steps" / f"{name}.last-inputs.json"
+
+
+def _previous(out_dir: Path, step: Step) -> dict | None:
+    """Return the step's previous marker, else ``{"key_inputs": ..., "unfinished": True}`` from
+    its last attempt (``{}`` when unreadable, ``None`` when the step never ran here)."""
+    for m, last in ((_marker(out_dir, step.name), False), (_last_inputs(out_dir, step.name), True)):
+        if not m.is_file():
+            continue
+        try:
+            doc = json.loads(m.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        if not isinstance(doc, dict):
+            return {}
+        return {"key_inputs": doc, "unfinished": True} if last else doc
+    return None
+
+
+def _cached(out_dir: Path, doc: dict | None, key: str) -> tuple[bool, str]:
+    """Return (reusable, why) for a previous marker ``doc`` against the key now."""
+    if doc is None:
+        return False, "first run"
     if doc.get("key") != key:
-        return None
+        return False, ""
     for rel, digest in doc.get("outputs", {}).items():
         p = out_dir / rel
-        if not p.is_file() or sha256_file(p) != digest:
-            return None
-    return doc
+        if not p.is_file():
+            return False, f"rerun ({rel} is missing)"
+        if sha256_file(p) != digest:
+            return False, f"rerun ({rel} was modified since it was written)"
+    return True, "reused: key inputs unchanged"
 
 
 @contextmanager
@@ -140,7 +184,17 @@ def run_steps(steps: list[Step], out_dir: Path, *, force: bool = False,
     A step whose dependency did not succeed is skipped with the reason; a failing step is
     recorded and the rest go on. ``KeyboardInterrupt`` propagates (nothing is marked done).
     """
+    from vggc.data import split_fingerprint
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    fingerprints: dict[tuple[str, str], str] = {}
+
+    def fingerprint(data: Path, split: str) -> str:  # one listing per split and run
+        k = (str(data), split)
+        if k not in fingerprints:
+            fingerprints[k] = split_fingerprint(data, split)
+        return fingerprints[k]
+
     results: dict[str, StepResult] = {}
     paths = {s.name: [out_dir / o for o in s.outputs] for s in steps}
     for step in steps:
@@ -155,13 +209,24 @@ def run_steps(steps: list[Step], out_dir: Path, *, force: bool = False,
             log(f"-- {step.name}: unavailable ({reason})")
             continue
         input_files = [*step.inputs, *(p for d in step.deps for p in paths[d])]
-        key = step_key(step, input_files)
-        doc = None if force else _cached(out_dir, step, key)
-        if doc is not None:
-            results[step.name] = StepResult(step.name, "cached", 0.0, step.outputs, doc.get("metrics", {}))
+        inputs = step_inputs(step, input_files, fingerprint)
+        key = key_of(inputs)
+        doc = _previous(out_dir, step)
+        reuse, why = _cached(out_dir, doc, key)
+        if force:
+            reuse, why = False, "rerun (--force)"
+        elif not why:
+            why = describe_changes(None if doc is None else doc.get("key_inputs") or {}, inputs)
+            if doc.get("unfinished") and why.startswith("rerun (key inputs unchanged"):
+                why = "rerun (its previous attempt did not finish)"
+        if reuse:
+            results[step.name] = StepResult(step.name, "cached", 0.0, step.outputs, doc.get("metrics", {}),
+                                            why=why, key_inputs=inputs)
             log(f"-- {step.name}: cached")
             continue
         log(f"== {step.name}{': ' + step.label if step.label else ''}")
+        log(f"-- {step.name}: {why}")
+        write_json(_last_inputs(out_dir, step.name), inputs)
         _marker(out_dir, step.name).unlink(missing_ok=True)
         t0 = time.perf_counter()
         try:
@@ -172,19 +237,23 @@ def run_steps(steps: list[Step], out_dir: Path, *, force: bool = False,
         except KeyboardInterrupt:
             raise
         except UnavailableError as err:
-            results[step.name] = StepResult(step.name, f"unavailable: {err}", time.perf_counter() - t0)
+            results[step.name] = StepResult(step.name, f"unavailable: {err}", time.perf_counter() - t0, why=why,
+                                            key_inputs=inputs)
             log(f"-- {step.name}: unavailable ({err})")
             continue
         except Exception as err:  # noqa: BLE001 - a failed step is reported, the rest go on
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             results[step.name] = StepResult(step.name, f"failed: {first}", time.perf_counter() - t0,
-                                            metrics={"traceback": traceback.format_exc(limit=4)})
+                                            metrics={"traceback": traceback.format_exc(limit=4)}, why=why,
+                                            key_inputs=inputs)
             log(f"!! {step.name} failed: {first}")
             continue
         seconds = time.perf_counter() - t0
         write_json(_marker(out_dir, step.name), {
-            "key": key, "step": step.name, "settings": step.settings, "seconds": round(seconds, 2),
-            "outputs": {o: sha256_file(out_dir / o) for o in step.outputs}, "metrics": metrics})
-        results[step.name] = StepResult(step.name, "ok", seconds, step.outputs, metrics)
+            "key": key, "step": step.name, "settings": step.settings, "key_inputs": inputs, "why": why,
+            "seconds": round(seconds, 2), "outputs": {o: sha256_file(out_dir / o) for o in step.outputs},
+            "metrics": metrics})
+        _last_inputs(out_dir, step.name).unlink(missing_ok=True)
+        results[step.name] = StepResult(step.name, "ok", seconds, step.outputs, metrics, why=why, key_inputs=inputs)
         log(f"-- {step.name}: done in {seconds:.0f} s")
     return [results[s.name] for s in steps]
