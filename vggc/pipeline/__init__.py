@@ -278,13 +278,14 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
     torch.set_num_threads(n_threads)
     try:
         return _run(weights, data, p, preset, out, steps, skipped, seed=seed, force=force, threads=n_threads,
-                    progress=progress, log=log)
+                    progress=progress, log=log, max_drop_pt=max_drop_pt)
     finally:
         torch.set_num_threads(prev_threads)
 
 
 def _run(weights: Path, data: Path, p: Preset, preset: str, out: Path, steps: list[Step], skipped: list[Step], *,
-         seed: int, force: bool, threads: int, progress: Progress, log: Callable[[str], None]) -> dict:
+         seed: int, force: bool, threads: int, progress: Progress, log: Callable[[str], None],
+         max_drop_pt: float | None = None) -> dict:
     """Run the steps and the bench under ``out`` (see :func:`run_pipeline`); return the summary."""
     from vggc import provenance
     from vggc.artifacts import sha256_file, write_json
