@@ -627,3 +627,29 @@ def test_max_drop_option_on_bench_and_pipeline(tiny_files, tmp_path):
     assert res.exit_code == 2 and not (tmp_path / "x").exists()
     res = CliRunner().invoke(main, ["pipeline", "--help"])
     assert res.exit_code == 0 and "--max-drop" in res.output
+
+
+def test_training_budget_follows_the_manifest_chain(tmp_path):
+    """A pruned state_dict's fine-tune budget (and a distilled one's) is named on its own row and on
+    the rows of files made from it (ONNX export -> INT8), through their manifests' inputs.source."""
+    from vggc.artifacts import read_manifest, write_manifest
+    from vggc.bench.lineage import training_budget
+
+    def art(name, **kw):
+        p = tmp_path / name
+        p.write_bytes(name.encode())
+        write_manifest(p, kind="x", **kw)
+        return p
+
+    src = art("base.pt", inputs={}, settings={})
+    pruned = art("p.pt", inputs={"source": src}, settings={"prune": {}, "finetune_epochs": 1,
+                                                          "distill_from_source": None},
+                 metrics={"train_images": 5000})
+    onnx = art("p.onnx", inputs={"source": pruned}, settings={})
+    q = art("p_int8.onnx", inputs={"source": onnx}, settings={})
+    student = art("s.pt", inputs={"teacher": src}, settings={"distill": {}, "train": {"epochs": 2}},
+                  metrics={"train_images": 5000})
+    want = "pruned, fine-tuned 1 epoch(s) on 5,000 train images"
+    assert [training_budget(read_manifest(p)) for p in (pruned, onnx, q)] == [want] * 3
+    assert training_budget(read_manifest(student)) == "distilled 2 epoch(s) on 5,000 train images"
+    assert training_budget(read_manifest(src)) is None

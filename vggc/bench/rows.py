@@ -18,6 +18,7 @@ import torch
 
 from vggc import runtime
 from vggc.bench.accuracy import AccuracyCache, measure_accuracy
+from vggc.bench.lineage import training_budget
 from vggc.data import Split
 from vggc.errors import first_line
 from vggc.progress import Progress, no_progress
@@ -58,8 +59,10 @@ def empty_row(mf: runtime.ModelFile | None, path: Path, be: runtime.Backend | No
         "n_images": n_images, "quick": quick, "threads": threads,
         "compile_s": None, "load_s": None, "accuracy_cached": None,
         "timing_reps_batch": None, "timing_reps_b1": None, "timing_stable": None, "timing_spread": None,
-        "is_baseline": False,
+        "is_baseline": False, "trained": training_budget(mf.meta) if mf else None,
     }
+    if row["trained"]:
+        row["note"] = row["trained"]
     return row
 
 
