@@ -130,7 +130,7 @@ def open_row(mf: runtime.ModelFile, be: runtime.Backend, split: Split, *, batch:
     :func:`vggc.bench.timed.time_alone` or :func:`vggc.bench.timed.time_interleaved`.
     """
     row = empty_row(mf, mf.path, be, batch=batch, n_images=len(split), quick=quick, threads=threads)
-    notes = []
+    notes = [row["trained"]] if row.get("trained") else []  # the training budget leads every note
     try:
         note = be.note() if callable(getattr(be, "note", None)) else None
         if note:

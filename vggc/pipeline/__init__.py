@@ -38,6 +38,7 @@ class Preset:
     bench_batch: int = 64
     train_batch: int = 128
     prune_strategy: str = "uniform"  # sensitivity adds a cached per-layer scan step first
+    distill_lr: float = 0.05  # OneCycle peak learning rate of the student
     scan_limit: int = 1000
     skip: tuple[str, ...] = ()  # steps left out of this preset (their rows say so)
 
@@ -50,6 +51,7 @@ PRESETS = {
     # pruned model; 2 epochs on 5,000 images for the student (~85 % and ~37 % on the quick subset).
     "quick": Preset("quick", parity_limit=256, calib_size=128, prune_target_macs=0.5, prune_finetune_epochs=1,
                     prune_limit=5000, distill_epochs=2, distill_limit=5000, distill_width=1.0, eval_limit=500,
+                    distill_lr=0.1,
                     bench_quick=True, bench_limit=1000,
                     # each torch.compile'd INT8 program costs ~1 min of compile time in the bench
                     skip=("int8_torch_dynamic", "pruned_int8_torch_static", "pruned_int8_ov_static")),
@@ -161,7 +163,7 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0, thr
 
         work = work_files(ctx.output())  # [checkpoint, its settings]: only the checkpoint means "resume"
         return _resumable(lambda resume: distill(
-            weights, data_s, ctx.output(), _train_cfg(preset.distill_epochs, seed, 0.05, preset.train_batch),
+            weights, data_s, ctx.output(), _train_cfg(preset.distill_epochs, seed, preset.distill_lr, preset.train_batch),
             KDConfig(temperature=4.0, alpha=0.9), width_mult=preset.distill_width,
             limit=preset.distill_limit, eval_limit=preset.eval_limit, resume=resume, progress=progress),
             work, checkpoints=work[:1])
@@ -195,7 +197,7 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0, thr
     ft = {**trained_on, "strategy": preset.prune_strategy, "epochs": preset.prune_finetune_epochs, "batch": preset.train_batch, "limit": preset.prune_limit, "target": preset.prune_target_macs,
           "eval_limit": preset.eval_limit, "seed": seed}
     kd = {**trained_on, "epochs": preset.distill_epochs, "batch": preset.train_batch, "limit": preset.distill_limit, "width": preset.distill_width,
-          "eval_limit": preset.eval_limit, "seed": seed, "T": 4.0, "alpha": 0.9}
+          "eval_limit": preset.eval_limit, "seed": seed, "T": 4.0, "alpha": 0.9, "lr": preset.distill_lr}
     return [
         export_step("onnx_fp32", None, f"{stem}.onnx", fp16=False),
         export_step("onnx_fp16", None, f"{stem}_fp16.onnx", fp16=True),
