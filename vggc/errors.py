@@ -35,12 +35,14 @@ class UnavailableError(VggcError):
     exit_code = 3
 
 
-def first_line(err: BaseException, limit: int = 200, *, typed: bool = False) -> str:
-    """Return an exception as one line of at most ``limit`` characters: its first non-empty line
-    (the type's name when it has no message). ``typed``: prefix ``Type: `` for anything that is not
-    a :class:`VggcError` (whose message is already written for the user)."""
+def first_line(err: BaseException | str, limit: int = 200, *, typed: bool = False) -> str:
+    """Return an exception (or a message) as one line of at most ``limit`` characters: its first
+    non-empty line (the type's name when it has no message). ``typed``: prefix ``Type: `` for an
+    exception that is not a :class:`VggcError` (whose message is already written for the user)."""
     text = str(err).strip()
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if isinstance(err, str):
+        return line[:limit]
     if typed and not isinstance(err, VggcError):
         line = f"{type(err).__name__}: {line}" if line else type(err).__name__
     return (line or type(err).__name__)[:limit]

@@ -8,7 +8,7 @@ import sys
 import click
 
 from vggc.cli.common import data_option, emit_json, threads_option
-from vggc.errors import VggcError
+from vggc.errors import VggcError, first_line
 
 
 def backend_help_rows() -> list[tuple[str, str]]:
@@ -20,7 +20,7 @@ def backend_help_rows() -> list[tuple[str, str]]:
         try:
             reason = b.available()
         except Exception as err:  # noqa: BLE001 - help must always render
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            reason = first_line(err)
         note = b.note() if callable(getattr(b, "note", None)) else None
         text = f"{'/'.join(b.formats)} files on {b.device}"
         text += "; default" if b.default else "; not in the default set"

@@ -17,13 +17,13 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from vggc.artifacts import read_json_object
 from vggc.compress.graph import PruningGraph, trial_copy
 from vggc.errors import InputError
 from vggc.progress import Progress, no_progress
@@ -235,11 +235,8 @@ def read_scan(path: str | Path) -> SensitivityTable:
     p = scan_json_path(path)
     if not p.is_file():
         raise InputError(f"{path}: no sensitivity scan there (expected {p.name}; make one with vggc prune --scan)")
-    try:
-        doc = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"{p}: unreadable sensitivity scan ({err})") from None
-    if not isinstance(doc, dict) or "table" not in doc:
+    doc = read_json_object(p, "sensitivity scan")
+    if "table" not in doc:
         raise InputError(f"{p}: not a sensitivity scan (no 'table')")
     return SensitivityTable.from_dict(doc["table"])
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from vggc.errors import InputError, ModelFormatError, VggcError
+from vggc.errors import InputError, ModelFormatError, VggcError, first_line
 from vggc.export.tensorrt import (
     ENGINE_KIND,
     ENGINE_SUFFIXES,
@@ -193,7 +193,7 @@ class TorchTRTRunner(Runner):
         try:
             self.module = tt.load(str(path)).module()
         except Exception as err:  # noqa: BLE001
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            first = first_line(err, 160)
             raise ModelFormatError(f"{path}: torch_tensorrt cannot load it ({first})") from None
         self.compile_seconds = time.perf_counter() - t0
 

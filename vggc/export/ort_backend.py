@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vggc.errors import ModelFormatError, UnavailableError
+from vggc.errors import ModelFormatError, UnavailableError, first_line
 from vggc.runtime import (
     FILE_PRECISION,
     Backend,
@@ -67,7 +67,7 @@ def load_onnx(path: str | Path, load_external_data: bool = False):
     try:
         return onnx.load(str(path), load_external_data=load_external_data)
     except Exception as err:  # noqa: BLE001 - protobuf raises DecodeError and friends
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        first = first_line(err, 160)
         raise ModelFormatError(f"{path}: not a readable ONNX model ({first})") from None
 
 
@@ -248,7 +248,7 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            first = first_line(err, 200)
             raise ModelFormatError(f"{path}: ONNX Runtime cannot load it ({first})") from None
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 from vggc import provenance
 from vggc.artifacts import remove_stale_temps, sha256_file, write_json
-from vggc.errors import InputError, UnavailableError, VggcError
+from vggc.errors import InputError, UnavailableError, VggcError, first_line
 from vggc.pipeline.keys import describe_changes, key_inputs, key_of
 
 LOCK_NAME = ".lock"
@@ -242,7 +242,7 @@ def run_steps(steps: list[Step], out_dir: Path, *, force: bool = False,
             log(f"-- {step.name}: unavailable ({err})")
             continue
         except Exception as err:  # noqa: BLE001 - a failed step is reported, the rest go on
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            first = first_line(err, 300)
             results[step.name] = StepResult(step.name, f"failed: {first}", time.perf_counter() - t0,
                                             metrics={"traceback": traceback.format_exc(limit=4)}, why=why,
                                             key_inputs=inputs)

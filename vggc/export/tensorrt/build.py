@@ -243,7 +243,7 @@ def build_engine(onnx_path, out, *, precision: str, min_batch: int = 1, opt_batc
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(onnx_path)):
             errs = [parser.get_error(i).desc() for i in range(parser.num_errors)] or logger.errors or ["unknown error"]
-            raise VggcError(f"TensorRT cannot parse {onnx_path}: {str(errs[0]).strip().splitlines()[0][:200]}")
+            raise VggcError(f"TensorRT cannot parse {onnx_path}: {first_line(str(errs[0]))}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(float(workspace_gib) * 2**30))
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED

@@ -93,7 +93,7 @@ def _make_logger(trt):
 
         def log(self, severity, msg):  # noqa: D401 - TensorRT callback
             if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                self.errors.append(str(msg).strip().splitlines()[0] if str(msg).strip() else "error")
+                self.errors.append(first_line(str(msg)) or "error")
 
     return _Logger()
 
