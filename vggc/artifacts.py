@@ -170,6 +170,19 @@ def write_manifest(artifact: str | os.PathLike, *, kind: str, inputs: dict, sett
     return write_json(manifest_path(artifact), doc)
 
 
+def write_manifest_or_remove(artifact: str | os.PathLike, *, also: tuple = (), **kw) -> Path:
+    """:func:`write_manifest`, but if it fails the artifact (and the companion files in ``also``,
+    e.g. an OpenVINO IR's ``.bin``) are deleted before the error propagates, so no artifact is left
+    without its manifest. Returns the manifest's path."""
+    try:
+        return write_manifest(artifact, **kw)
+    except BaseException:
+        for f in (Path(artifact), *map(Path, also)):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+        raise
+
+
 def _describe_unpickling_error(err: Exception) -> str:
     msg = str(err)
     for marker in ("GLOBAL ", "Unsupported global: "):

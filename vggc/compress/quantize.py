@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from vggc.artifacts import atomic_path, manifest_path, sha256_file, write_manifest
+from vggc.artifacts import atomic_path, manifest_path, sha256_file, write_manifest_or_remove
 from vggc.compress.quantize_budget import budget_search, check_budget_settings
 from vggc.cpu import has_vnni
 from vggc.errors import InputError
@@ -296,13 +296,8 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     inputs = {"source": weights}
     if data and mode == "static":
         extra["calibration"]["data"] = str(data)
-    try:
-        write_manifest(out, kind=fmt, inputs=inputs, settings=settings, metrics=metrics, extra=extra)
-    except BaseException:
-        for f in (out, out.with_suffix(".bin")) if backend == "openvino" else (out,):
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
-        raise
+    write_manifest_or_remove(out, also=(out.with_suffix(".bin"),) if backend == "openvino" else (),
+                             kind=fmt, inputs=inputs, settings=settings, metrics=metrics, extra=extra)
     qc = q_facts.get("quantized_layers", {})
     return {"path": str(out), "manifest": str(manifest_path(out)), "mode": mode, "backend": backend,
             "precision": "int8", "format": fmt, "size_bytes": size, "fp32_size_bytes": fp32_size,

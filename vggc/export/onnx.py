@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vggc.artifacts import atomic_path, manifest_path, write_manifest
+from vggc.artifacts import atomic_path, manifest_path, write_manifest_or_remove
 from vggc.data import Preprocess, Split, iterate_batches
 from vggc.errors import InputError, VggcError, first_line
 from vggc.limits import MAX_BATCH
@@ -245,17 +245,12 @@ def export_with_parity(model: nn.Module, out: str | os.PathLike, *, preprocess: 
     if source is not None:
         doc_extra["source"] = {"path": str(source), "name": Path(source).name}
     doc_extra.update(extra or {})
-    try:
-        write_manifest(out, kind="onnx", inputs={"source": source} if source is not None else {},
-                       settings={"opset": opset, "fp16": fp16, "input_size": preprocess.input_size,
-                                 "parity_images": parity["n"] if parity else 0, "parity_kind": parity["kind"] if parity else None,
-                                 "min_agreement": bar,
-                                 **(settings or {})},
-                       metrics={"parity": parity} if parity else {}, extra=doc_extra)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            out.unlink()
-        raise
+    write_manifest_or_remove(out, kind="onnx", inputs={"source": source} if source is not None else {},
+                             settings={"opset": opset, "fp16": fp16, "input_size": preprocess.input_size,
+                                       "parity_images": parity["n"] if parity else 0,
+                                       "parity_kind": parity["kind"] if parity else None,
+                                       "min_agreement": bar, **(settings or {})},
+                             metrics={"parity": parity} if parity else {}, extra=doc_extra)
     return {"path": str(out), "precision": precision, "opset": opset, "size_bytes": out.stat().st_size,
             "params": params, "macs": macs, "parity": parity, "manifest": str(manifest_path(out))}
 

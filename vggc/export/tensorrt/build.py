@@ -48,11 +48,10 @@ with a fake ``tensorrt`` module (tests/test_gpu_deploy.py); the real API calls a
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
-from vggc.artifacts import atomic_path, sha256_file, write_manifest
+from vggc.artifacts import atomic_path, sha256_file, write_manifest_or_remove
 from vggc.errors import InputError, UnavailableError, VggcError, first_line
 from vggc.export.tensorrt.inspector import check_layer_precision, inspect_engine, summarize_layers
 from vggc.export.tensorrt.probe import (
@@ -189,13 +188,8 @@ def _finish_engine(trt, engine_bytes: bytes, out: Path, *, precision: str, build
            "opt_batch": settings.get("opt_batch"), "max_batch": settings.get("max_batch"),
            "layer_precision": {k: v for k, v in summary.items() if k != "compute"},
            "precision_check": check.to_dict(), "num_layers": ins["num_layers"], **extra}
-    try:
-        write_manifest(out, kind=ENGINE_KIND, inputs=inputs, settings=settings,
-                       metrics={"build_seconds": round(build_seconds, 2)}, extra=doc)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            out.unlink()
-        raise
+    write_manifest_or_remove(out, kind=ENGINE_KIND, inputs=inputs, settings=settings,
+                             metrics={"build_seconds": round(build_seconds, 2)}, extra=doc)
     return {"path": str(out), "manifest": str(out.with_name(out.name + ".json")), "precision": precision,
             "builder": builder, "size_bytes": out.stat().st_size, "build_seconds": round(build_seconds, 2),
             "precision_check": check.to_dict(), "layer_precision": doc["layer_precision"], **env,

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vggc.artifacts import atomic_path, sha256_file, write_manifest
+from vggc.artifacts import atomic_path, sha256_file, write_manifest_or_remove
 from vggc.errors import InputError, UnavailableError, VggcError, first_line
 from vggc.export.tensorrt.build import (
     ENGINE_SUFFIXES,
@@ -194,13 +194,8 @@ def build_torch_tensorrt(weights, out, *, precision: str = "fp16", min_batch: in
                        "max": [max_batch, 3, s, s]},
            "min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
            "check_vs_eager_fp16": {"n": opt_batch, "max_abs_logit_diff": max_diff, "top1_agreement": agree}, **extra}
-    try:
-        write_manifest(out, kind=TORCH_TRT_KIND, inputs={"source": weights}, settings=settings,
-                       metrics={"build_seconds": round(build_s, 2)}, extra=doc)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            out.unlink()
-        raise
+    write_manifest_or_remove(out, kind=TORCH_TRT_KIND, inputs={"source": weights}, settings=settings,
+                             metrics={"build_seconds": round(build_s, 2)}, extra=doc)
     return {"path": str(out), "manifest": str(out.with_name(out.name + ".json")), "precision": precision,
             "builder": "torch-tensorrt", "size_bytes": out.stat().st_size, "build_seconds": round(build_s, 2),
             "check_vs_eager_fp16": doc["check_vs_eager_fp16"], **env, "profile": doc["profile"]}
