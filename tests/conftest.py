@@ -80,6 +80,20 @@ def make_imagefolder(root: Path, per_class: int = 6, classes: int = 10, size: in
     return root
 
 
+def make_tiny_quant_setup(d: Path) -> dict:
+    """A tiny VGG with O(1) logits (its last layer scaled x100, so INT8 has real work), its
+    state_dict at ``d/tiny.pt`` and a tiny ImageFolder (8 images/class/split); returns
+    ``{"dir", "model", "weights", "data"}``."""
+    from vggc.artifacts import save_state_dict
+
+    model = make_tiny_vgg()
+    with torch.no_grad():
+        model.classifier[-1].weight.mul_(100.0)
+    weights = d / "tiny.pt"
+    save_state_dict(model.state_dict(), weights)
+    return {"dir": d, "model": model, "weights": weights, "data": make_imagefolder(d / "data", per_class=8)}
+
+
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     """A tiny random ImageFolder dataset (6 images per class per split)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, make_imagefolder, make_tiny_vgg
+from conftest import assert_one_line_error, make_imagefolder, make_tiny_quant_setup, make_tiny_vgg
 from conftest import run_cli as run
 
 from vggc import runtime
@@ -27,16 +27,10 @@ def tiny(tmp_path_factory):
     from vggc.data import resolve_preprocess
     from vggc.export.onnx import export_onnx
 
-    d = tmp_path_factory.mktemp("ov")
-    model = make_tiny_vgg()
-    with torch.no_grad():
-        model.classifier[-1].weight.mul_(100.0)
-    weights = d / "tiny.pt"
-    save_state_dict(model.state_dict(), weights)
-    onnx = export_onnx(model, d / "tiny.onnx", input_size=32, opset=18, fp16=False,
-                       preprocess=resolve_preprocess({}))
-    data = make_imagefolder(d / "data", per_class=8)
-    return {"dir": d, "model": model, "weights": weights, "onnx": onnx, "data": data}
+    t = make_tiny_quant_setup(tmp_path_factory.mktemp("ov"))
+    t["onnx"] = export_onnx(t["model"], t["dir"] / "tiny.onnx", input_size=32, opset=18, fp16=False,
+                            preprocess=resolve_preprocess({}))
+    return t
 
 
 def _x(n=5, seed=1):

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, make_imagefolder, make_tiny_vgg
+from conftest import assert_one_line_error, make_tiny_quant_setup, make_tiny_vgg
 from conftest import run_cli as run
 
 from vggc import runtime
-from vggc.artifacts import save_state_dict
 from vggc.errors import InputError, ModelFormatError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,14 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny VGG with O(1) logits, its state_dict and a tiny ImageFolder (8 images/class/split)."""
-    d = tmp_path_factory.mktemp("quant")
-    model = make_tiny_vgg()
-    with torch.no_grad():
-        model.classifier[-1].weight.mul_(100.0)
-    weights = d / "tiny.pt"
-    save_state_dict(model.state_dict(), weights)
-    data = make_imagefolder(d / "data", per_class=8)
-    return {"dir": d, "model": model, "weights": weights, "data": data}
+    return make_tiny_quant_setup(tmp_path_factory.mktemp("quant"))
 
 
 def _x(n=5, seed=1):
