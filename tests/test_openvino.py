@@ -250,7 +250,7 @@ def test_pipeline_adds_openvino_rows(tmp_path, monkeypatch):
                            eval_limit=None, bench_quick=True, bench_limit=None, bench_batch=8, train_batch=8)
     monkeypatch.setitem(pipeline.PRESETS, "tiny", tiny)
     names = [s.name for s in pipeline.build_steps(weights, data, tiny)]
-    assert {"int8_ov_static", "pruned_int8_ov_static"} <= set(names)
+    assert {"int8_ov_static", "pruned50_int8_ov_static"} <= set(names)
     assert "pruned_int8_ov_static" in pipeline.PRESETS["quick"].skip
     assert "pruned_int8_ov_static" not in pipeline.PRESETS["full"].skip
     out = tmp_path / "run"

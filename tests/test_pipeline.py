@@ -120,12 +120,12 @@ def test_pipeline_end_to_end_on_tiny_model(tmp_path, monkeypatch):
     only = ["onnx_fp32", "int8_ort_static", "prune", "trt_fp16"]
     first = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=only)
     status = {s["name"]: s["status"] for s in first["steps"]}
-    assert status["onnx_fp32"] == "ok" and status["int8_ort_static"] == "ok" and status["prune"] == "ok"
+    assert status["onnx_fp32"] == "ok" and status["int8_ort_static"] == "ok" and status["prune50"] == "ok"
     assert status["trt_fp16"].startswith("unavailable:")  # no TensorRT / CUDA here
     assert status["bench"] == "ok"
     rows = first["rows"]
     models = {r["model"] for r in rows if r["status"] == "ok"}
-    assert {"tiny.pt", "tiny.onnx", "tiny_int8_ort_static.onnx", "tiny_pruned.pt"} <= models
+    assert {"tiny.pt", "tiny.onnx", "tiny_int8_ort_static.onnx", "tiny_pruned50.pt"} <= models
     trt = [r for r in rows if r["model"] == "tiny_fp16.engine"]
     assert trt and trt[0]["status"] == status["trt_fp16"].removeprefix("unavailable: ") and trt[0]["top1"] is None
     assert (out / "bench" / "report.md").is_file() and (out / "pipeline.json").is_file()
@@ -187,12 +187,13 @@ def test_killed_training_step_resumes_from_its_checkpoint(tmp_path, monkeypatch,
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=[step])
-    name = {"prune": "tiny_pruned.pt", "distill": "tiny_student_mbv2.pt"}[step]
-    assert not (out / name).exists() and not (out / ".steps" / f"{step}.json").exists()
+    name = {"prune": "tiny_pruned50.pt", "distill": "tiny_student_mbv2.pt"}[step]
+    marker = {"prune": "prune50"}.get(step, step)
+    assert not (out / name).exists() and not (out / ".steps" / f"{marker}.json").exists()
     assert any(p.name.startswith(name) and p.name.endswith(".ckpt") for p in out.iterdir())
 
     second = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=[step])
-    assert {s["name"]: s["status"] for s in second["steps"]}[step] == "ok"
+    assert {s["name"]: s["status"] for s in second["steps"]}[marker] == "ok"
     assert calls == [False, True]  # the second fit resumed
     manifest = json.loads((out / f"{name}.json").read_text())
     history = (manifest["metrics"]["steps"][0]["history"] if step == "prune"
@@ -219,11 +220,11 @@ def test_stale_checkpoint_from_other_settings_is_discarded(tmp_path, monkeypatch
         pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"])
     _tiny_setup(tmp_path, monkeypatch, prune_finetune_epochs=3)  # the user changed the budget
     res = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"])
-    assert {s["name"]: s["status"] for s in res["steps"]}["prune"] == "ok"
+    assert {s["name"]: s["status"] for s in res["steps"]}["prune50"] == "ok"
     assert tries == [False, True, False]  # tried to resume, found it stale, started over
     # the stale checkpoint is refused by its settings file before any fit could resume it
     assert calls == [False, False]
-    manifest = json.loads((out / "tiny_pruned.pt.json").read_text())
+    manifest = json.loads((out / "tiny_pruned50.pt.json").read_text())
     assert [h["epoch"] for h in manifest["metrics"]["steps"][0]["history"]] == [1, 2, 3]
 
 
@@ -233,10 +234,10 @@ def test_sensitivity_preset_adds_a_cached_scan_step_not_benched(tmp_path, monkey
     out = tmp_path / "run"
     first = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"])
     status = {s["name"]: s["status"] for s in first["steps"]}
-    assert status["prune_scan"] == "ok" and status["prune"] == "ok"
+    assert status["prune_scan"] == "ok" and status["prune50"] == "ok"
     assert (out / "prune_scan" / "sensitivity.png").is_file()
     assert not [r for r in first["rows"] if "sensitivity" in r["model"]]
-    manifest = json.loads((out / "tiny_pruned.pt.json").read_text())
+    manifest = json.loads((out / "tiny_pruned50.pt.json").read_text())
     assert manifest["settings"]["prune"]["strategy"] == "sensitivity"
     assert manifest["inputs"]["sensitivity"]["path"].endswith("sensitivity.csv.json")
     second = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"])
@@ -394,8 +395,8 @@ def test_pipeline_threads_retime_only_the_bench_and_changed_data_reruns_its_step
     log: list[str] = []
     second = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=only, threads=1, log=log.append)
     steps = {s["name"]: s for s in second["steps"]}
-    assert {n: s["status"] for n, s in steps.items()} == {"onnx_fp32": "cached", "int8_ort_static": "cached",
-                                                          "bench": "ok"}
+    assert {n: s["status"] for n, s in steps.items()} == {"source_eval": "cached", "onnx_fp32": "cached",
+                                                          "int8_ort_static": "cached", "bench": "ok"}
     assert steps["bench"]["why"] == "re-timed (threads 2 -> 1)" and "-- bench: re-timed (threads 2 -> 1)" in log
     assert {r["threads"] for r in second["rows"] if r["status"] == "ok"} == {1}
     doc = json.loads((out / "pipeline.json").read_text())
@@ -470,21 +471,21 @@ def test_sigkill_during_training_then_rerun_resumes_to_identical_weights(tmp_pat
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not (killed / "tiny_pruned.pt").exists() and not (killed / ".steps" / "prune.json").exists()
+    assert not (killed / "tiny_pruned50.pt").exists() and not (killed / ".steps" / "prune50.json").exists()
     assert list(killed.glob("*.ckpt"))
 
     rerun = subprocess.run(cmd(killed, 0), env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "prune: rerun (its previous attempt did not finish)" in rerun.stderr
-    ft = json.loads((killed / "tiny_pruned.pt.json").read_text())["metrics"]["steps"][0]
+    assert "prune50: rerun (its previous attempt did not finish)" in rerun.stderr
+    ft = json.loads((killed / "tiny_pruned50.pt.json").read_text())["metrics"]["steps"][0]
     assert [h["epoch"] for h in ft["history"]] == [1, 2, 3, 4]
     assert ft["resumed_from_epoch"] >= 1  # continued from the checkpoint, not from scratch
 
     clean = tmp_path / "clean"
     ref = subprocess.run(cmd(clean, 0), env=env, capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    a = torch.load(killed / "tiny_pruned.pt", weights_only=True)
-    b = torch.load(clean / "tiny_pruned.pt", weights_only=True)
+    a = torch.load(killed / "tiny_pruned50.pt", weights_only=True)
+    b = torch.load(clean / "tiny_pruned50.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -507,11 +508,12 @@ def test_automatic_settings_enter_the_keys_resolved(tmp_path, monkeypatch):
     import torch
 
     if not torch.cuda.is_available():  # on CUDA training resolves to fp16 whatever the CPU
-        assert vnni["prune"]["train_precision"] == "bf16" and avx2["prune"]["train_precision"] == "fp32"
+        assert vnni["prune50"]["train_precision"] == "bf16" and avx2["prune50"]["train_precision"] == "fp32"
         assert vnni["distill"]["train_precision"] == "bf16" and avx2["distill"]["train_precision"] == "fp32"
     steps = {s.name: s for s in build_steps(tmp_path / "w.pt", tmp_path, PRESETS["quick"])}
-    assert steps["int8_ort_static"].splits == ("train",) and steps["int8_ort_dynamic"].splits == ()
-    assert steps["onnx_fp32"].splits == ("test",) and steps["prune"].splits == ("train", "test")
+    # accuracy-aware static INT8 calibrates on train and checks the budget on test images
+    assert steps["int8_ort_static"].splits == ("train", "test") and steps["int8_ort_dynamic"].splits == ()
+    assert steps["onnx_fp32"].splits == ("test",) and steps["prune50"].splits == ("train", "test")
 
 
 def test_cli_threads_reach_every_step_and_the_bench(tmp_path, monkeypatch):

@@ -78,6 +78,7 @@ class TrainResult:
     device: str = "cpu"
     precision: str = "fp32"
     resumed_from: int = 0
+    stopped_early: str | None = None  # why ``stop_check`` ended training before cfg.epochs
 
     @property
     def total_seconds(self) -> float:
@@ -193,7 +194,8 @@ def check_same_run(ckpt: dict, cfg: TrainConfig, model: nn.Module, path: Path, r
 def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig, *,
         loss_fn: LossFn | None = None, checkpoint: str | Path | None = None, resume: bool = False,
         progress: Progress = no_progress, on_epoch: Callable[[dict], None] | None = None,
-        run_key: str | None = None, checkpoint_minutes: float | None = CHECKPOINT_MINUTES) -> TrainResult:
+        run_key: str | None = None, checkpoint_minutes: float | None = CHECKPOINT_MINUTES,
+        stop_check: Callable[[dict], str | None] | None = None) -> TrainResult:
     """Train ``model`` in place on ``train``; return a :class:`TrainResult`.
 
     ``checkpoint``: path written atomically after every epoch (rank 0 only), and also within an
@@ -204,6 +206,10 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
     the caller's settings hash to beyond ``cfg`` (e.g. a pruning plan, a loss); stored in the
     checkpoint, and a checkpoint with another key is refused on resume.
     ``on_epoch(record)`` is called after each epoch with ``{"epoch", "loss", "lr", "seconds", ...}``.
+    ``stop_check(record)``: called after each epoch (after its checkpoint); a returned reason ends
+    training there (``TrainResult.stopped_early``; the record gets ``stopped_early``). A run
+    resumed from an epoch-end checkpoint asks it again about that epoch first, so a kill between
+    the decision and the caller's output gives the same decision.
     Returns with ``model`` on CPU in eval mode.
     """
     if len(train) < cfg.batch_size:
@@ -260,8 +266,13 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
     frozen_bn = _frozen_bn_modules(model)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     t_start = time.perf_counter()
+    stopped = None
+    if stop_check is not None and history and partial is None and start_epoch < cfg.epochs:
+        stopped = stop_check(history[-1])
+        if stopped:
+            model.eval()
 
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, cfg.epochs if not stopped else start_epoch):
         t0, c0 = time.perf_counter(), time.process_time()
         net.train()
         for m in frozen_bn:
@@ -315,10 +326,15 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
             save(epoch + 1)
         if on_epoch:
             on_epoch(record)
+        if stop_check is not None and epoch + 1 < cfg.epochs:
+            stopped = stop_check(record)
+            if stopped:
+                record["stopped_early"] = stopped
+                break
     model.to("cpu").eval()
-    return TrainResult(epochs_run=cfg.epochs - start_epoch, history=history,
+    return TrainResult(epochs_run=len(history) - start_epoch, history=history,
                        seconds=round(time.perf_counter() - t_start, 2), device=str(device),
-                       precision=precision, resumed_from=start_epoch)
+                       precision=precision, resumed_from=start_epoch, stopped_early=stopped)
 
 
 def freeze(model: nn.Module, what: str) -> nn.Module:

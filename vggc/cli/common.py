@@ -62,3 +62,19 @@ def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
+
+
+def teacher_model_options(f):
+    """``--teacher-model FILE`` / ``--teacher-backend KEY``: the KD teacher's forward pass from a
+    compiled model file (:func:`vggc.compress.teacher.open_teacher`)."""
+    f = click.option("--teacher-backend", default=None, metavar="KEY",
+                     help="With --teacher-model: the backend that runs it (e.g. openvino-cpu, onnxruntime-cpu; "
+                          "default: the first that runs its format here). Refused, never replaced, when it "
+                          "cannot run.")(f)
+    f = click.option("--teacher-model", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
+                     metavar="FILE",
+                     help="Compute the teacher's logits with this model file of the SAME teacher instead of "
+                          "its PyTorch module: e.g. its INT8 OpenVINO IR from `vggc quantize --backend openvino` "
+                          "(~4x faster than bf16 PyTorch here). Its preprocessing must match; its top-1 and "
+                          "agreement with the PyTorch teacher are measured and recorded in the manifest.")(f)
+    return f

@@ -7,7 +7,7 @@ import os
 import click
 
 from vggc.artifacts import check_out_path
-from vggc.cli.common import data_option, download_option, set_threads, threads_option
+from vggc.cli.common import data_option, download_option, set_threads, teacher_model_options, threads_option
 from vggc.train import PRECISIONS, SCHEDULES, TrainConfig
 
 
@@ -58,11 +58,12 @@ def _threads_per_process(threads: int | None) -> int | None:
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu or cuda[:N]. Under torchrun with CUDA each process takes cuda:<LOCAL_RANK>.")
 @click.option("--resume", is_flag=True, help="Continue from OUT.ckpt left by an interrupted run with the same options.")
+@teacher_model_options
 @download_option
 @threads_option
 def command(teacher, data, out, student, width_mult, temperature, alpha, epochs, batch_size, lr, weight_decay,
-            label_smoothing, schedule, precision, limit, eval_limit, no_eval, seed, device, resume, download,
-            threads):
+            label_smoothing, schedule, precision, limit, eval_limit, no_eval, seed, device, resume, teacher_model,
+            teacher_backend, download, threads):
     """Distil the TEACHER state_dict (e.g. the VGG16) into a CIFAR MobileNetV2 student.
 
     Loss: alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * cross-entropy, trained by the
@@ -95,6 +96,7 @@ def command(teacher, data, out, student, width_mult, temperature, alpha, epochs,
         metrics = distill(teacher, data, out, cfg, kd, student=student, width_mult=width_mult, limit=limit,
                           eval_limit=eval_limit, do_eval=not no_eval, resume=resume, download=download,
                           eval_threads=(threads or os.cpu_count()) if world > 1 else None,
+                          teacher_model=teacher_model, teacher_backend=teacher_backend,
                           progress=tqdm_progress if rank == 0 else no_progress, on_epoch=on_epoch)
     if rank != 0:
         return
@@ -104,4 +106,8 @@ def command(teacher, data, out, student, width_mult, temperature, alpha, epochs,
     if "top1" in metrics:
         click.echo(f"student top-1 {100 * metrics['top1']:.2f}%, teacher top-1 {100 * metrics['teacher_top1']:.2f}%, "
                    f"agreement {100 * metrics['agreement']:.2f}% on {metrics['n']} test images")
+        tm = metrics.get("teacher_model")
+        if tm:
+            click.echo(f"teacher model {teacher_model}: top-1 {100 * tm['top1']:.2f}%, agrees with the PyTorch "
+                       f"teacher on {100 * tm['agreement']:.2f}% of {tm['n']} test images")
     click.echo(f"saved {out} (+ {out}.json)")

@@ -8,7 +8,7 @@ import os
 import click
 
 from vggc.artifacts import check_out_path
-from vggc.cli.common import data_option, preprocess_options, set_threads, threads_option
+from vggc.cli.common import data_option, preprocess_options, set_threads, teacher_model_options, threads_option
 from vggc.compress.bn_recalib import DEFAULT_IMAGES
 from vggc.compress.prune import STRATEGIES
 from vggc.errors import InputError
@@ -80,6 +80,14 @@ def _fractions(ctx, param, value):
 @click.option("--bn-recalib", type=click.IntRange(0), default=DEFAULT_IMAGES, show_default=True, metavar="N",
               help="After each prune step (before its fine-tune), re-estimate BatchNorm running statistics on N "
                    "class-balanced TRAINING images (forward passes only, no weight changes). 0: off.")
+@click.option("--stop-drop", type=click.FloatRange(0, 100), default=None, metavar="PT",
+              help="Early stop: after --stop-after fine-tune epochs evaluate on the test images and stop "
+                   "the fine-tune when top-1 is more than PT points below the unpruned source (a target "
+                   "already too far outside your budget). The model so far is saved; its manifest's "
+                   "metrics.stopped_early says why.")
+@click.option("--stop-after", type=click.IntRange(1), default=1, show_default=True,
+              help="With --stop-drop: the fine-tune epochs after which top-1 is checked.")
+@teacher_model_options
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from OUT.state.pt / OUT.step<k>.ckpt (refused when "
                    "OUT.settings.json is missing, unreadable or differs).")
@@ -87,8 +95,8 @@ def _fractions(ctx, param, value):
 @threads_option
 def command(weights, data, out, scan, amount, target_macs, strategy, sensitivity, max_ratio, round_to, steps,
             finetune_epochs, lr, batch_size, weight_decay, precision, device, limit, eval_limit, no_eval,
-            scan_limit, fractions, seed, kd_alpha, kd_temperature, bn_recalib, resume, mean, std, input_size,
-            threads):
+            scan_limit, fractions, seed, kd_alpha, kd_temperature, bn_recalib, stop_drop, stop_after, teacher_model,
+            teacher_backend, resume, mean, std, input_size, threads):
     """Prune conv filters with the smallest L1 norm (Li et al. 2017), really removing them with their
     BatchNorm channels and the next layer's inputs, then fine-tune and save a smaller state_dict.
 
@@ -159,7 +167,8 @@ def command(weights, data, out, scan, amount, target_macs, strategy, sensitivity
                    fractions=fractions, preprocess=pre, resume=resume, seed=seed, progress=tqdm_progress,
                    on_epoch=on_epoch, on_step=on_step,
                    kd=KDConfig(temperature=kd_temperature, alpha=kd_alpha) if kd_alpha > 0 else None,
-                   bn_recalib=bn_recalib)
+                   bn_recalib=bn_recalib, teacher_model=teacher_model, teacher_backend=teacher_backend,
+                   stop_drop_pt=stop_drop, stop_after=stop_after)
     click.echo(f"MACs {m['macs_before'] / 1e6:.1f} M -> {m['macs_after'] / 1e6:.1f} M ({100 * m['macs_ratio']:.1f}%), "
                f"params {m['params_before'] / 1e6:.2f} M -> {m['params_after'] / 1e6:.2f} M, "
                f"{100 * m['channels_removed_fraction']:.1f}% of conv channels removed")
@@ -167,7 +176,14 @@ def command(weights, data, out, scan, amount, target_macs, strategy, sensitivity
         bn = f" (BatchNorm re-estimated on {bn_recalib} training images)" if bn_recalib else ""
         click.echo(f"test top-1 on {m['n']} images: source {100 * m['top1_source']:.2f}%, pruned "
                    f"{100 * m['top1_before_finetune']:.2f}% before fine-tune{bn}, {100 * m['top1']:.2f}% after")
+    tm = m.get("teacher_model")
+    if tm:
+        click.echo(f"teacher {tm['name']} on {tm['backend']}: top-1 {100 * tm['top1']:.2f}%, agrees with the "
+                   f"unpruned PyTorch model on {100 * tm['agreement']:.2f}% of {tm['n']} test images")
+    if m.get("stopped_early"):
+        click.echo(f"fine-tune {m['stopped_early']}")
     if finetune_epochs:
-        click.echo(f"fine-tune: {finetune_epochs} epoch(s) on {m['train_images']} images, "
+        ran = sum(len(st.get("history", [])) for st in m["steps"])
+        click.echo(f"fine-tune: {ran} of {finetune_epochs} epoch(s) on {m['train_images']} images, "
                    f"{m['finetune_seconds']:.0f} s wall, {m['finetune_cpu_seconds']:.0f} CPU-s")
     click.echo(f"saved {out} (+ {out}.json)")

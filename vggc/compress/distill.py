@@ -93,18 +93,22 @@ def freeze_teacher(teacher: nn.Module) -> nn.Module:
 class DistillLoss:
     """``loss_fn(model, x, y) -> (loss, parts)`` for :func:`vggc.train.fit` with a frozen teacher.
 
-    The teacher moves to the batch's device (channels_last) on first use and is re-put in eval
-    mode on every call, so nothing the trainer does to the student can switch its BatchNorm to
+    ``teacher``: an ``nn.Module`` or a :class:`vggc.compress.teacher.FileTeacher` (the teacher's
+    forward pass from a compiled file, e.g. its INT8 OpenVINO IR). A module teacher moves to the
+    batch's device (channels_last) on first use and is re-put in eval mode on every call, so nothing the trainer does to the student can switch its BatchNorm to
     batch statistics.
     """
 
     def __init__(self, teacher: nn.Module, kd: KDConfig, label_smoothing: float = 0.0):
-        self.teacher = freeze_teacher(teacher)
+        # a FileTeacher (vggc.compress.teacher: a compiled model file) is a plain callable
+        self.teacher = freeze_teacher(teacher) if isinstance(teacher, nn.Module) else teacher
         self.kd = kd
         self.label_smoothing = label_smoothing
         self._device: torch.device | None = None
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(self.teacher, nn.Module):
+            return self.teacher(x)
         if self._device != x.device:
             self.teacher.to(x.device, memory_format=torch.channels_last)
             self._device = x.device
@@ -214,15 +218,20 @@ def _check_resume(ckpt: Path, run_file: Path, run: dict, student: nn.Module) -> 
 def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: TrainConfig,
             kd: KDConfig, *, student: str = "mobilenet_v2", width_mult: float = 1.0, limit: int | None = None,
             eval_limit: int | None = None, do_eval: bool = True, resume: bool = False, download: bool = False,
-            eval_threads: int | None = None, progress: Progress = no_progress, on_epoch=None) -> dict:
+            eval_threads: int | None = None, teacher_model: str | Path | None = None,
+            teacher_backend: str | None = None, progress: Progress = no_progress, on_epoch=None) -> dict:
     """Distil ``teacher_path`` into a fresh student; save its state_dict at ``out`` with a manifest.
 
     ``out.ckpt`` (+ ``out.ckpt.json``, the run's settings) hold fit's checkpoint (every epoch, every 10 minutes) until the run
     finishes; ``resume=True`` continues from it. Under an initialised process group the trainer
     shards the data and only rank 0 evaluates and writes; other ranks return ``{}``.
     ``eval_threads``: torch threads for the final evaluation (under torchrun each process trains on
-    its share of the cores; rank 0 evaluates alone afterwards). Returns the manifest's metrics
-    (history, test top-1 of student and teacher, agreement).
+    its share of the cores; rank 0 evaluates alone afterwards). ``teacher_model``: run the teacher's
+    forward pass from this model file (e.g. the INT8 OpenVINO IR of ``teacher_path``) on
+    ``teacher_backend`` (:func:`vggc.compress.teacher.open_teacher`); ``teacher_path`` stays the
+    reference the student is evaluated against, and the metrics' ``teacher_model`` say how the file
+    teacher compares with it. Returns the manifest's metrics (history, test top-1 of student and
+    teacher, agreement).
     """
     from vggc.models import count_macs, count_params, load_weights
 
@@ -240,15 +249,21 @@ def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: Tr
     ckpt, run_file = work_files(out)
     teacher_sha = sha256_file(teacher_path)
     run = _run_record(teacher_sha, kd, cfg, model.config.to_dict(), limit, data)
+    file_teacher = None
+    if teacher_model is not None:
+        from vggc.compress.teacher import open_teacher
+
+        file_teacher = open_teacher(teacher_model, pre, backend=teacher_backend)
+        run["teacher_model"] = {k: file_teacher.facts[k] for k in ("sha256", "backend", "precision")}
     if resume:
         _check_resume(ckpt, run_file, run, model)
     elif rank == 0:
         write_settings(run_file, run)
 
-    loss_fn = DistillLoss(loaded.model, kd, cfg.label_smoothing)
+    loss_fn = DistillLoss(file_teacher or loaded.model, kd, cfg.label_smoothing)
     result = fit(model, train, pre, cfg, loss_fn=loss_fn, checkpoint=ckpt, resume=resume,
                  progress=progress, on_epoch=on_epoch, run_key=run_key(run))
-    loss_fn.teacher.to("cpu")
+    loaded.model.to("cpu")
     if rank != 0:
         return {}
 
@@ -264,9 +279,16 @@ def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: Tr
         metrics.update(top1=res.top1, n=res.n, teacher_top1=tres.top1,
                        agreement=float((res.predictions == tres.predictions).float().mean()),
                        per_class=res.per_class)
+        if file_teacher is not None:
+            from vggc.compress.teacher import check_teacher
+
+            metrics["teacher_model"] = check_teacher(file_teacher, teacher, test, pre, tres.predictions)
+    if file_teacher is not None:
+        file_teacher.close()
     save_state_dict(model.state_dict(), out)
     kd_settings = {**asdict(kd), "label_smoothing": cfg.label_smoothing, "student": student,
-                   "width_mult": width_mult, "teacher_logits_cached": False}
+                   "width_mult": width_mult, "teacher_logits_cached": False,
+                   "teacher_model": file_teacher.facts if file_teacher is not None else None}
     write_manifest(out, kind="state_dict", inputs={"teacher": teacher_path},
                    settings={"distill": kd_settings, "train": asdict(cfg), "limit": limit, "eval_limit": eval_limit,
                              "data": run["data"]},

@@ -10,216 +10,41 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 from vggc.errors import InputError
+from vggc.pipeline.build import build_steps, family  # noqa: E402,F401 - re-exported
+from vggc.pipeline.presets import PRESETS, Preset  # noqa: E402,F401 - re-exported
 from vggc.pipeline.steps import Step, StepContext, StepResult, claim_out_dir, run_steps
 from vggc.progress import Progress, no_progress
 
 
-@dataclass(frozen=True)
-class Preset:
-    """Budgets for one pipeline run. ``bench_limit=None`` means all 10,000 test images."""
-
-    name: str
-    parity_limit: int | None
-    calib_size: int
-    prune_target_macs: float
-    prune_finetune_epochs: int
-    prune_limit: int | None
-    distill_epochs: int
-    distill_limit: int | None
-    distill_width: float
-    eval_limit: int | None
-    bench_quick: bool
-    bench_limit: int | None = None
-    bench_batch: int = 64
-    train_batch: int = 128
-    prune_strategy: str = "uniform"  # sensitivity adds a cached per-layer scan step first
-    distill_lr: float = 0.05  # OneCycle peak learning rate of the student
-    scan_limit: int = 1000
-    skip: tuple[str, ...] = ()  # steps left out of this preset (their rows say so)
+def _expand_families(only: list[str], steps: list[Step], log: Callable[[str], None]) -> list[str]:
+    """Return ``only`` with each single-target step name (``prune``, ``pruned_onnx``, ...; before
+    the frontier the pipeline had one pruned model) replaced by that step of every target."""
+    names = {s.name for s in steps}
+    out: list[str] = []
+    for n in only:
+        fam = [s.name for s in steps if s.name != n and family(s.name) == n]
+        if n not in names and fam:
+            log(f"-- --only {n}: deprecated name; it now means {', '.join(fam)}")
+            out.extend(fam)
+        else:
+            out.append(n)
+    return out
 
 
-PRESETS = {
-    # ~10 minutes on a 2-core CPU: every stage runs, training stages on small budgets (their
-    # accuracy is labelled as such; use --preset full for real numbers).
-    # Its training budgets are spent where they show the method rather than chance: BatchNorm
-    # statistics re-estimated after pruning (no training) plus 1 epoch on 5,000 images for the
-    # pruned model; 2 epochs on 5,000 images for the student (~85 % and ~37 % on the quick subset).
-    "quick": Preset("quick", parity_limit=256, calib_size=128, prune_target_macs=0.5, prune_finetune_epochs=1,
-                    prune_limit=5000, distill_epochs=2, distill_limit=5000, distill_width=1.0, eval_limit=500,
-                    distill_lr=0.1,
-                    bench_quick=True, bench_limit=1000,
-                    # each torch.compile'd INT8 program costs ~1 min of compile time in the bench
-                    skip=("int8_torch_dynamic", "pruned_int8_torch_static", "pruned_int8_ov_static")),
-    # Real budgets, sized for a 2-core CPU (about 4 hours: prune fine-tune ~70 min, distillation
-    # ~2.3 h, bench on all 10,000 test images); a CUDA machine trains the same steps in minutes.
-    # Every training step checkpoints each epoch (and every 10 minutes within one), so a killed run
-    # resumes where it stopped.
-    "full": Preset("full", parity_limit=None, calib_size=1000, prune_target_macs=0.5, prune_finetune_epochs=5,
-                   prune_limit=None, distill_epochs=5, distill_limit=None, distill_width=1.0, eval_limit=None,
-                   bench_quick=False, prune_strategy="sensitivity", scan_limit=1000),
-}
+def _rebuild_commands(steps: list[Step], results: list[StepResult]) -> dict[str, list[str]]:
+    """Return ``{model file name: [vggc commands that rebuild it from the source state_dict]}``
+    from the commands the steps recorded (cached steps keep theirs in their marker)."""
+    from vggc.pipeline.commands import rebuild_chain
 
-
-def _train_cfg(epochs: int, seed: int, lr: float, batch_size: int = 128):
-    from vggc.train import TrainConfig
-
-    # a 0-epoch budget (prune without fine-tune) still needs a valid config; fit is not called then
-    return TrainConfig(epochs=max(1, epochs), lr=lr, seed=seed, batch_size=batch_size)
-
-
-def _resumable(run: Callable[[bool], dict], work: list[Path], checkpoints: list[Path] | None = None) -> dict:
-    """Run a training step, continuing from the checkpoint a killed run left behind.
-
-    When any of ``checkpoints`` (default: all of ``work``) exists, ``run(True)`` resumes from it;
-    if it was made with other settings (a changed preset or seed) every ``work`` file is deleted
-    and the step starts over with ``run(False)``. Returns what ``run`` returns.
-    """
-    from vggc.errors import StaleCheckpointError
-
-    if any(p.is_file() for p in (work if checkpoints is None else checkpoints)):
-        try:
-            return run(True)
-        except StaleCheckpointError:
-            for p in work:
-                p.unlink(missing_ok=True)
-    return run(False)
-
-
-def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0, threads: int | None = None,
-                progress: Progress = no_progress) -> list[Step]:
-    """Return the pipeline's steps for ``weights`` (a VGG16 state_dict) in dependency order.
-
-    Each step names the data splits it reads (their fingerprints key it) and carries every setting
-    chosen automatically in its resolved form (quantization's ``reduce_range``). ``threads`` is
-    handed to the stages that open ONNX Runtime sessions (torch's count is set by the caller)."""
-    from vggc.compress.quantize import resolve_reduce_range
-
-    stem = weights.stem
-    data_s = str(data)
-    reads = lambda *splits: {"data": data, "splits": splits}  # noqa: E731 - the splits a step reads
-
-    def export_step(name: str, src: str | None, out: str, fp16: bool) -> Step:
-        def run(ctx: StepContext) -> dict:
-            from vggc.export.job import export_file
-
-            source = str(weights if src is None else ctx.dep(src))
-            facts = export_file(source, str(ctx.output()), data=data_s, fp16=fp16,
-                                parity_limit=preset.parity_limit, seed=seed, threads=threads, progress=progress)
-            parity = facts.get("parity") or {}
-            return {"precision": facts.get("precision"), "size_bytes": facts.get("size_bytes"),
-                    **{k: v for k, v in parity.items() if isinstance(v, (int, float))}}
-
-        return Step(name, [out], run, deps=[src] if src else [], inputs=[] if src else [weights],
-                    settings={"fp16": fp16, "parity_limit": preset.parity_limit, "seed": seed},
-                    label=f"ONNX {'FP16' if fp16 else 'FP32'} export", **reads("test"))  # parity on test images
-
-    def quant_step(name: str, src: str | None, out: str, mode: str, backend: str) -> Step:
-        reduce_range = resolve_reduce_range(None)  # auto, resolved on this CPU (VNNI or not)
-        settings = {"mode": mode, "backend": backend, "calib_size": preset.calib_size, "seed": seed,
-                    "reduce_range": reduce_range}
-
-        def run(ctx: StepContext) -> dict:
-            from vggc.compress.quantize import quantize
-
-            source = weights if src is None else ctx.dep(src)
-            # accuracy of the INT8 file is measured once, by the bench step, on the same images as every row
-            res = quantize(source, mode=mode, backend=backend, data=data_s, calib_size=preset.calib_size,
-                           seed=seed, out=ctx.output(), evaluate=False, threads=threads,
-                           progress=progress)  # reduce_range auto: the manifest says so; the key has its value
-            return {k: v for k, v in (res or {}).items() if isinstance(v, (int, float, str, bool)) or v is None}
-
-        # an OpenVINO IR is two files: the .xml (the model the bench opens) and its .bin
-        outs = [out, str(Path(out).with_suffix(".bin"))] if backend == "openvino" else [out]
-        return Step(name, outs, run, deps=[src] if src else [], inputs=[] if src else [weights],
-                    settings=settings, label=f"{mode} INT8 ({'NNCF, OpenVINO IR' if backend == 'openvino' else backend})",
-                    **reads(*(("train",) if mode == "static" else ())))  # calibration images
-
-    def prune_run(ctx: StepContext) -> dict:
-        from vggc.compress.prune import PruneSpec, prune_file, work_files
-
-        spec = PruneSpec(strategy=preset.prune_strategy, target_macs=preset.prune_target_macs, round_to=8)
-        scan = ctx.dep("prune_scan") if "prune_scan" in ctx.step.deps else None
-        return _resumable(lambda resume: prune_file(
-            weights, data_s, ctx.output(), spec, sensitivity=scan,
-            train_cfg=_train_cfg(preset.prune_finetune_epochs, seed, 0.01, preset.train_batch),
-            finetune_epochs=preset.prune_finetune_epochs, limit=preset.prune_limit,
-            eval_limit=preset.eval_limit, seed=seed, resume=resume, progress=progress),
-            work_files(ctx.output(), spec.steps))
-
-    def scan_run(ctx: StepContext) -> dict:
-        from vggc.compress.sensitivity import scan_file
-
-        table, _ = scan_file(weights, data_s, ctx.output().parent, scan_limit=preset.scan_limit, seed=seed,
-                             progress=progress)
-        return {"baseline_top1": table.baseline, "n": table.n, "max_drop": table.max_drop()}
-
-    def distill_run(ctx: StepContext) -> dict:
-        from vggc.compress.distill import KDConfig, distill, work_files
-
-        work = work_files(ctx.output())  # [checkpoint, its settings]: only the checkpoint means "resume"
-        return _resumable(lambda resume: distill(
-            weights, data_s, ctx.output(), _train_cfg(preset.distill_epochs, seed, preset.distill_lr, preset.train_batch),
-            KDConfig(temperature=4.0, alpha=0.9), width_mult=preset.distill_width,
-            limit=preset.distill_limit, eval_limit=preset.eval_limit, resume=resume, progress=progress),
-            work, checkpoints=work[:1])
-
-    def engine_step(name: str, src: str, out: str, precision: str) -> Step:
-        def run(ctx: StepContext) -> dict:
-            from vggc.export.tensorrt import build_engine
-
-            return build_engine(ctx.dep(src), ctx.output(), precision=precision) or {}
-
-        def available() -> str | None:
-            from vggc.export.tensorrt import tensorrt_reason
-
-            return tensorrt_reason()
-
-        return Step(name, [out], run, deps=[src], settings={"precision": precision}, available=available,
-                    label=f"TensorRT {precision.upper()} engine")
-
-    scan_steps = []
-    if preset.prune_strategy == "sensitivity":
-        scan_steps.append(Step("prune_scan", ["prune_scan/sensitivity.csv.json", "prune_scan/sensitivity.csv",
-                                              "prune_scan/sensitivity.png"], scan_run, inputs=[weights],
-                               settings={"scan_limit": preset.scan_limit, "seed": seed}, model=False, **reads("train"),
-                               label=f"per-layer pruning sensitivity on {preset.scan_limit} training images"))
-    from vggc.train import resolve_device, resolve_precision
-
-    # training runs with precision/device "auto": the key holds what they resolve to on this machine
-    # (bf16 on CPUs with native bf16, fp32 elsewhere, fp16 on CUDA), which changes the trained weights
-    device = resolve_device("auto")
-    trained_on = {"train_device": device.type, "train_precision": resolve_precision("auto", device)}
-    ft = {**trained_on, "strategy": preset.prune_strategy, "epochs": preset.prune_finetune_epochs, "batch": preset.train_batch, "limit": preset.prune_limit, "target": preset.prune_target_macs,
-          "eval_limit": preset.eval_limit, "seed": seed}
-    kd = {**trained_on, "epochs": preset.distill_epochs, "batch": preset.train_batch, "limit": preset.distill_limit, "width": preset.distill_width,
-          "eval_limit": preset.eval_limit, "seed": seed, "T": 4.0, "alpha": 0.9, "lr": preset.distill_lr}
-    return [
-        export_step("onnx_fp32", None, f"{stem}.onnx", fp16=False),
-        export_step("onnx_fp16", None, f"{stem}_fp16.onnx", fp16=True),
-        quant_step("int8_ort_dynamic", None, f"{stem}_int8_ort_dynamic.onnx", "dynamic", "onnxruntime"),
-        quant_step("int8_ort_static", None, f"{stem}_int8_ort_static.onnx", "static", "onnxruntime"),
-        quant_step("int8_torch_dynamic", None, f"{stem}_int8_torch_dynamic.pt2", "dynamic", "torch"),
-        quant_step("int8_torch_static", None, f"{stem}_int8_torch_static.pt2", "static", "torch"),
-        quant_step("int8_ov_static", None, f"{stem}_int8_ov_static.xml", "static", "openvino"),
-        *scan_steps,
-        Step("prune", [f"{stem}_pruned.pt"], prune_run, inputs=[weights], settings=ft,
-             deps=[s.name for s in scan_steps], **reads("train", "test"),
-             label=f"L1 prune ({preset.prune_strategy}) to {preset.prune_target_macs:.0%} MACs + fine-tune"),
-        export_step("pruned_onnx", "prune", f"{stem}_pruned.onnx", fp16=False),
-        quant_step("pruned_int8_ort_static", "prune", f"{stem}_pruned_int8_ort_static.onnx", "static", "onnxruntime"),
-        quant_step("pruned_int8_torch_static", "prune", f"{stem}_pruned_int8_torch_static.pt2", "static", "torch"),
-        quant_step("pruned_int8_ov_static", "prune", f"{stem}_pruned_int8_ov_static.xml", "static", "openvino"),
-        Step("distill", [f"{stem}_student_mbv2.pt"], distill_run, inputs=[weights], settings=kd,
-             label="distil into MobileNetV2", **reads("train", "test")),
-        export_step("student_onnx", "distill", f"{stem}_student_mbv2.onnx", fp16=False),
-        engine_step("trt_fp16", "onnx_fp16", f"{stem}_fp16.engine", "fp16"),
-        engine_step("trt_int8", "int8_ort_static", f"{stem}_int8.engine", "int8"),
-    ]
+    deps = {s.name: list(s.deps) for s in steps}
+    commands = {r.name: r.metrics.get("command") for r in results if r.ok and isinstance(r.metrics.get("command"), str)}
+    return {Path(s.outputs[0]).name: rebuild_chain(s.name, deps, commands)
+            for s, r in zip(steps, results) if r.ok and s.model and commands.get(s.name)}
 
 
 def _unavailable_row(step: Step, result: StepResult, batch: int) -> dict:
@@ -262,8 +87,9 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
     n_threads = int(threads or os.cpu_count() or 1)
     p = PRESETS[preset]
     out = Path(out_dir) if out_dir else Path("artifacts") / f"{weights.stem}-{preset}"
-    steps = build_steps(weights, data, p, seed=seed, threads=n_threads, progress=progress)
+    steps = build_steps(weights, data, p, seed=seed, threads=n_threads, progress=progress, max_drop_pt=max_drop_pt)
     if only:
+        only = _expand_families(only, steps, log)
         unknown = sorted(set(only) - {s.name for s in steps})
         if unknown:
             raise InputError(f"--only {', '.join(unknown)}: unknown step; steps are "
@@ -277,7 +103,7 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
                     keep |= set(s.deps)
                     changed = True
         steps = [s for s in steps if s.name in keep]
-    skipped = [s for s in steps if s.name in p.skip and not (only and s.name in only)]
+    skipped = [s for s in steps if (s.name in p.skip or family(s.name) in p.skip) and not (only and s.name in only)]
     steps = [s for s in steps if s not in skipped]
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
@@ -323,8 +149,12 @@ def _run(weights: Path, data: Path, p: Preset, preset: str, out: Path, steps: li
                              threads=threads, out=bench_dir, progress=progress, log=log, max_drop_pt=max_drop_pt,
                              command=f"vggc pipeline {weights} --data {data} --preset {preset} --threads {threads}")
             extra = [_unavailable_row(s, r, p.bench_batch) for s, r in zip(steps, results) if not r.ok and s.model]
-            if extra:
-                rows.extend(extra)
+            rows.extend(extra)
+            rebuild = _rebuild_commands(steps, results)
+            for row in rows:
+                if row.get("model") in rebuild:
+                    row["rebuild"] = rebuild[row["model"]]
+            if extra or rebuild:
                 write_outputs(rows, bench_dir, plot=True)
             return {"rows": len(rows), "ok": sum(r.get("status") == "ok" for r in rows)}
 

@@ -35,6 +35,7 @@ class PruneRun:
     finetune_seconds: float = 0.0
     finetune_cpu_seconds: float = 0.0
     resumed_from_step: int = 0
+    stopped_early: str | None = None  # why the last step's fine-tune stopped before its epochs
 
 
 def epochs_per_step(total: int, steps: int) -> list[int]:
@@ -88,6 +89,19 @@ def _read_state(path: Path, key: str) -> dict:
     return st
 
 
+def _bind_stop(stop_check, model: nn.Module):
+    """Return fit's ``stop_check(record)`` asking ``stop_check(record, model)`` with ``model`` in
+    eval mode (fit puts it back in train mode at the next epoch)."""
+    if stop_check is None:
+        return None
+
+    def check(rec: dict) -> str | None:
+        model.eval()
+        return stop_check(rec, model)
+
+    return check
+
+
 def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | None", preprocess: "Preprocess",
                        train_cfg: "TrainConfig | None", finetune_epochs: int = 0,
                        table: "SensitivityTable | None" = None, work: str | Path | None = None,
@@ -96,7 +110,8 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
                        progress: Progress = no_progress, on_epoch: Callable[[dict], None] | None = None,
                        on_step: Callable[[dict], None] | None = None, loss_fn: "LossFn | None" = None,
                        loss_settings: dict | None = None, bn_recalib: int = 0,
-                       bn_data: "Split | None" = None, bn_seed: int = 0) -> tuple[nn.Module, PruneRun]:
+                       bn_data: "Split | None" = None, bn_seed: int = 0,
+                       stop_check: Callable[[dict, nn.Module], str | None] | None = None) -> tuple[nn.Module, PruneRun]:
     """Prune ``model`` to ``spec`` in ``spec.steps`` steps, fine-tuning with :func:`vggc.train.fit`.
 
     The final widths are planned once on the original model; step ``k`` prunes every layer
@@ -112,7 +127,9 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
     ``loss_settings`` describe it in the resume key. ``bn_recalib``: after each step's pruning
     (before its fine-tune), re-estimate BatchNorm statistics on this many class-balanced images of
     ``bn_data`` (default ``train``; subset seed ``bn_seed``) with
-    :func:`vggc.compress.bn_recalib.recalibrate_bn`; 0: off.
+    :func:`vggc.compress.bn_recalib.recalibrate_bn`; 0: off. ``stop_check(epoch_record, model)``: asked
+    after each epoch of the LAST step's fine-tune, with the model in eval mode (see
+    :func:`vggc.train.fit`); a reason stops it (``PruneRun.stopped_early``).
     A run that fine-tunes writes its settings to :func:`settings_file`; ``--resume`` refuses when
     that file is missing, unreadable or differs (:func:`vggc.resume.check_settings`).
     Returns ``(pruned model, PruneRun)``; the model is on CPU in eval mode.
@@ -174,7 +191,10 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
             ckpt = ckpt_of(k) if ckpt_of else None
             resume_fit = bool(resume and ckpt is not None and ckpt.is_file())
             res = fit(model.train(), train, preprocess, cfg, loss_fn=loss_fn, checkpoint=ckpt, resume=resume_fit,
-                      progress=progress, on_epoch=on_epoch, run_key=key)
+                      progress=progress, on_epoch=on_epoch, run_key=key,
+                      stop_check=_bind_stop(stop_check, model) if k == spec.steps else None)
+            if res.stopped_early:
+                rec["stopped_early"] = run.stopped_early = res.stopped_early
             # summed over the epoch records, so epochs done before a kill (restored on resume) count too
             wall = sum(h["seconds"] for h in res.history)
             cpu = sum(h.get("cpu_seconds", 0.0) for h in res.history)

@@ -18,7 +18,7 @@ from vggc.compress.graph import PruningGraph
 from vggc.compress.prune.finetune import prune_and_finetune, remove_work_files
 from vggc.compress.prune.plan import check_reachable, make_plan, prune_model
 from vggc.compress.prune.spec import PruneSpec
-from vggc.errors import VggcError
+from vggc.errors import InputError, VggcError
 from vggc.progress import Progress, no_progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,7 +34,9 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
                resume: bool = False, seed: int = 0, progress: Progress = no_progress,
                on_epoch: Callable[[dict], None] | None = None,
                on_step: Callable[[dict], None] | None = None, kd: "KDConfig | None" = None,
-               bn_recalib: int = DEFAULT_IMAGES) -> dict:
+               bn_recalib: int = DEFAULT_IMAGES, teacher_model: str | Path | None = None,
+               teacher_backend: str | None = None,
+               stop_drop_pt: "float | Callable[[float], float] | None" = None, stop_after: int = 1) -> dict:
     """Prune a weights file, fine-tune, evaluate, save ``out`` (state_dict) + ``out.json`` manifest.
 
     ``preprocess`` defaults to the source's manifest/sidecar (so the result evaluates with the
@@ -46,7 +48,16 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
     teacher; ``kd.alpha`` weights the KD term, ``1 - alpha`` the cross-entropy); ``None`` or
     ``alpha == 0``: plain cross-entropy. ``bn_recalib``: after each prune step, re-estimate
     BatchNorm statistics on this many class-balanced training images (0: off); the
-    "before fine-tune" accuracy is measured after it.
+    "before fine-tune" accuracy is measured after it. ``teacher_model`` (with ``kd``): compute the
+    teacher's logits with this model file of the unpruned source on ``teacher_backend``
+    (:func:`vggc.compress.teacher.open_teacher`, e.g. its INT8 OpenVINO IR: ~4x cheaper than the
+    bf16 PyTorch teacher); its top-1 and agreement with the source are measured (``metrics.teacher_model``).
+    ``stop_drop_pt`` (percentage points; needs ``do_eval``): after ``stop_after`` fine-tune epochs
+    the model is evaluated and, when it is more than this many points below the unpruned source
+    (on the same test images), the fine-tune stops there — a target already far outside the
+    caller's budget — and the manifest's ``stopped_early`` says so; the model so far is saved.
+    A callable gets the source's top-1 (a fraction) and returns the points (a budget that is a
+    share of the baseline).
 
     Everything that can be refused without images is refused before any is read and before any
     training: a bad or unreachable spec, a scan that does not match the model, a plan whose really
@@ -82,8 +93,9 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
     test = limit_split(load_split(data, "test", progress=progress), eval_limit, seed) if do_eval else None
 
     def top1(m: nn.Module) -> float:
+        dev = next(m.parameters()).device  # mid fine-tune (stop_check) the model may be on CUDA
         with torch.inference_mode():
-            return evaluate(lambda x: m(x), test, pre, progress=progress).top1
+            return evaluate(lambda x: m(x.to(dev)).cpu(), test, pre, progress=progress).top1
 
     if spec.strategy == "sensitivity" and table is None:
         subset = limit_split(train_full, scan_limit, seed)
@@ -101,19 +113,52 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
         del probe
 
     train = limit_split(train_full, limit, seed) if train_full is not None and finetune_epochs > 0 else None
-    loss_fn = loss_settings = None
+    loss_fn = loss_settings = file_teacher = None
     if kd is not None and kd.alpha > 0 and finetune_epochs > 0:
         from vggc.compress.distill import DistillLoss
 
-        loss_fn = DistillLoss(copy.deepcopy(model), kd, train_cfg.label_smoothing if train_cfg else 0.0)
+        teacher = copy.deepcopy(model)
+        if teacher_model is not None:
+            from vggc.compress.teacher import open_teacher
+
+            teacher = file_teacher = open_teacher(teacher_model, pre, backend=teacher_backend)
+        loss_fn = DistillLoss(teacher, kd, train_cfg.label_smoothing if train_cfg else 0.0)
         loss_settings = {"distill_from_source": asdict(kd)}
+        if file_teacher is not None:
+            loss_settings["teacher_model"] = {k: file_teacher.facts[k] for k in ("sha256", "backend", "precision")}
+            if do_eval:
+                from vggc.compress.teacher import check_teacher
+
+                metrics["teacher_model"] = {**file_teacher.facts, **check_teacher(file_teacher, model, test, pre)}
+    elif teacher_model is not None:
+        raise InputError("--teacher-model is the KD teacher: it needs --kd-alpha > 0 and fine-tune epochs")
+    stop_check = None
+    if stop_drop_pt is not None:
+        if not do_eval or finetune_epochs <= stop_after:
+            raise InputError("--stop-drop needs test evaluation and more fine-tune epochs than --stop-after")
+        stop_pt = stop_drop_pt(metrics["top1_source"]) if callable(stop_drop_pt) else float(stop_drop_pt)
+        stop_below = metrics["top1_source"] - stop_pt / 100
+        metrics["stop_rule"] = {"after_epochs": stop_after, "max_drop_pt": round(stop_pt, 4),
+                                "below_top1": round(stop_below, 6)}
+
+        def stop_check(rec: dict, m: nn.Module) -> str | None:
+            if rec["epoch"] != stop_after:
+                return None
+            acc = top1(m)
+            rec["top1"] = acc
+            if acc < stop_below:
+                return (f"stopped after {stop_after}/{finetune_epochs} epochs: top-1 {100 * acc:.2f}% is more "
+                        f"than {stop_pt:.2f} pt below the source ({100 * stop_below:.2f}%)")
+            return None
     pruned, run = prune_and_finetune(model, spec, train=train, preprocess=pre, train_cfg=train_cfg,
                                      loss_fn=loss_fn, loss_settings=loss_settings,
                                      finetune_epochs=finetune_epochs, table=table, work=out, resume=resume,
                                      cleanup=False,
                                      evaluate_step=top1 if do_eval else None, progress=progress,
                                      on_epoch=on_epoch, on_step=on_step, bn_recalib=bn_recalib,
-                                     bn_data=train_full, bn_seed=seed)
+                                     bn_data=train_full, bn_seed=seed, stop_check=stop_check)
+    if file_teacher is not None:
+        file_teacher.close()
     macs, params = count_macs(pruned, size), count_params(pruned)
     if spec.target_macs is not None and macs > spec.target_macs * base_macs:
         raise VggcError(f"internal error: pruned model has {macs} MACs, above the target "
@@ -129,7 +174,8 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
                    params_before=base_params, params_after=params, params_ratio=round(params / base_params, 6),
                    channels_removed_fraction=round(run.plan.removed_fraction, 6),
                    finetune_seconds=run.finetune_seconds, finetune_cpu_seconds=run.finetune_cpu_seconds,
-                   train_images=len(train) if train is not None else 0, steps=run.steps)
+                   train_images=len(train) if train is not None else 0, steps=run.steps,
+                   stopped_early=run.stopped_early)
     sd = {k: v.contiguous() for k, v in pruned.state_dict().items()}
     save_state_dict(sd, out)
     inputs = {"source": weights}
@@ -145,7 +191,9 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
                              "bn_recalib": {"images": bn_recalib, "split": "train", "seed": seed,
                                             "when": "after each prune step, before its fine-tune"}
                              if bn_recalib > 0 else 0,
-                             "distill_from_source": asdict(kd) if loss_fn is not None else None},
+                             "distill_from_source": asdict(kd) if loss_fn is not None else None,
+                             "teacher_model": file_teacher.facts if file_teacher is not None else None,
+                             "stop_rule": metrics.get("stop_rule")},
                    metrics=metrics,
                    extra={"preprocess": pre.to_dict(), "params": params, "macs": macs, "precision": "fp32",
                           "arch": lm.name, "widths_before": run.plan.widths_before, "widths": widths_after,

@@ -1,0 +1,101 @@
+"""The ``vggc`` command lines equivalent to pipeline steps: what the report prints as "rebuild it".
+
+Each function returns one shell command (a string, arguments quoted with :func:`shlex.quote`)
+that calls the same library function with the same settings as the step, so a user can rebuild a
+recommended variant from the source state_dict without the pipeline. ``tests/test_pipeline_frontier``
+parses every command a pipeline writes with the real Click commands, so an option renamed in the
+CLI and not here fails a test. :func:`rebuild_chain` orders a file's commands from the source on.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Iterable
+
+
+def _cmd(*parts) -> str:
+    out = []
+    for p in parts:
+        if p is None or p is False:
+            continue
+        out.append(shlex.quote(str(p)))
+    return " ".join(out)
+
+
+def _opt(flag: str, value) -> tuple:
+    """``(flag, value)``, or nothing when ``value`` is None (the option's default applies)."""
+    return () if value is None else (flag, value)
+
+
+def export_cmd(src: Path, out: Path, data: Path, *, fp16: bool, parity_limit: int | None, seed: int) -> str:
+    return _cmd("vggc", "export", src, "--format", "onnx", "--data", data, *_opt("--parity-limit", parity_limit),
+                "--seed", seed, "--fp16" if fp16 else None, "--out", out)
+
+
+def quantize_cmd(src: Path, out: Path, data: Path, *, mode: str, backend: str, calib_size: int, seed: int,
+                 reduce_range: bool, max_drop: float | None = None, max_fp32_layers: int | None = None,
+                 eval_limit: int | None = None) -> str:
+    static = mode == "static"
+    return _cmd("vggc", "quantize", src, "--mode", mode, "--backend", backend,
+                *(("--data", data, "--calib-size", calib_size) if static else ()), "--seed", seed,
+                "--reduce-range" if reduce_range else "--full-range",
+                *(("--max-drop", f"{max_drop:.4f}", *_opt("--max-fp32-layers", max_fp32_layers),
+                   *_opt("--eval-limit", eval_limit)) if max_drop is not None else ("--no-eval",)),
+                "--out", out)
+
+
+def scan_cmd(src: Path, out_dir: Path, data: Path, *, scan_limit: int, seed: int) -> str:
+    return _cmd("vggc", "prune", src, "--data", data, "--scan", "--scan-limit", scan_limit, "--seed", seed,
+                "--out", out_dir)
+
+
+def prune_cmd(src: Path, out: Path, data: Path, *, strategy: str, target: float, scan: Path | None, epochs: int,
+              lr: float, batch: int, limit: int | None, eval_limit: int | None, seed: int, kd_alpha: float,
+              kd_temperature: float, teacher_model: Path | None, teacher_backend: str | None,
+              stop_drop: float | None, stop_after: int, bn_recalib: int) -> str:
+    return _cmd("vggc", "prune", src, "--data", data, "--strategy", strategy, *_opt("--sensitivity", scan),
+                "--target-macs", target, "--finetune-epochs", epochs, "--lr", lr, "--batch-size", batch,
+                *_opt("--limit", limit), *_opt("--eval-limit", eval_limit), "--seed", seed,
+                "--bn-recalib", bn_recalib,
+                *(("--kd-alpha", kd_alpha, "--kd-temperature", kd_temperature) if kd_alpha > 0 else ()),
+                *_opt("--teacher-model", teacher_model), *_opt("--teacher-backend", teacher_backend),
+                *(("--stop-drop", f"{stop_drop:.4f}", "--stop-after", stop_after) if stop_drop is not None else ()),
+                "--out", out)
+
+
+def distill_cmd(src: Path, out: Path, data: Path, *, epochs: int, lr: float, batch: int, limit: int | None,
+                eval_limit: int | None, width: float, temperature: float, alpha: float, seed: int,
+                teacher_model: Path | None, teacher_backend: str | None) -> str:
+    return _cmd("vggc", "distill", src, "--data", data, "--epochs", epochs, "--lr", lr, "--batch-size", batch,
+                *_opt("--limit", limit), *_opt("--eval-limit", eval_limit), "--width-mult", width,
+                "--temperature", temperature, "--alpha", alpha, "--seed", seed,
+                *_opt("--teacher-model", teacher_model), *_opt("--teacher-backend", teacher_backend), "--out", out)
+
+
+def rebuild_chain(name: str, deps: dict[str, list[str]], commands: dict[str, str]) -> list[str]:
+    """Return the commands that rebuild step ``name``'s output: its dependencies' first (each
+    once, in dependency order), then its own. Steps without a recorded command are left out."""
+    seen: list[str] = []
+
+    def visit(n: str) -> None:
+        for d in deps.get(n, []):
+            visit(d)
+        if n not in seen:
+            seen.append(n)
+
+    visit(name)
+    return [commands[n] for n in seen if commands.get(n)]
+
+
+def command_args(command: str) -> list[str]:
+    """Return the arguments after ``vggc <command>`` of one rebuild command (for checks)."""
+    parts = shlex.split(command)
+    if parts[:1] != ["vggc"] or len(parts) < 2:
+        raise ValueError(f"not a vggc command: {command}")
+    return parts[2:]
+
+
+def names(commands: Iterable[str]) -> list[str]:
+    """Return the subcommand of each command (``export``, ``quantize``, ...)."""
+    return [shlex.split(c)[1] for c in commands]
