@@ -54,7 +54,7 @@ MARK_COLORS = ("gold", "tab:green", "tab:blue", "tab:purple", "tab:orange", "tab
 
 
 def _star(ax, pt, label: str, color: str, filled: bool) -> None:
-    ax.scatter([pt[0]], [pt[1]], marker="*", s=320 if filled else 260, c=color if filled else "none",
+    ax.scatter([pt[0]], [pt[1]], marker="*", s=200 if filled else 170, c=color if filled else "none",
                edgecolors="black" if filled else color, linewidths=0.8 if filled else 1.6, label=label, zorder=5)
 
 
