@@ -222,3 +222,25 @@ def test_bench_cli_ends_with_the_answer(tmp_path):
     assert "wrote" in res.output and str(tmp_path / "out" / "answer.json") in res.output
     if doc["targets"]["cpu-throughput"] is not None:  # the only row: the baseline itself, when its timing settled
         assert tail[2] == "      (the baseline file itself: nothing to rebuild)"
+
+
+def test_pipeline_cli_ends_with_the_answer(tmp_path, monkeypatch):
+    import torch
+    from conftest import run_cli
+    from test_pipeline import _tiny_setup
+
+    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch)
+    monkeypatch.setitem(pipeline.PRESETS, "quick", pipeline.PRESETS["tiny"])
+    out = tmp_path / "run"
+    before = torch.get_num_threads()
+    try:
+        res = run_cli("pipeline", weights, "--data", data, "--out", out, "--only", "onnx_fp32", "--threads", 1,
+                      "--max-drop", "100")
+    finally:
+        torch.set_num_threads(before)
+    assert res.exit_code == 0, res.output
+    rows = json.loads((out / "bench" / "results.json").read_text())
+    tail = res.output.split("\nreport: ", 1)[1].split("\n", 1)[1].strip().splitlines()
+    assert tail == screen_lines(answer(rows, 100.0))
+    assert tail[0].startswith("the answer (top-1 drop ≤ 100.00 pt (--max-drop)")
+    assert tail[1].startswith("  cpu-throughput: ") and any(x.startswith("  cpu-latency: ") for x in tail)

@@ -172,9 +172,13 @@ def answer(rows: list[dict], max_drop_pt: float | None = None) -> dict:
            "budget_rule": "--max-drop" if max_drop_pt is not None else "1% of the baseline's top-1",
            **_answers(rows, targets, base, budget, rebuilds),
            "at_98pct": _answers(rows, targets, base, 100.0 * WIDE_FRACTION * base["top1"] if base else None, rebuilds)}
-    failed = {r["backend"]: r.get("status") for r in rows if is_gpu_row(r) and not ran_ok(r)}
+    failed: dict[str, list[str]] = {}  # why -> the GPU backends that did not run for it
+    for r in rows:
+        if is_gpu_row(r) and not ran_ok(r):
+            keys = failed.setdefault(first_line(str(r.get("status")), 80), [])
+            keys += [r["backend"]] if r["backend"] not in keys else []
     doc["gpu_note"] = (None if gpu_ran or not failed else
-                       "no GPU row ran: " + "; ".join(f"{k} ({first_line(str(v), 80)})" for k, v in failed.items()))
+                       "no GPU row ran: " + "; ".join(f"{', '.join(ks)} ({why})" for why, ks in failed.items()))
     return doc
 
 
