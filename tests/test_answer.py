@@ -118,12 +118,14 @@ def test_rebuild_commands_from_the_row_then_the_manifests_then_not_recorded(craf
                                                       "incomplete: no command recorded for m.engine")
     assert rebuild_commands(by["far.onnx"], base) == ([], None, NOT_RECORDED)  # no manifest at all
     assert rebuild_commands(base, base) == ([], None, "the baseline file itself: nothing to rebuild")
+    # a baseline that is itself made from the trained file: its recorded commands
+    assert rebuild_commands(by["wide_int8.onnx"], by["wide_int8.onnx"])[0][-1].startswith("vggc quantize wide_src")
     bare = _art(d, "bare.onnx", source=d / "base.pt")
-    assert manifest_commands(bare, d / "base.pt") == ([], NOT_RECORDED)
+    assert manifest_commands(bare) == ([], NOT_RECORDED)
     gone = _art(d, "orphan.onnx", "vggc quantize gone.onnx --out orphan.onnx",
                 source=_art(d, "gone.onnx", "vggc export base.pt --out gone.onnx", source=d / "base.pt"))
     (d / "gone.onnx").unlink()  # its source was deleted since
-    cmds, note = manifest_commands(gone, d / "base.pt")
+    cmds, note = manifest_commands(gone)
     assert cmds == ["vggc quantize gone.onnx --out orphan.onnx"]
     assert note == f"the chain stops at orphan.onnx: its input {d / 'gone.onnx'} could not be followed"
     bad = dict(by["int8.onnx"], rebuild="vggc quantize")

@@ -77,20 +77,17 @@ def choose(rows: list[dict], target: str, base: dict | None, budget: float | Non
     return None, f"none of the {len(ran)} {kind} rows that ran qualifies: " + "; ".join(parts)
 
 
-def manifest_commands(path: Path, stop: Path | None = None) -> tuple[list[str], str | None]:
+def manifest_commands(path: Path) -> tuple[list[str], str | None]:
     """Return ``(commands, note)``: the ``command`` strings recorded in the manifests from ``path``
-    up its chain of inputs (:data:`REBUILD_ROLES`) to the source (``stop``, the baseline file, or the
-    first file made from nothing), source first; ``note`` says what is missing (no commands at all:
-    :data:`NOT_RECORDED`; some: the files without one, a chain that could not be followed)."""
+    up its chain of inputs (:data:`REBUILD_ROLES`) to the source (the first file recorded as made
+    from nothing, e.g. the trained state_dict), source first; ``note`` says what is missing (no
+    commands at all: :data:`NOT_RECORDED`; some: the files without one, a chain that could not be
+    followed)."""
     chain: list[tuple[Path, dict]] = []
     problems: list[str] = []
     try:
         chain.append((path, read_manifest(path)))
-        if stop is None or not same_file(path, stop):
-            for p, meta in ancestors(chain[0][1], REBUILD_ROLES, MAX_REBUILD_LINKS):
-                chain.append((p, meta))
-                if stop is not None and same_file(p, stop):
-                    break
+        chain += ancestors(chain[0][1], REBUILD_ROLES, MAX_REBUILD_LINKS)
     except VggcError as err:
         problems.append(first_line(err))
 
@@ -99,7 +96,7 @@ def manifest_commands(path: Path, stop: Path | None = None) -> tuple[list[str], 
                      if k in REBUILD_ROLES and isinstance(v, dict) and v.get("path")), None)
 
     last_path, last_meta = chain[-1] if chain else (path, {})
-    if chain and not problems and not (stop is not None and same_file(last_path, stop)) and made_from(last_meta):
+    if chain and not problems and made_from(last_meta):
         problems.append(f"the chain stops at {last_path.name}: its input {made_from(last_meta)} could not be followed")
     derived = [(p, m) for p, m in chain if made_from(m) is not None]
     commands = [m["command"].strip() for _, m in reversed(derived)
@@ -116,7 +113,7 @@ def rebuild_commands(row: dict, base: dict | None = None) -> tuple[list[str], st
     """Return ``(commands, source, note)`` that rebuild ``row``'s file from the source state_dict:
     the row's own ``rebuild`` list (``source`` ``"row"``), else the manifest chain
     (:func:`manifest_commands`, ``"manifests"``); ``source`` ``None`` when there are none, and
-    ``note`` says why (the baseline file itself needs no rebuild)."""
+    ``note`` says why (the baseline file itself, with none recorded, needs no rebuild)."""
     given = row.get("rebuild")
     if given:
         if isinstance(given, list) and all(isinstance(c, str) and c.strip() for c in given):
@@ -125,10 +122,9 @@ def rebuild_commands(row: dict, base: dict | None = None) -> tuple[list[str], st
     if not row.get("path"):
         return [], None, NOT_RECORDED
     path = Path(row["path"])
-    stop = Path(base["path"]) if base is not None and base.get("path") else None
-    if stop is not None and same_file(path, stop):
+    commands, note = manifest_commands(path)
+    if not commands and base is not None and base.get("path") and same_file(path, Path(base["path"])):
         return [], None, "the baseline file itself: nothing to rebuild"
-    commands, note = manifest_commands(path, stop)
     return commands, ("manifests" if commands else None), note
 
 
