@@ -3,17 +3,47 @@ so a smoke budget (one epoch on 1,000 images) is never mistaken for what the met
 
 A pruned or distilled state_dict's manifest records its fine-tune / distillation budget; files made
 from it (its ONNX export, its INT8 files) point back at it through ``inputs.source``, which is
-followed a few links up.
+followed a few links up. :func:`ancestors` is that walk (the rebuild commands of
+:mod:`vggc.bench.answer` follow it too, over more input roles).
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from typing import Iterator
 
 from vggc.artifacts import read_manifest
 from vggc.errors import VggcError
 
 MAX_LINKS = 4
+# the input role that names the file an artifact was made from (ONNX export, quantization, pruning)
+SOURCE_ROLES = ("source",)
+
+
+def parent(meta: dict, roles: tuple[str, ...] = SOURCE_ROLES) -> Path | None:
+    """Return the file ``meta`` (a manifest) was made from: the path of its first input among
+    ``roles`` that exists on disk; ``None`` when it records none (a root, e.g. a trained model)."""
+    for role in roles:
+        src = ((meta.get("inputs") or {}).get(role) or {}).get("path")
+        if src and Path(src).is_file():
+            return Path(src)
+    return None
+
+
+def ancestors(meta: dict, roles: tuple[str, ...] = SOURCE_ROLES, limit: int = MAX_LINKS) -> Iterator[tuple[Path, dict]]:
+    """Yield ``(path, manifest)`` for each file up the chain from ``meta`` (a manifest; not yielded
+    itself), following :func:`parent` at most ``limit`` links and never a file twice. A manifest on
+    the way that exists but is unreadable raises :class:`~vggc.errors.ModelFormatError` (from
+    :func:`vggc.artifacts.read_manifest`) when the walk reaches it."""
+    seen: set[Path] = set()
+    for _ in range(limit):
+        src = parent(meta, roles)
+        if src is None or src.resolve() in seen:
+            return
+        seen.add(src.resolve())
+        meta = read_manifest(src)
+        yield src, meta
 
 
 def _count(n) -> str:
@@ -39,15 +69,11 @@ def training_budget(meta: dict) -> str | None:
     """Return a one-line description of the training behind a model file (``meta``: its manifest),
     following ``inputs.source`` back to the pruned/distilled state_dict; ``None`` when none is recorded
     (e.g. the user's own trained model)."""
-    for _ in range(MAX_LINKS):
-        text = _budget(meta)
-        if text:
-            return text
-        src = ((meta.get("inputs") or {}).get("source") or {}).get("path")
-        if not src or not Path(src).is_file():
-            return None
-        try:
-            meta = read_manifest(Path(src))
-        except VggcError:
-            return None  # the source's own rows report its unreadable manifest
+    try:
+        for m in itertools.chain([meta], (m for _, m in ancestors(meta, limit=MAX_LINKS - 1))):
+            text = _budget(m)
+            if text:
+                return text
+    except VggcError:
+        return None  # the source's own rows report its unreadable manifest
     return None

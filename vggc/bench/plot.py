@@ -1,5 +1,6 @@
 """``pareto.png``: top-1 against throughput (log x), one labelled point per row that ran,
-the Pareto frontier (no other row is both faster and more accurate) highlighted."""
+the Pareto frontier (no other row is both faster and more accurate) highlighted, and the
+recommended variants of :mod:`vggc.bench.answer` starred (hollow: the 98 % line's)."""
 
 from __future__ import annotations
 
@@ -49,13 +50,25 @@ def label_groups(pts: Sequence[tuple[float, float]], dx: float = 0.04, dy: float
     return groups
 
 
-def plot_pareto(rows: list[dict], path: str | Path, title: str = "") -> Path:
-    """Draw the plot for the rows with ``status == "ok"`` into ``path`` (PNG, written atomically)."""
+MARK_COLORS = ("gold", "tab:green", "tab:blue", "tab:purple", "tab:orange", "tab:cyan", "tab:pink", "tab:olive")
+
+
+def _star(ax, pt, label: str, color: str, filled: bool) -> None:
+    ax.scatter([pt[0]], [pt[1]], marker="*", s=200 if filled else 170, c=color if filled else "none",
+               edgecolors="black" if filled else color, linewidths=0.8 if filled else 1.6, label=label, zorder=5)
+
+
+def draw_pareto(rows: list[dict], title: str = "", marks: Sequence[tuple[tuple, str, bool]] = ()):
+    """Return the plot's matplotlib figure (the caller closes it) for the rows with ``status == "ok"``;
+    ``marks``: :func:`vggc.bench.answer.marks`, each starred with its label in the legend (filled
+    within the budget, hollow for the 98 % line); a mark whose row is not plotted is left out."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     import matplotlib.ticker  # noqa: F401 - used as matplotlib.ticker below
+
+    from vggc.bench.answer import row_key
 
     ok = [r for r in rows if r.get("status") == "ok" and r.get("throughput") and r.get("top1") is not None]
     pts = [(float(r["throughput"]), 100.0 * float(r["top1"])) for r in ok]
@@ -83,6 +96,9 @@ def plot_pareto(rows: list[dict], path: str | Path, title: str = "") -> Path:
             if max(p[0] for p in pts) < 8 * min(p[0] for p in pts):  # under a decade: label minor ticks too
                 ax.xaxis.set_minor_formatter(plain)
                 ax.tick_params(axis="x", which="minor", labelsize=7)
+            where = {row_key(r): pts[i] for i, r in enumerate(ok)}
+            for k, (mk, label, filled) in enumerate(m for m in marks if m[0] in where):
+                _star(ax, where[mk], label, MARK_COLORS[k % len(MARK_COLORS)], filled)
             ax.legend(loc="best", fontsize=8)
             xs = [p[0] for p in pts]
             ax.set_xlim(min(xs) / 1.5, max(xs) * 2.5)
@@ -95,6 +111,20 @@ def plot_pareto(rows: list[dict], path: str | Path, title: str = "") -> Path:
         if title:
             ax.set_title(title, fontsize=8, wrap=True)
         fig.tight_layout(rect=(0, 0, 0.6 if pts else 1, 1))
+    except BaseException:
+        plt.close(fig)
+        raise
+    return fig
+
+
+def plot_pareto(rows: list[dict], path: str | Path, title: str = "",
+                marks: Sequence[tuple[tuple, str, bool]] = ()) -> Path:
+    """Draw :func:`draw_pareto` of ``rows`` (and ``marks``) into ``path`` (PNG, written atomically);
+    return the path."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_pareto(rows, title, marks)
+    try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
     finally:

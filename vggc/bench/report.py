@@ -1,4 +1,5 @@
-"""Bench outputs: results.json / results.csv (one row per (model, backend)), report.md, the screen table.
+"""Bench outputs: results.json / results.csv (one row per (model, backend)), answer.json (the
+recommended variant per target, :mod:`vggc.bench.answer`), report.md, the screen table.
 
 Every file is written atomically (:mod:`vggc.artifacts`); ``results.json`` gets a manifest.
 """
@@ -10,6 +11,7 @@ import io
 from pathlib import Path
 
 from vggc.artifacts import atomic_path, write_json, write_manifest
+from vggc.bench.answer import ANSWER_NAME, answer, markdown_section, marks
 from vggc.bench.baseline import best_variant, budget_pt, marginal, ran_ok
 from vggc.bench.machine import describe_flags
 
@@ -247,8 +249,9 @@ def timing_method(pol: dict) -> str:
             f"{pol.get('max_time_s')} s (`timing_stable: false` in results.json when the cap stopped it).")
 
 
-def markdown_report(rows: list[dict], ctx: dict) -> str:
-    """Return report.md: what was measured, the table, how, and on which machine."""
+def markdown_report(rows: list[dict], ctx: dict, answer_doc: dict | None = None) -> str:
+    """Return report.md: what was measured, the table, how, on which machine, and last "The
+    answer" (``answer_doc``, default :func:`vggc.bench.answer.answer` of ``rows``)."""
     m = ctx.get("machine", {})
     pol = ctx.get("timing", {})
     base = ctx.get("baseline")
@@ -318,6 +321,8 @@ def markdown_report(rows: list[dict], ctx: dict) -> str:
               ""]
     if ctx.get("plot"):
         lines += ["![top-1 vs throughput](pareto.png)", ""]
+    doc = answer_doc if answer_doc is not None else answer(rows, ctx_budget(ctx))
+    lines += markdown_section(doc) + [""]
     return "\n".join(lines)
 
 
@@ -331,12 +336,14 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def write_outputs(rows, out: Path, plot: bool = True) -> dict[str, Path]:
-    """Write results.json (+ manifest), results.csv, report.md and pareto.png into ``out``; return the paths."""
+    """Write results.json (+ manifest), results.csv, answer.json, report.md and pareto.png into
+    ``out``; return the paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = getattr(rows, "context", {}) or {}
     data = [ordered(r) for r in rows]
-    paths = {"json": out / "results.json", "csv": out / "results.csv", "report": out / "report.md"}
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "answer": out / ANSWER_NAME,
+             "report": out / "report.md"}
     write_json(paths["json"], data)
     inputs = {}
     for r in data:
@@ -349,13 +356,15 @@ def write_outputs(rows, out: Path, plot: bool = True) -> dict[str, Path]:
                    extra={"machine": ctx.get("machine", {})})
     with atomic_path(paths["csv"]) as tmp:
         tmp.write_text(csv_text(data))
+    doc = answer(data, ctx_budget(ctx))
+    write_json(paths["answer"], doc)
     with atomic_path(paths["report"]) as tmp:
-        tmp.write_text(markdown_report(data, ctx))
+        tmp.write_text(markdown_report(data, ctx, doc))
     png = out / "pareto.png"
     if plot:
         from vggc.bench.plot import plot_pareto
 
-        plot_pareto(data, png, title=subset_label(ctx) if ctx else "")
+        plot_pareto(data, png, title=subset_label(ctx) if ctx else "", marks=marks(doc))
         paths["plot"] = png
     elif png.exists():
         png.unlink()  # a plot from an earlier run would not match these results

@@ -51,6 +51,7 @@ def command(weights, data, preset, out_dir, only, force, seed, threads, max_drop
     Ctrl-C or a kill leaves no complete-looking artifact and the next run resumes. WEIGHTS defaults to
     $VGGC_WEIGHTS, else ../shared/models/vgg16_bn_cifar10.pt.
     """
+    from vggc.bench.answer import answer, screen_lines
     from vggc.bench.report import screen_table
     from vggc.pipeline import run_pipeline
     from vggc.progress import tqdm_progress
@@ -70,3 +71,6 @@ def command(weights, data, preset, out_dir, only, force, seed, threads, max_drop
     if summary["rows"]:
         click.echo(screen_table(summary["rows"], {"max_drop_pt": max_drop}))
     click.echo(f"report: {summary['report']}")
+    if summary["rows"]:
+        click.echo("")
+        click.echo("\n".join(screen_lines(answer(summary["rows"], max_drop))))
