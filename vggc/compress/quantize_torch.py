@@ -202,14 +202,15 @@ def calibrate_convert(gm: torch.fx.GraphModule, batches: Iterable[torch.Tensor],
                        reduce_range: bool, percentile: float, fp32_modules: Sequence[str] = ()):
     """Return ``(converted graph module, calibrated images)``: ``gm`` (an exported FP32 module) prepared
     with :class:`X86InductorQuantizer`, calibrated on ``batches`` and converted; the modules named in
-    ``fp32_modules`` get no quantization config (``set_module_name_qconfig(name, None)``), so their
-    ops keep FP32 weights and FP32 inputs."""
+    ``fp32_modules`` get no quantization config (``set_module_name_qconfig(name, None)``), and neither
+    do the pooling/flatten modules feeding them (:func:`pass_through_modules`), so their ops keep FP32
+    weights and FP32 inputs."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
     quantizer = X86InductorQuantizer().set_global(
         static_quantization_config(calib_method, reduce_range=reduce_range, percentile=percentile))
-    for name in fp32_modules:
+    for name in [*fp32_modules, *pass_through_modules(gm, fp32_modules)]:
         quantizer.set_module_name_qconfig(name, None)
     prepared = prepare_pt2e(gm, quantizer)
     n_images = 0
@@ -222,6 +223,36 @@ def calibrate_convert(gm: torch.fx.GraphModule, batches: Iterable[torch.Tensor],
     converted = convert_pt2e(prepared)
     _drop_unused_attributes(converted)
     return converted, n_images
+
+
+# ops the X86 quantizer runs int8-in/int8-out once their input is quantized: between a quantized layer
+# and an FP32 one they would still round the FP32 layer's input
+PASS_THROUGH_OPS = ("max_pool2d", "adaptive_avg_pool2d", "avg_pool2d", "flatten", "view", "reshape", "dropout",
+                    "clone")
+
+
+def _owner(node) -> str:
+    stack = list(node.meta.get("nn_module_stack", {}).values())
+    return stack[-1][0] if stack else ""
+
+
+def pass_through_modules(gm: torch.fx.GraphModule, fp32_modules: Sequence[str]) -> list[str]:
+    """Return the names of the modules whose pass-through ops (:data:`PASS_THROUGH_OPS`) lie between a
+    module of ``fp32_modules`` and the layer before it (e.g. the max-pool in front of a conv): with
+    only the conv unconfigured, X86InductorQuantizer still quantizes the pool's output (measured with
+    torchao 0.18), so the conv's input would stay int8. Root-level ops (``torch.flatten`` in
+    ``forward``) have no module of their own and follow their producer."""
+    out: list[str] = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or _owner(node) not in fp32_modules or not node.args:
+            continue
+        src = node.args[0]
+        while (isinstance(src, torch.fx.Node) and src.op == "call_function"
+               and getattr(src.target, "_opname", None) in PASS_THROUGH_OPS):
+            if _owner(src) and _owner(src) not in (*fp32_modules, *out):
+                out.append(_owner(src))
+            src = src.args[0]
+    return out
 
 
 def check_fp32_modules(model: nn.Module, fp32_modules: Sequence[str]) -> list[str]:
