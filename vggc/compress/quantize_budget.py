@@ -229,6 +229,7 @@ def torch_trials(model, batches: Sequence[torch.Tensor], example: torch.Tensor, 
     import copy
 
     from vggc.compress import quantize_torch as qt
+    from vggc.compress.pt2e_fp32 import check_fp32_modules, quantizable_modules
 
     model = model.eval().float().cpu()
     gm = qt.export_module(model, example)
@@ -236,10 +237,10 @@ def torch_trials(model, batches: Sequence[torch.Tensor], example: torch.Tensor, 
     def open_with(excluded: list[str]) -> _EagerRunner:
         converted, _ = qt.calibrate_convert(copy.deepcopy(gm), batches, calib_method=calib_method,
                                             reduce_range=reduce_range, percentile=percentile,
-                                            fp32_modules=qt.check_fp32_modules(model, excluded))
+                                            fp32_modules=check_fp32_modules(model, excluded))
         return _EagerRunner(converted)
 
-    return Trials(qt.quantizable_modules(model), open_with, lambda: _EagerRunner(model), TRIAL_BACKENDS["torch"])
+    return Trials(quantizable_modules(model), open_with, lambda: _EagerRunner(model), TRIAL_BACKENDS["torch"])
 
 
 def ov_trials(fp32_onnx: Path, ov_model, nncf_run, workdir: Path, threads: int | None, input_size: int) -> Trials:

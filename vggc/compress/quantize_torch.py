@@ -39,6 +39,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from vggc.compress.pt2e_fp32 import check_fp32_modules, pass_through_modules
 from vggc.errors import ModelFormatError, UnavailableError, VggcError, first_line
 from vggc.limits import MAX_BATCH
 
@@ -193,11 +194,6 @@ def _count_quantized(gm: torch.fx.GraphModule) -> dict:
     return counts
 
 
-def quantizable_modules(model: nn.Module) -> list[str]:
-    """Return the names of the modules static PT2E quantizes (``nn.Conv2d``, ``nn.Linear``), in order."""
-    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
 def calibrate_convert(gm: torch.fx.GraphModule, batches: Iterable[torch.Tensor], *, calib_method: str,
                        reduce_range: bool, percentile: float, fp32_modules: Sequence[str] = ()):
     """Return ``(converted graph module, calibrated images)``: ``gm`` (an exported FP32 module) prepared
@@ -225,47 +221,6 @@ def calibrate_convert(gm: torch.fx.GraphModule, batches: Iterable[torch.Tensor],
     return converted, n_images
 
 
-# ops the X86 quantizer runs int8-in/int8-out once their input is quantized: between a quantized layer
-# and an FP32 one they would still round the FP32 layer's input
-PASS_THROUGH_OPS = ("max_pool2d", "adaptive_avg_pool2d", "avg_pool2d", "flatten", "view", "reshape", "dropout",
-                    "clone")
-
-
-def _owner(node) -> str:
-    stack = list(node.meta.get("nn_module_stack", {}).values())
-    return stack[-1][0] if stack else ""
-
-
-def pass_through_modules(gm: torch.fx.GraphModule, fp32_modules: Sequence[str]) -> list[str]:
-    """Return the names of the modules whose pass-through ops (:data:`PASS_THROUGH_OPS`) lie between a
-    module of ``fp32_modules`` and the layer before it (e.g. the max-pool in front of a conv): with
-    only the conv unconfigured, X86InductorQuantizer still quantizes the pool's output (measured with
-    torchao 0.18), so the conv's input would stay int8. Root-level ops (``torch.flatten`` in
-    ``forward``) have no module of their own and follow their producer."""
-    out: list[str] = []
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or _owner(node) not in fp32_modules or not node.args:
-            continue
-        src = node.args[0]
-        while (isinstance(src, torch.fx.Node) and src.op == "call_function"
-               and getattr(src.target, "_opname", None) in PASS_THROUGH_OPS):
-            if _owner(src) and _owner(src) not in (*fp32_modules, *out):
-                out.append(_owner(src))
-            src = src.args[0]
-    return out
-
-
-def check_fp32_modules(model: nn.Module, fp32_modules: Sequence[str]) -> list[str]:
-    """Return ``fp32_modules`` as a list; :class:`VggcError` for a name that is not a conv/linear module
-    of ``model`` (the quantizer would silently ignore it)."""
-    known = quantizable_modules(model)
-    unknown = [n for n in fp32_modules if n not in known]
-    if unknown:
-        raise VggcError(f"cannot keep {', '.join(unknown)} in FP32: not a conv/linear module of this model "
-                        f"(known: {', '.join(known)})")
-    return list(fp32_modules)
-
-
 def export_module(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     """Return ``torch.export.export(model).module()`` (dynamic batch): the graph PT2E prepares."""
     _require_torchao()
@@ -277,17 +232,20 @@ def quantize_static_pt2e(model: nn.Module, batches: Iterable[torch.Tensor], exam
                          percentile: float = DEFAULT_PERCENTILE, fp32_modules: Sequence[str] = ()):
     """Return ``(exported_program, facts)``: ``model`` statically quantized with PT2E + X86InductorQuantizer,
     calibrated on ``batches`` (normalised float tensors), re-exported with a dynamic batch. The conv/linear
-    modules named in ``fp32_modules`` (e.g. ``features.0``) stay FP32 (``facts["fp32_nodes"]``)."""
+    modules named in ``fp32_modules`` (e.g. ``features.0``) stay FP32 (``facts["fp32_nodes"]``), with the
+    pooling modules feeding them (``facts["fp32_pass_through"]``, :mod:`vggc.compress.pt2e_fp32`)."""
     _require_torchao()
     model = model.eval().float().cpu()
     fp32_modules = check_fp32_modules(model, fp32_modules)
     example = example[:2].clone().contiguous()
-    converted, n_images = calibrate_convert(_export(model, example).module(), batches, calib_method=calib_method,
-                                             reduce_range=reduce_range, percentile=percentile,
-                                             fp32_modules=fp32_modules)
+    gm = _export(model, example).module()
+    also = pass_through_modules(gm, fp32_modules)
+    converted, n_images = calibrate_convert(gm, batches, calib_method=calib_method, reduce_range=reduce_range,
+                                            percentile=percentile, fp32_modules=fp32_modules)
     counts = _count_quantized(converted)
     ep = _export(converted, example)
-    return ep, {"quantized_layers": counts, "calibrated_images": n_images, "fp32_nodes": fp32_modules}
+    return ep, {"quantized_layers": counts, "calibrated_images": n_images, "fp32_nodes": fp32_modules,
+                "fp32_pass_through": also}
 
 
 def quantize_to_file(model: nn.Module, tmp: Path, *, mode, batches, method, reduce_range, percentile, example,
