@@ -91,8 +91,12 @@ def test_cli_budget_plain_int8_meets_excludes_none(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("args,pattern", [
-    (["--mode", "static", "--backend", "torch", "--out", "{d}/o.pt2", "--data", "{data}", "--max-drop", "0.1"],
-     "--max-drop: accuracy-aware INT8 needs --mode static --backend onnxruntime"),
+    (["--mode", "dynamic", "--backend", "torch", "--out", "{d}/o.pt2", "--data", "{data}", "--max-drop", "0.1"],
+     "--max-drop: accuracy-aware INT8 needs --mode static (backend onnxruntime, torch or openvino)"),
+    (["--mode", "dynamic", "--backend", "onnxruntime", "--out", "{d}/o.onnx", "--data", "{data}", "--max-drop",
+      "0.1"], "--max-drop: accuracy-aware INT8 needs --mode static"),
+    (["--mode", "static", "--backend", "torch", "--out", "{d}/o.pt2", "--data", "{data}", "--max-drop", "0.1",
+      "--no-eval"], "--max-drop: the budget is checked on test images"),
     (["--mode", "static", "--backend", "onnxruntime", "--out", "{d}/o.onnx", "--data", "{data}", "--max-drop", "-1"],
      "--max-drop -1.0: must be >= 0"),
     (["--mode", "static", "--backend", "onnxruntime", "--out", "{d}/o.onnx", "--data", "{data}", "--max-drop", "0.1",

@@ -72,10 +72,13 @@ def _mb(n: int | None) -> str:
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=256, show_default=True,
               help="Images per forward pass in the evaluation.")
 @click.option("--max-drop", type=float, default=None, metavar="PT",
-              help="Accuracy budget in percentage points of top-1 (static onnxruntime only). When plain INT8 "
+              help="Accuracy budget in percentage points of top-1 (static mode, every backend). When plain INT8 "
                    "loses more than PT on the evaluation images, keep the fewest, most sensitive layers in FP32 "
                    "(ranked by measured output divergence with one layer kept FP32 at a time, on calibration "
-                   "images) until it fits; the manifest lists them. A budget plain INT8 meets excludes none.")
+                   "images) until it fits; the manifest lists them (ONNX node names; torch module names) and the "
+                   "backend the trials ran on: onnxruntime-cpu, openvino-cpu, or for torch the eager INT8 program "
+                   "(torch-int8-eager; no compile per trial - the written file is then evaluated as usual). "
+                   "A budget plain INT8 meets excludes none.")
 @click.option("--max-fp32-layers", type=click.IntRange(1), default=None,
               help="With --max-drop: give up (one-line error) rather than keep more than this many layers FP32.")
 @preprocess_options
@@ -133,7 +136,8 @@ def command(weights, mode, backend, data, out, calib_size, calib_method, per_cha
         b = res["budget"]
         kept = ", ".join(res["fp32_layers"]) or "none"
         click.echo(f"  --max-drop {b['max_drop_pt']:g} pt  kept FP32: {kept} "
-                   f"({len(b['trials'])} trial(s); budget checked on the evaluation images)")
+                   f"({len(b['trials'])} trial(s); budget checked on the evaluation images, "
+                   f"{b.get('backend', 'onnxruntime-cpu')})")
     for note in res["notes"]:
         if note.startswith("dynamic"):
             click.echo(f"  NOTE: {note}")

@@ -28,7 +28,6 @@ import contextlib
 import copy
 import hashlib
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -177,9 +176,11 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     ``backend="openvino"`` (``out`` ends in ``.xml``; its ``.bin`` is written beside it): NNCF PTQ
     with ``preset`` (``performance``/``mixed``) and ``fast_bias_correction`` (static only; see
     :mod:`vggc.compress.quantize_ov`).
-    ``max_drop`` (percentage points; static ONNX Runtime only): keep the fewest most sensitive layers
-    in FP32 so the drop on the evaluation images stays within it (:mod:`vggc.compress.quantize_budget`);
-    the manifest's ``quantization.budget`` lists what stayed FP32 and why.
+    ``max_drop`` (percentage points; static mode, any backend): keep the fewest most sensitive layers
+    in FP32 so the drop on the evaluation images stays within it (:mod:`vggc.compress.quantize_budget`;
+    torch trials run the eager INT8 program, the written file is evaluated as usual); the manifest's
+    ``quantization.budget`` lists what stayed FP32, why, and the backend it was checked on, and
+    ``quantization.fp32_nodes`` the layers kept FP32 (ONNX node names; torch module names for torch).
 
     Returned keys: ``path``, ``manifest``, ``mode``, ``backend``, ``precision`` (``int8``), ``format``,
     ``size_bytes``, ``fp32_size_bytes``, ``size_ratio``, ``calib_size``, ``calib_method``, ``seed``,
@@ -237,7 +238,7 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
         settings.update({"max_drop_pt": max_drop, "max_fp32_layers": max_fp32_layers})
         fp32_res = _evaluate_source(model, source_sha, data, pre, eval_limit, seed, eval_batch_size, progress)
         budget = budget_search(fp32_res.top1, max_drop, max_fp32_layers, data, pre, eval_limit, seed,
-                                eval_batch_size, threads, progress)
+                               eval_batch_size, progress)
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(out))
         # an IR is two files: both are written to temporaries and renamed (the .bin first) only on success
@@ -247,18 +248,23 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
 
             q_facts, fp32_size = quantize_ir(model, tmp, tmp_bin, batches=batches, preset=preset,
                                              fast_bias_correction=fast_bias_correction, per_channel=per_channel,
-                                             reduce_range=rr, preprocess=pre, opset=opset, progress=progress)
+                                             reduce_range=rr, preprocess=pre, opset=opset, progress=progress,
+                                             budget=budget, threads=threads)
             settings["opset"] = q_facts["opset"]
         elif backend == "onnxruntime":
-            q_facts, fp32_size = _quantize_ort(model, tmp, mode=mode, batches=batches, method=method,
-                                               per_channel=per_channel, reduce_range=rr, percentile=percentile,
-                                               opset=opset, preprocess=pre, arch=lm.name, progress=progress,
-                                               budget=budget)
+            from vggc.compress.quantize_ort import quantize_to_file
+
+            q_facts, fp32_size = quantize_to_file(model, tmp, mode=mode, batches=batches, method=method,
+                                                  per_channel=per_channel, reduce_range=rr, percentile=percentile,
+                                                  opset=opset, preprocess=pre, arch=lm.name, progress=progress,
+                                                  budget=budget, threads=threads)
             settings["opset"] = q_facts["opset"]
         else:
-            q_facts, fp32_size = _quantize_torch(model, tmp, mode=mode, batches=batches, method=method,
-                                                 reduce_range=rr, percentile=percentile, example=example,
-                                                 weights=Path(weights), progress=progress)
+            from vggc.compress.quantize_torch import quantize_to_file
+
+            q_facts, fp32_size = quantize_to_file(model, tmp, mode=mode, batches=batches, method=method,
+                                                  reduce_range=rr, percentile=percentile, example=example,
+                                                  weights=Path(weights), progress=progress, budget=budget)
         quantize_seconds = time.perf_counter() - t0
         if do_eval:
             runner, used_backend = _open_for_eval(tmp, backend, pre, eval_batch_size, threads, eval_backend, tmp_bin)
@@ -309,65 +315,6 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
             "retention": metrics.get("retention"), "eval_n": metrics.get("eval_n"), "eval_backend": used_backend,
             "runtime_ops": q_facts.get("runtime_ops"), "fp32_layers": q_facts.get("fp32_nodes", []),
             "budget": q_facts.get("budget"), "notes": notes}
-
-
-def _quantize_ort(model, tmp: Path, *, mode, batches, method, per_channel, reduce_range, percentile, opset,
-                  preprocess, arch, progress, budget=None) -> tuple[dict, int]:
-    from vggc.compress import quantize_ort as qo
-    from vggc.export.onnx import DEFAULT_OPSET
-
-    qo.require_ort()
-    opset = opset or DEFAULT_OPSET
-    with tempfile.TemporaryDirectory(prefix="vggc-quant-") as d:
-        fp32 = qo.export_fp32(model, Path(d) / "fp32.onnx", input_size=preprocess.input_size, opset=opset,
-                              preprocess=preprocess)
-        fp32_size = fp32.stat().st_size
-        pre_path = qo.preprocess_for_quant(fp32, Path(d) / "pre.onnx")
-        q_path = Path(d) / "int8.onnx"
-        if mode == "static":
-            arrays = qo.batches_to_numpy(batches)
-            kw = {"calib_method": method, "per_channel": per_channel, "reduce_range": reduce_range,
-                  "percentile": percentile}
-            chosen = None
-            if budget is not None:
-                chosen = budget(pre_path, arrays, lambda out, excl: qo.quantize_onnx_static(
-                    pre_path, out, arrays, nodes_to_exclude=excl, **kw))
-            bar = iter(progress(range(len(arrays)), total=len(arrays), desc="calibrate"))
-            facts = qo.quantize_onnx_static(pre_path, q_path, arrays, tick=lambda: next(bar, None),
-                                            nodes_to_exclude=chosen.excluded if chosen else None, **kw)
-            for _ in bar:  # close the progress bar
-                pass
-            if chosen is not None:
-                facts["budget"] = chosen.to_dict()
-        else:
-            facts = qo.quantize_onnx_dynamic(pre_path, q_path, per_channel=per_channel, reduce_range=reduce_range)
-        qo.set_vggc_metadata(q_path, {"precision": "int8", "quant_mode": mode, "preprocess": preprocess.to_dict(),
-                                      "arch": arch, "input_size": str(preprocess.input_size)})
-        import onnx
-
-        facts["quantized_layers"] = qo.count_quantized_ops(onnx.load(str(q_path)))
-        facts["runtime_ops"] = qo.optimized_op_types(q_path)
-        facts["opset"] = opset
-        tmp.write_bytes(q_path.read_bytes())
-    return facts, fp32_size
-
-
-def _quantize_torch(model, tmp: Path, *, mode, batches, method, reduce_range, percentile, example, weights,
-                    progress) -> tuple[dict, int]:
-    from vggc.compress import quantize_torch as qt
-
-    model = copy.deepcopy(model)
-    if mode == "static":
-        ep, facts = qt.quantize_static_pt2e(model, progress(batches, total=len(batches), desc="calibrate"),
-                                            example, calib_method=method, reduce_range=reduce_range,
-                                            percentile=percentile)
-    else:
-        ep, facts = qt.quantize_dynamic_torchao(model, example)
-    qt.save_pt2(ep, tmp)
-    fp32_size = weights.stat().st_size
-    facts["quantizer"] = "X86InductorQuantizer (PT2E)" if mode == "static" else \
-        "torchao quantize_(Int8DynamicActivationInt8WeightConfig)"
-    return facts, fp32_size
 
 
 def _open_for_eval(path: Path, backend: str, preprocess, batch_size: int, threads, which: str | None = None,

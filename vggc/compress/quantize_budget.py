@@ -1,19 +1,30 @@
 """Accuracy-aware static INT8 (``vggc quantize --max-drop PT``): keep the fewest, most sensitive
 layers in FP32 so that the INT8 model's top-1 stays within a stated budget of the FP32 model's.
 
-How it decides, in two measured stages:
+How it decides, in two measured stages (one algorithm, :func:`search`, for every static backend):
 
-1. **Rank** (training images only): for every quantizable layer (Conv, Gemm, MatMul) the model is
+1. **Rank** (training images only): for every quantizable layer (conv / linear) the model is
    quantized with *that one layer* kept in FP32, and the KL divergence of its softmax from the FP32
    model's is measured on a class-balanced subset of the calibration images. A layer's gain is how
    much keeping it in FP32 alone lowers that divergence against the fully quantized model.
 2. **Select**: the fully quantized model is checked first; when its drop already fits the budget
-   nothing is excluded. Otherwise the top-``k`` layers by gain are excluded for ``k = 1, 2, ...``
-   until the drop on the evaluation images fits (or ``max_layers`` is reached: then an error).
+   nothing is ranked or excluded. Otherwise the top-``k`` layers by gain are excluded for
+   ``k = 1, 2, ...`` until the drop on the evaluation images fits (or ``max_layers`` is reached:
+   then an error).
 
 The evaluation images are the ones ``vggc quantize`` reports top-1 on (the test split, or its
-``--eval-limit`` subset); the manifest records that the budget was checked on them. ONNX Runtime
-keeps an excluded node in FP32 through ``nodes_to_exclude``.
+``--eval-limit`` subset); the manifest records that the budget was checked on them and on which
+backend (:data:`TRIAL_BACKENDS`). Each backend supplies a :class:`Trials` (how to quantize with some
+layers kept FP32, and how to run the result):
+
+* ``onnxruntime``: ``nodes_to_exclude`` (ONNX node names), trials on ``onnxruntime-cpu``
+  (:func:`search_ort`);
+* ``torch``: ``X86InductorQuantizer.set_module_name_qconfig(name, None)`` (torch module names such
+  as ``features.0``), trials on the *eager* converted PT2E program (``torch-int8-eager``: a compile
+  per trial would cost about a minute each); the written ``.pt2`` is then evaluated as usual
+  (:mod:`vggc.compress.quantize_torch`);
+* ``openvino``: ``nncf.IgnoredScope`` (ONNX node names of vggc's FP32 export), trials on
+  ``openvino-cpu`` (:mod:`vggc.compress.quantize_ov`).
 """
 
 from __future__ import annotations
@@ -29,12 +40,15 @@ from vggc.errors import InputError, VggcError
 
 QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
 RANK_IMAGES = 256  # calibration images used to rank layers (their first batches)
+ORT_TRIAL_BACKEND = "onnxruntime-cpu"
+# what each --backend's trials run on (the backend the budget is checked on)
+TRIAL_BACKENDS = {"onnxruntime": ORT_TRIAL_BACKEND, "torch": "torch-int8-eager", "openvino": "openvino-cpu"}
 
 
 @dataclass
 class BudgetResult:
     """What the search did: the budget, the layers kept in FP32 (most sensitive first) and why,
-    each tried exclusion set with its measured top-1, and the ranking."""
+    each tried exclusion set with its measured top-1, the ranking, and the backend the trials ran on."""
 
     max_drop_pt: float
     fp32_top1: float
@@ -43,6 +57,7 @@ class BudgetResult:
     ranking: list[dict] = field(default_factory=list)
     rank_images: int = 0
     checked_on: str = "evaluation images (test split)"
+    backend: str = ORT_TRIAL_BACKEND
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,85 +123,180 @@ def select_exclusions(ranking: Sequence[dict], top1_with: Callable[[list[str]], 
                     f"{limit} most sensitive layers kept in FP32; raise --max-drop or ship FP32")
 
 
-def search_ort(pre_path: Path, arrays: Sequence[np.ndarray], *, quantize: Callable[[Path, list[str]], None],
-               top1_of: Callable[[Path], float], fp32_top1: float, max_drop_pt: float, workdir: Path,
-               threads: int | None = None, max_layers: int | None = None, progress=None) -> BudgetResult:
-    """Run the rank-then-select search on a pre-processed FP32 ONNX model; return a :class:`BudgetResult`.
-
-    ``quantize(out, excluded)`` writes a QDQ model of ``pre_path`` keeping ``excluded`` in FP32 (the
-    caller's calibration settings); ``top1_of(path)`` evaluates a QDQ file on the evaluation images.
-    Ranking uses the first :data:`RANK_IMAGES` images of ``arrays`` (calibration batches)."""
-    from vggc.export.ort_backend import open_onnx_cpu
-
-    rank_arrays, n = [], 0
+def rank_subset(arrays: Sequence[np.ndarray], limit: int = RANK_IMAGES) -> tuple[list[np.ndarray], int]:
+    """Return ``(batches, n)``: the first ``limit`` images of ``arrays`` (calibration batches) and their count."""
+    out, n = [], 0
     for a in arrays:
-        if n >= RANK_IMAGES:
+        if n >= limit:
             break
-        rank_arrays.append(a[:RANK_IMAGES - n])
-        n += len(rank_arrays[-1])
+        out.append(np.asarray(a[:limit - n]))
+        n += len(out[-1])
+    return out, n
 
-    def logits_of(path: Path) -> np.ndarray:
-        runner = open_onnx_cpu(path, threads=threads)
+
+@dataclass
+class Trials:
+    """One backend's side of the search. ``nodes``: the quantizable layers in graph order, named as
+    the backend excludes them; ``open_with(excluded)`` quantizes the model keeping ``excluded`` FP32
+    and returns a runner (``predict(x)`` -> logits, ``close()``) of the result; ``open_fp32()`` the
+    FP32 model on the same backend; ``backend``: what the trial runners run on (recorded)."""
+
+    nodes: list[str]
+    open_with: Callable[[list[str]], object]
+    open_fp32: Callable[[], object]
+    backend: str
+
+
+def search(trials: Trials, arrays: Sequence[np.ndarray], *, top1_of: Callable[[object], float], fp32_top1: float,
+           max_drop_pt: float, max_layers: int | None = None, progress=None) -> BudgetResult:
+    """Run the rank-then-select search (module docstring) for any backend; return a :class:`BudgetResult`.
+
+    ``top1_of(runner)`` evaluates an opened trial on the evaluation images. Ranking uses the first
+    :data:`RANK_IMAGES` images of ``arrays`` (calibration batches). Plain INT8 is tried first and,
+    when it fits, nothing is ranked."""
+    rank_arrays, n = rank_subset(arrays)
+
+    def measure(runner, fn):
         try:
-            return np.concatenate([runner.predict(torch.from_numpy(a)).numpy() for a in rank_arrays])
+            return fn(runner)
         finally:
             runner.close()
 
-    ref = logits_of(pre_path)
-    candidate = workdir / "candidate.onnx"
+    def logits(runner) -> np.ndarray:
+        return np.concatenate([runner.predict(torch.from_numpy(a)).numpy() for a in rank_arrays])
 
-    def logits_with(excluded: list[str]) -> np.ndarray:
-        quantize(candidate, excluded)
-        return logits_of(candidate)
-
-    def top1_with(excluded: list[str]) -> float:
-        quantize(candidate, excluded)
-        return top1_of(candidate)
-
-    res = BudgetResult(max_drop_pt=max_drop_pt, fp32_top1=fp32_top1, rank_images=n)
-    first = top1_with([])
+    res = BudgetResult(max_drop_pt=max_drop_pt, fp32_top1=fp32_top1, rank_images=n, backend=trials.backend)
+    first = measure(trials.open_with([]), top1_of)
     drop0 = round(100 * (fp32_top1 - first), 4)
     if drop0 <= max_drop_pt + 1e-9:  # plain INT8 already fits: rank nothing, exclude nothing
         res.trials = [{"excluded": [], "top1": first, "drop_pt": drop0}]
         return res
-    res.ranking = rank_layers(quantizable_nodes(pre_path), logits_with, ref, progress)
+    ref = measure(trials.open_fp32(), logits)
+    res.ranking = rank_layers(trials.nodes, lambda ex: measure(trials.open_with(ex), logits), ref, progress)
     cache = {(): first}
     res.excluded, res.trials = select_exclusions(
-        res.ranking, lambda ex: cache[tuple(ex)] if tuple(ex) in cache else top1_with(ex), fp32_top1,
-        max_drop_pt, max_layers=max_layers)
+        res.ranking, lambda ex: cache[tuple(ex)] if tuple(ex) in cache else measure(trials.open_with(ex), top1_of),
+        fp32_top1, max_drop_pt, max_layers=max_layers)
     return res
+
+
+class _OrtRunner:
+    """An ONNX Runtime CPU session that remembers the file it runs (for path-based evaluators)."""
+
+    def __init__(self, path: Path, threads: int | None):
+        from vggc.export.ort_backend import open_onnx_cpu
+
+        self.path, self._runner = Path(path), open_onnx_cpu(path, threads=threads)
+        self.predict = self._runner.predict
+
+    def close(self) -> None:
+        self._runner.close()
+
+
+def ort_trials(pre_path: Path, quantize: Callable[[Path, list[str]], None], workdir: Path,
+               threads: int | None = None) -> Trials:
+    """Return the ONNX Runtime :class:`Trials` of a pre-processed FP32 ONNX model: ``quantize(out,
+    excluded)`` writes a QDQ model of ``pre_path`` keeping ``excluded`` (node names) in FP32, run on
+    ``onnxruntime-cpu`` from ``workdir/candidate.onnx``."""
+    candidate = Path(workdir) / "candidate.onnx"
+
+    def open_with(excluded: list[str]) -> _OrtRunner:
+        quantize(candidate, excluded)
+        return _OrtRunner(candidate, threads)
+
+    return Trials(quantizable_nodes(pre_path), open_with, lambda: _OrtRunner(pre_path, threads), ORT_TRIAL_BACKEND)
+
+
+class _EagerRunner:
+    """A graph module (a converted Q/DQ reference program, or the FP32 model) run eagerly on the CPU."""
+
+    def __init__(self, module):
+        self.module = module
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.float().contiguous()).float().cpu()
+
+    def close(self) -> None:
+        self.module = None
+
+
+def torch_trials(model, batches: Sequence[torch.Tensor], example: torch.Tensor, *, calib_method: str,
+                 reduce_range: bool, percentile: float) -> Trials:
+    """Return the PT2E :class:`Trials` of ``model``: layers are torch module names (``features.0``);
+    each trial calibrates a copy of one FP32 export with those modules kept FP32 and runs the converted
+    program eagerly (``torch-int8-eager``: no compile per trial)."""
+    import copy
+
+    from vggc.compress import quantize_torch as qt
+    from vggc.compress.pt2e_fp32 import check_fp32_modules, quantizable_modules
+
+    model = model.eval().float().cpu()
+    gm = qt.export_module(model, example)
+
+    def open_with(excluded: list[str]) -> _EagerRunner:
+        converted, _ = qt.calibrate_convert(copy.deepcopy(gm), batches, calib_method=calib_method,
+                                            reduce_range=reduce_range, percentile=percentile,
+                                            fp32_modules=check_fp32_modules(model, excluded))
+        return _EagerRunner(converted)
+
+    return Trials(quantizable_modules(model), open_with, lambda: _EagerRunner(model), TRIAL_BACKENDS["torch"])
+
+
+def ov_trials(fp32_onnx: Path, ov_model, nncf_run, workdir: Path, threads: int | None, input_size: int) -> Trials:
+    """Return the NNCF :class:`Trials` of vggc's FP32 ONNX export ``fp32_onnx`` (read as ``ov_model``):
+    layers are its ONNX node names; each trial runs ``nncf_run`` (a
+    :class:`vggc.compress.quantize_ov.NncfSettings`) with them in ``nncf.IgnoredScope``, saves the IR
+    in ``workdir`` and opens it on ``openvino-cpu``."""
+    import openvino as ov
+
+    from vggc.export.openvino_backend import open_openvino
+
+    xml = Path(workdir) / "candidate.xml"
+
+    def open_with(excluded: list[str]):
+        ov.save_model(nncf_run.quantize(ov_model.clone(), excluded), str(xml), compress_to_fp16=False)
+        return open_openvino(xml, threads=threads, input_size=input_size)
+
+    return Trials(quantizable_nodes(fp32_onnx), open_with,
+                  lambda: open_openvino(fp32_onnx, threads=threads, input_size=input_size), TRIAL_BACKENDS["openvino"])
+
+
+def search_ort(pre_path: Path, arrays: Sequence[np.ndarray], *, quantize: Callable[[Path, list[str]], None],
+               top1_of: Callable[[Path], float], fp32_top1: float, max_drop_pt: float, workdir: Path,
+               threads: int | None = None, max_layers: int | None = None, progress=None) -> BudgetResult:
+    """:func:`search` with :func:`ort_trials`; ``top1_of(path)`` evaluates a QDQ file on the evaluation
+    images. Returns a :class:`BudgetResult`."""
+    return search(ort_trials(pre_path, quantize, workdir, threads), arrays, top1_of=lambda r: top1_of(r.path),
+                  fp32_top1=fp32_top1, max_drop_pt=max_drop_pt, max_layers=max_layers, progress=progress)
 
 
 def check_budget_settings(max_drop, *, mode, backend, data, evaluate, max_fp32_layers) -> None:
     """Raise a one-line :class:`InputError` for a ``--max-drop`` that cannot be honoured."""
     if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0:
         raise InputError(f"--max-drop {max_drop}: must be >= 0 (percentage points of top-1)")
-    if mode != "static" or backend != "onnxruntime":
-        raise InputError("--max-drop: accuracy-aware INT8 needs --mode static --backend onnxruntime")
+    if mode != "static" or backend not in TRIAL_BACKENDS:
+        raise InputError("--max-drop: accuracy-aware INT8 needs --mode static (backend onnxruntime, torch or "
+                         "openvino)")
     if not data or not evaluate:
         raise InputError("--max-drop: the budget is checked on test images: pass --data and do not use --no-eval")
     if max_fp32_layers is not None and max_fp32_layers < 1:
         raise InputError(f"--max-fp32-layers {max_fp32_layers}: must be at least 1")
 
 
-def budget_search(fp32_top1, max_drop, max_layers, data, pre, eval_limit, seed, batch_size, threads, progress):
-    """Return ``search(pre_path, arrays, quantize) -> BudgetResult`` bound to the evaluation images."""
+def budget_search(fp32_top1, max_drop, max_layers, data, pre, eval_limit, seed, batch_size, progress):
+    """Return ``run(trials, arrays) -> BudgetResult``: :func:`search` bound to the evaluation images
+    (the test split, or its ``eval_limit`` subset) and the FP32 top-1 on them."""
     from vggc.data import limit_split, load_split
     from vggc.evaluate import evaluate
-    from vggc.export.ort_backend import open_onnx_cpu
 
     split = limit_split(load_split(data, "test", progress=progress), eval_limit, seed)
 
-    def top1_of(path: Path) -> float:
-        runner = open_onnx_cpu(path, threads=threads)
-        try:
-            return evaluate(runner.predict, split, pre, batch_size=batch_size).top1
-        finally:
-            runner.close()
+    def top1_of(runner) -> float:
+        return evaluate(runner.predict, split, pre, batch_size=batch_size).top1
 
-    def search(pre_path, arrays, quantize):
-        return search_ort(pre_path, arrays, quantize=quantize, top1_of=top1_of, fp32_top1=fp32_top1,
-                          max_drop_pt=max_drop, workdir=Path(pre_path).parent, threads=threads,
-                          max_layers=max_layers, progress=progress)
+    def run(trials: Trials, arrays: Sequence[np.ndarray]) -> BudgetResult:
+        return search(trials, arrays, top1_of=top1_of, fp32_top1=fp32_top1, max_drop_pt=max_drop,
+                      max_layers=max_layers, progress=progress)
 
-    return search
+    return run

@@ -237,5 +237,53 @@ def require_ort() -> None:
         raise UnavailableError(f"onnxruntime quantization: {reason}")
 
 
+
+
+def quantize_to_file(model: nn.Module, tmp: Path, *, mode, batches, method, per_channel, reduce_range, percentile,
+                     opset, preprocess, arch, progress, budget=None, threads=None) -> tuple[dict, int]:
+    """Export ``model`` to FP32 ONNX, quantize it (``mode`` static/dynamic) and write the INT8 ONNX to
+    ``tmp``; return ``(facts, FP32 ONNX size in bytes)``. ``budget`` (static only): the
+    :func:`vggc.compress.quantize_budget.budget_search` runner that picks the nodes kept FP32
+    (``facts["budget"]``)."""
+    from vggc.compress.quantize_budget import ort_trials
+    from vggc.export.onnx import DEFAULT_OPSET
+
+    require_ort()
+    opset = opset or DEFAULT_OPSET
+    with tempfile.TemporaryDirectory(prefix="vggc-quant-") as d:
+        fp32 = export_fp32(model, Path(d) / "fp32.onnx", input_size=preprocess.input_size, opset=opset,
+                           preprocess=preprocess)
+        fp32_size = fp32.stat().st_size
+        pre_path = preprocess_for_quant(fp32, Path(d) / "pre.onnx")
+        q_path = Path(d) / "int8.onnx"
+        if mode == "static":
+            arrays = batches_to_numpy(batches)
+            kw = {"calib_method": method, "per_channel": per_channel, "reduce_range": reduce_range,
+                  "percentile": percentile}
+            chosen = None
+            if budget is not None:
+                chosen = budget(ort_trials(pre_path, lambda out, excl: quantize_onnx_static(
+                    pre_path, out, arrays, nodes_to_exclude=excl, **kw), Path(d), threads), arrays)
+            bar = iter(progress(range(len(arrays)), total=len(arrays), desc="calibrate"))
+            facts = quantize_onnx_static(pre_path, q_path, arrays, tick=lambda: next(bar, None),
+                                         nodes_to_exclude=chosen.excluded if chosen else None, **kw)
+            for _ in bar:  # close the progress bar
+                pass
+            if chosen is not None:
+                facts["budget"] = chosen.to_dict()
+        else:
+            facts = quantize_onnx_dynamic(pre_path, q_path, per_channel=per_channel, reduce_range=reduce_range)
+        set_vggc_metadata(q_path, {"precision": "int8", "quant_mode": mode, "preprocess": preprocess.to_dict(),
+                                   "arch": arch, "input_size": str(preprocess.input_size)})
+        import onnx
+
+        facts["quantized_layers"] = count_quantized_ops(onnx.load(str(q_path)))
+        facts["runtime_ops"] = optimized_op_types(q_path)
+        facts["opset"] = opset
+        tmp.write_bytes(q_path.read_bytes())
+    return facts, fp32_size
+
+
 __all__ = ["CALIB_METHODS", "count_quantized_ops", "export_fp32", "optimized_op_types", "ort_reason",
-           "preprocess_for_quant", "quantize_onnx_dynamic", "quantize_onnx_static", "set_vggc_metadata"]
+           "preprocess_for_quant", "quantize_onnx_dynamic", "quantize_onnx_static", "quantize_to_file",
+           "set_vggc_metadata"]

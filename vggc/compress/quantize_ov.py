@@ -80,50 +80,101 @@ def check_ov_settings(*, mode: str, preset: str, calib_method: str | None) -> No
                          "activation range estimators (MinMax) and corrects biases (--fast-bias-correction)")
 
 
+def ignored_op_names(ov_model, onnx_nodes: Sequence[str]) -> list[str]:
+    """Return the OpenVINO op names that keep the ONNX nodes ``onnx_nodes`` (Conv / Gemm / MatMul of
+    vggc's FP32 export) in FP32 under ``nncf.IgnoredScope(names=...)``: OpenVINO's ONNX reader names
+    a biased node's Convolution / MatMul ``<node>/WithoutBiases`` (its bias Add keeps ``<node>``).
+    Raises :class:`VggcError` for a node the model has no such op for."""
+    ops = {op.get_friendly_name(): op.get_type_name() for op in ov_model.get_ops()}
+    names = []
+    for node in onnx_nodes:
+        hit = [n for n in (f"{node}/WithoutBiases", node) if ops.get(n) in ("Convolution", "MatMul")]
+        if not hit:
+            raise VggcError(f"cannot keep {node} in FP32: OpenVINO's graph has no Convolution/MatMul for that "
+                            "ONNX node")
+        names.append(hit[0])
+    return names
+
+
+class NncfSettings:
+    """The NNCF call of one ``vggc quantize --backend openvino`` (fixed across budget trials)."""
+
+    def __init__(self, images: list[np.ndarray], *, preset: str, fast_bias_correction: bool, per_channel: bool,
+                 reduce_range: bool):
+        self.nncf = import_nncf()
+        from nncf.quantization.advanced_parameters import (
+            AdvancedQuantizationParameters,
+            OverflowFix,
+            QuantizationParameters,
+        )
+
+        self.images, self.preset, self.fast_bias_correction = images, preset, fast_bias_correction
+        self.overflow = OverflowFix.ENABLE if reduce_range else OverflowFix.DISABLE
+        self.advanced = AdvancedQuantizationParameters(
+            overflow_fix=self.overflow, weights_quantization_params=QuantizationParameters(per_channel=per_channel))
+
+    def quantize(self, ov_model, fp32_nodes: Sequence[str] = (), tick=None):
+        """Return ``ov_model`` quantized by NNCF with the ONNX nodes ``fp32_nodes`` kept FP32
+        (``nncf.IgnoredScope``); ``tick`` is called per calibration item read."""
+        nncf = self.nncf
+        data = nncf.Dataset(self.images, (lambda x: (tick(), x)[1]) if tick else None)
+        ignored = nncf.IgnoredScope(names=ignored_op_names(ov_model, fp32_nodes)) if fp32_nodes else None
+        try:
+            with _quiet(nncf):
+                return nncf.quantize(ov_model, data, preset=nncf.QuantizationPreset(self.preset),
+                                     target_device=nncf.TargetDevice.CPU, subset_size=len(self.images),
+                                     fast_bias_correction=self.fast_bias_correction,
+                                     advanced_parameters=self.advanced, ignored_scope=ignored)
+        except VggcError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise VggcError(f"nncf.quantize failed: {first_line(err)}") from None
+
+
 def quantize_ir(model: torch.nn.Module, xml: Path, weights: Path, *, batches: Sequence[torch.Tensor], preset: str,
                 fast_bias_correction: bool, per_channel: bool, reduce_range: bool, preprocess, opset: int | None,
-                progress) -> tuple[dict, int]:
+                progress, fp32_nodes: Sequence[str] = (), budget=None, threads: int | None = None
+                ) -> tuple[dict, int]:
     """NNCF-quantize ``model`` and write its IR to ``xml`` and ``weights`` (the caller's atomic temp
-    paths); return ``(facts, size of the FP32 ONNX in bytes)``."""
+    paths); return ``(facts, size of the FP32 ONNX in bytes)``. ``fp32_nodes``: ONNX node names of the
+    FP32 export kept FP32; ``budget``: the :func:`vggc.compress.quantize_budget.budget_search` runner
+    that chooses them instead (``facts["budget"]``)."""
     import openvino as ov
 
     from vggc.export.onnx import DEFAULT_OPSET, export_onnx
     from vggc.export.openvino_backend import ov_version, read_model
 
-    nncf = import_nncf()
-    from nncf.quantization.advanced_parameters import (
-        AdvancedQuantizationParameters,
-        OverflowFix,
-        QuantizationParameters,
-    )
-
     images = [np.ascontiguousarray(b[i:i + 1].float().numpy()) for b in batches for i in range(len(b))]
-    overflow = OverflowFix.ENABLE if reduce_range else OverflowFix.DISABLE
-    advanced = AdvancedQuantizationParameters(
-        overflow_fix=overflow, weights_quantization_params=QuantizationParameters(per_channel=per_channel))
+    nncf_run = NncfSettings(images, preset=preset, fast_bias_correction=fast_bias_correction,
+                            per_channel=per_channel, reduce_range=reduce_range)
+    nncf = nncf_run.nncf
     with tempfile.TemporaryDirectory(prefix="vggc-nncf-") as d:
         fp32 = export_onnx(model, Path(d) / "fp32.onnx", input_size=preprocess.input_size,
                            opset=opset or DEFAULT_OPSET, fp16=False, preprocess=preprocess)
         fp32_size = fp32.stat().st_size
         ov_model = read_model(fp32)
+        chosen = None
+        if budget is not None:
+            from vggc.compress.quantize_budget import ov_trials
+
+            chosen = budget(ov_trials(fp32, ov_model, nncf_run, Path(d), threads, preprocess.input_size),
+                            [b.float().numpy() for b in batches])
+            fp32_nodes = chosen.excluded
         bar = iter(progress(range(len(images)), total=len(images), desc="calibrate"))
         # NNCF reads the items for statistics and again for bias correction; the bar shows the first pass
-        data = nncf.Dataset(images, lambda x: (next(bar, None), x)[1])
-        try:
-            with _quiet(nncf):
-                q = nncf.quantize(ov_model, data, preset=nncf.QuantizationPreset(preset),
-                                  target_device=nncf.TargetDevice.CPU, subset_size=len(images),
-                                  fast_bias_correction=fast_bias_correction, advanced_parameters=advanced)
-        except Exception as err:  # noqa: BLE001
-            raise VggcError(f"nncf.quantize failed: {first_line(err)}") from None
+        q = nncf_run.quantize(ov_model.clone(), fp32_nodes, tick=lambda: next(bar, None))
         for _ in bar:  # close the progress bar
             pass
         facts = {"quantizer": "nncf.quantize (OpenVINO backend)", "nncf": nncf.__version__, "openvino": ov_version(),
                  "preset": preset, "fast_bias_correction": fast_bias_correction,
                  "bias_correction": "fast" if fast_bias_correction else "full (BiasCorrection)",
-                 "subset_size": len(images), "target_device": "CPU", "overflow_fix": str(overflow.value),
+                 "subset_size": len(images), "target_device": "CPU", "overflow_fix": str(nncf_run.overflow.value),
                  "per_channel": per_channel, "source_graph": "vggc FP32 ONNX export",
-                 "opset": opset or DEFAULT_OPSET, "quantized_layers": count_fake_quantized(q)}
+                 "opset": opset or DEFAULT_OPSET, "quantized_layers": count_fake_quantized(q),
+                 "fp32_nodes": list(fp32_nodes),
+                 "ignored_scope": ignored_op_names(ov_model, fp32_nodes) if fp32_nodes else []}
+        if chosen is not None:
+            facts["budget"] = chosen.to_dict()
         q.set_rt_info("int8", ["vggc", "precision"])
         saved = Path(d) / "int8.xml"
         ov.save_model(q, str(saved), compress_to_fp16=False)
@@ -169,5 +220,5 @@ def count_fake_quantized(model) -> dict:
     return counts
 
 
-__all__ = ["DYNAMIC_NOT_OFFERED", "PRESETS", "check_ov_settings", "count_fake_quantized", "import_nncf",
-           "nncf_reason", "quantize_ir"]
+__all__ = ["DYNAMIC_NOT_OFFERED", "PRESETS", "NncfSettings", "check_ov_settings", "count_fake_quantized",
+           "ignored_op_names", "import_nncf", "nncf_reason", "quantize_ir"]

@@ -34,11 +34,12 @@ import logging
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
+from vggc.compress.pt2e_fp32 import check_fp32_modules, pass_through_modules
 from vggc.errors import ModelFormatError, UnavailableError, VggcError, first_line
 from vggc.limits import MAX_BATCH
 
@@ -193,20 +194,20 @@ def _count_quantized(gm: torch.fx.GraphModule) -> dict:
     return counts
 
 
-def quantize_static_pt2e(model: nn.Module, batches: Iterable[torch.Tensor], example: torch.Tensor, *,
-                         calib_method: str = "entropy", reduce_range: bool = True,
-                         percentile: float = DEFAULT_PERCENTILE):
-    """Return ``(exported_program, facts)``: ``model`` statically quantized with PT2E + X86InductorQuantizer,
-    calibrated on ``batches`` (normalised float tensors), re-exported with a dynamic batch."""
-    _require_torchao()
+def calibrate_convert(gm: torch.fx.GraphModule, batches: Iterable[torch.Tensor], *, calib_method: str,
+                       reduce_range: bool, percentile: float, fp32_modules: Sequence[str] = ()):
+    """Return ``(converted graph module, calibrated images)``: ``gm`` (an exported FP32 module) prepared
+    with :class:`X86InductorQuantizer`, calibrated on ``batches`` and converted; the modules named in
+    ``fp32_modules`` get no quantization config (``set_module_name_qconfig(name, None)``), and neither
+    do the pooling/flatten modules feeding them (:func:`pass_through_modules`), so their ops keep FP32
+    weights and FP32 inputs."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
-    model = model.eval().float().cpu()
-    example = example[:2].clone().contiguous()
     quantizer = X86InductorQuantizer().set_global(
         static_quantization_config(calib_method, reduce_range=reduce_range, percentile=percentile))
-    gm = _export(model, example).module()
+    for name in [*fp32_modules, *pass_through_modules(gm, fp32_modules)]:
+        quantizer.set_module_name_qconfig(name, None)
     prepared = prepare_pt2e(gm, quantizer)
     n_images = 0
     with torch.no_grad():
@@ -217,9 +218,62 @@ def quantize_static_pt2e(model: nn.Module, batches: Iterable[torch.Tensor], exam
         raise VggcError("static quantization needs at least one calibration batch")
     converted = convert_pt2e(prepared)
     _drop_unused_attributes(converted)
+    return converted, n_images
+
+
+def export_module(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """Return ``torch.export.export(model).module()`` (dynamic batch): the graph PT2E prepares."""
+    _require_torchao()
+    return _export(model.eval().float().cpu(), example[:2].clone().contiguous()).module()
+
+
+def quantize_static_pt2e(model: nn.Module, batches: Iterable[torch.Tensor], example: torch.Tensor, *,
+                         calib_method: str = "entropy", reduce_range: bool = True,
+                         percentile: float = DEFAULT_PERCENTILE, fp32_modules: Sequence[str] = ()):
+    """Return ``(exported_program, facts)``: ``model`` statically quantized with PT2E + X86InductorQuantizer,
+    calibrated on ``batches`` (normalised float tensors), re-exported with a dynamic batch. The conv/linear
+    modules named in ``fp32_modules`` (e.g. ``features.0``) stay FP32 (``facts["fp32_nodes"]``), with the
+    pooling modules feeding them (``facts["fp32_pass_through"]``, :mod:`vggc.compress.pt2e_fp32`)."""
+    _require_torchao()
+    model = model.eval().float().cpu()
+    fp32_modules = check_fp32_modules(model, fp32_modules)
+    example = example[:2].clone().contiguous()
+    gm = _export(model, example).module()
+    also = pass_through_modules(gm, fp32_modules)
+    converted, n_images = calibrate_convert(gm, batches, calib_method=calib_method, reduce_range=reduce_range,
+                                            percentile=percentile, fp32_modules=fp32_modules)
     counts = _count_quantized(converted)
     ep = _export(converted, example)
-    return ep, {"quantized_layers": counts, "calibrated_images": n_images}
+    return ep, {"quantized_layers": counts, "calibrated_images": n_images, "fp32_nodes": fp32_modules,
+                "fp32_pass_through": also}
+
+
+def quantize_to_file(model: nn.Module, tmp: Path, *, mode, batches, method, reduce_range, percentile, example,
+                     weights: Path, progress, budget=None) -> tuple[dict, int]:
+    """Quantize a copy of ``model`` (``mode`` static/dynamic) and save the ``.pt2`` program to ``tmp``;
+    return ``(facts, size of the FP32 weights file)``. ``budget`` (static only): the
+    :func:`vggc.compress.quantize_budget.budget_search` runner that picks the modules kept FP32."""
+    import copy
+
+    model = copy.deepcopy(model)
+    if mode == "static":
+        chosen = None
+        if budget is not None:
+            from vggc.compress.quantize_budget import torch_trials
+
+            chosen = budget(torch_trials(model, batches, example, calib_method=method, reduce_range=reduce_range,
+                                         percentile=percentile), [b.numpy() for b in batches])
+        ep, facts = quantize_static_pt2e(model, progress(batches, total=len(batches), desc="calibrate"),
+                                         example, calib_method=method, reduce_range=reduce_range,
+                                         percentile=percentile, fp32_modules=chosen.excluded if chosen else ())
+        if chosen is not None:
+            facts["budget"] = chosen.to_dict()
+    else:
+        ep, facts = quantize_dynamic_torchao(model, example)
+    save_pt2(ep, tmp)
+    facts["quantizer"] = "X86InductorQuantizer (PT2E)" if mode == "static" else \
+        "torchao quantize_(Int8DynamicActivationInt8WeightConfig)"
+    return facts, Path(weights).stat().st_size
 
 
 def quantize_dynamic_torchao(model: nn.Module, example: torch.Tensor):
