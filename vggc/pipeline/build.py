@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from vggc.compress.quantize_budget import TRIAL_BACKENDS
 from vggc.pipeline import commands as cmds
 from vggc.pipeline.presets import Preset
 from vggc.pipeline.steps import Step, StepContext
@@ -28,7 +29,6 @@ from vggc.progress import Progress, no_progress
 
 TEACHER_STEP = "int8_ov_static"  # the KD teacher of every pruned target and of the student
 TEACHER_BACKEND = "openvino-cpu"
-AWARE_BACKENDS = ("onnxruntime",)  # static INT8 backends with an accuracy-aware search (quantize --max-drop)
 SOURCE_EVAL = "source_eval"  # top-1 of the unpruned model on the evaluation images: the budget's baseline
 
 
@@ -126,7 +126,7 @@ def build_steps(weights: Path, data: Path, preset: Preset, *, seed: int = 0, thr
 
     def quant_step(name: str, src: str | None, out: str, mode: str, backend: str) -> Step:
         reduce_range = resolve_reduce_range(None)  # auto, resolved on this CPU (VNNI or not)
-        aware = mode == "static" and backend in AWARE_BACKENDS  # accuracy-aware: keeps what is left of the budget
+        aware = mode == "static" and backend in TRIAL_BACKENDS  # accuracy-aware: keeps what is left of the budget
         settings = {"mode": mode, "backend": backend, "calib_size": preset.calib_size, "seed": seed,
                     "reduce_range": reduce_range,
                     **({**budget_key, "max_fp32_layers": preset.max_fp32_layers, "eval_limit": preset.eval_limit}
