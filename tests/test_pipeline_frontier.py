@@ -1,0 +1,172 @@
+"""The frontier (#17): several MAC targets, the cheap KD teacher, early stop, what is left of the
+budget for INT8, and the rebuild commands the pipeline records (parsed by the real Click commands)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_imagefolder, make_tiny_vgg
+
+from vggc.artifacts import save_state_dict
+
+
+def test_full_preset_builds_one_branch_per_target_and_old_names_expand():
+    from vggc.pipeline import PRESETS, build_steps
+    from vggc.pipeline import _expand_families as expand
+    from vggc.pipeline.build import family, target_tag
+
+    assert [target_tag(t) for t in (0.5, 0.25, 0.125)] == ["50", "25", "12_5"]
+    assert family("pruned12_5_int8_ov_static") == "pruned_int8_ov_static" and family("prune_scan") == "prune_scan"
+    full = PRESETS["full"]
+    assert full.targets() == (0.5, 0.25, 0.125)
+    steps = {s.name: s for s in build_steps(Path("w.pt"), Path("d"), full)}
+    for tag in ("50", "25", "12_5"):
+        prune = steps[f"prune{tag}"]
+        assert prune.deps == ["prune_scan", "int8_ov_static"]  # one scan; the INT8 OpenVINO teacher
+        assert prune.settings["kd"]["teacher_backend"] == "openvino-cpu" and prune.settings["stop"]["margin_pt"] > 0
+        for q in ("ort", "torch", "ov"):
+            assert steps[f"pruned{tag}_int8_{q}_static"].deps == [f"prune{tag}"]
+            assert steps[f"pruned{tag}_int8_{q}_static"].settings["max_fp32_layers"] == full.max_fp32_layers
+    assert steps["int8_ort_static"].deps == ["source_eval"] and steps["distill"].deps == ["int8_ov_static"]
+    log: list[str] = []
+    assert expand(["prune", "onnx_fp32"], list(steps.values()), log.append) == [
+        "prune50", "prune25", "prune12_5", "onnx_fp32"]
+    assert log == ["-- --only prune: deprecated name; it now means prune50, prune25, prune12_5"]
+    quick = {s.name for s in build_steps(Path("w.pt"), Path("d"), PRESETS["quick"])}
+    assert {"prune50", "pruned50_int8_ov_static"} <= quick and not any("25" in n for n in quick)
+
+
+def test_budget_left_is_the_budget_minus_what_pruning_lost():
+    from vggc.pipeline.build import budget_left
+
+    meta = {"metrics": {"top1_source": 0.8835, "top1": 0.8800}}
+    assert budget_left(meta, None) == pytest.approx(0.8835 - 0.35)  # default budget: 1 % of 88.35 %
+    assert budget_left(meta, 0.5) == pytest.approx(0.15)
+    assert budget_left({"metrics": {"top1_source": 0.9, "top1": 0.85}}, 1.0) == pytest.approx(-4.0)
+    with pytest.raises(ValueError):
+        budget_left({"metrics": {}}, 1.0)
+
+
+def _parse(cli_main, command: str):
+    """Parse one recorded ``vggc ...`` command with the real Click command; return its params."""
+    parts = shlex.split(command)
+    assert parts[0] == "vggc"
+    import click
+
+    sub = cli_main.get_command(click.Context(cli_main), parts[1])  # the group loads commands lazily
+    ctx = sub.make_context(parts[1], parts[2:])
+    return ctx.params
+
+
+def test_recorded_commands_parse_with_the_real_cli(tmp_path):
+    from vggc.cli import main
+    from vggc.pipeline import commands as c
+
+    w, d, t = tmp_path / "w.pt", tmp_path / "data", tmp_path / "t.xml"
+    d.mkdir()
+    scan = tmp_path / "scan.json"
+    for f in (w, t, scan):
+        f.write_text("x")
+    p = _parse(main, c.prune_cmd(w, tmp_path / "p.pt", d, strategy="sensitivity", target=0.25, scan=scan, epochs=5,
+                                 lr=0.01, batch=128, limit=None, eval_limit=None, seed=0, kd_alpha=0.9,
+                                 kd_temperature=4.0, teacher_model=t, teacher_backend="openvino-cpu",
+                                 stop_drop=5.88, stop_after=1, bn_recalib=500))
+    assert (p["target_macs"], p["finetune_epochs"], p["kd_alpha"], p["teacher_model"], p["teacher_backend"],
+            p["stop_drop"], p["sensitivity"], p["bn_recalib"]) == (0.25, 5, 0.9, str(t), "openvino-cpu", 5.88,
+                                                                    str(scan), 500)
+    q = _parse(main, c.quantize_cmd(w, tmp_path / "q.xml", d, mode="static", backend="openvino", calib_size=1000,
+                                    seed=0, reduce_range=False, max_drop=0.53, max_fp32_layers=4, eval_limit=None))
+    assert (q["backend"], q["max_drop"], q["max_fp32_layers"], q["reduce_range"], q["no_eval"]) == (
+        "openvino", 0.53, 4, False, False)
+    q = _parse(main, c.quantize_cmd(w, tmp_path / "q.onnx", d, mode="static", backend="onnxruntime",
+                                    calib_size=128, seed=0, reduce_range=True))
+    assert q["max_drop"] is None and q["no_eval"] and q["reduce_range"] is True
+    e = _parse(main, c.export_cmd(w, tmp_path / "m.onnx", d, fp16=True, parity_limit=256, seed=0))
+    assert e["fp16"] and e["parity_limit"] == 256
+    k = _parse(main, c.distill_cmd(w, tmp_path / "s.pt", d, epochs=5, lr=0.05, batch=128, limit=None,
+                                   eval_limit=500, width=1.0, temperature=4.0, alpha=0.9, seed=0, teacher_model=t,
+                                   teacher_backend="openvino-cpu"))
+    assert (k["epochs"], k["teacher_model"], k["eval_limit"]) == (5, str(t), 500)
+    s = _parse(main, c.scan_cmd(w, tmp_path / "scan", d, scan_limit=1000, seed=0))
+    assert s["scan"] and s["scan_limit"] == 1000
+    assert c.rebuild_chain("q", {"q": ["p"], "p": ["s", "t"], "t": ["e"]},
+                           {"q": "Q", "p": "P", "s": "S", "t": "T", "e": "E"}) == ["S", "E", "T", "P", "Q"]
+
+
+def test_fit_stop_check_ends_training_and_a_resume_asks_again(tmp_path):
+    from vggc.data import Preprocess, load_split
+    from vggc.train import TrainConfig, fit
+
+    data = make_imagefolder(tmp_path / "data", per_class=4)
+    train = load_split(data, "train")
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.01, seed=0, precision="fp32")
+    asked: list[int] = []
+
+    def stop(rec):
+        asked.append(rec["epoch"])
+        return "too far" if rec["epoch"] == 1 else None
+
+    ckpt = tmp_path / "m.ckpt"
+    res = fit(make_tiny_vgg(), train, Preprocess(), cfg, checkpoint=ckpt, stop_check=stop)
+    assert res.stopped_early == "too far" and [h["epoch"] for h in res.history] == [1] and asked == [1]
+    assert res.history[-1]["stopped_early"] == "too far"
+    # killed after the decision, before the caller saved its output: the resume decides the same, trains nothing
+    again = fit(make_tiny_vgg(), train, Preprocess(), cfg, checkpoint=ckpt, resume=True, stop_check=stop)
+    assert again.stopped_early == "too far" and again.epochs_run == 0 and asked == [1, 1]
+    # no reason: all epochs run, the last one is not asked (nothing left to stop)
+    asked.clear()
+    full = fit(make_tiny_vgg(), train, Preprocess(), cfg, stop_check=lambda r: asked.append(r["epoch"]))
+    assert full.stopped_early is None and len(full.history) == 3 and asked == [1, 2]
+
+
+def test_prune_with_a_file_teacher_and_early_stop(tmp_path, monkeypatch):
+    """KD from the source's ONNX export on ONNX Runtime: the manifest says which teacher ran and how
+    it agrees with the PyTorch source; an early stop keeps the model so far and says why."""
+    from vggc.compress.distill import KDConfig
+    from vggc.compress.prune import PruneSpec, prune_file
+    from vggc.errors import InputError
+    from vggc.export.job import export_file
+    from vggc.train import TrainConfig
+
+    monkeypatch.setenv("VGGC_CACHE", str(tmp_path / "cache"))
+    data = make_imagefolder(tmp_path / "data", per_class=4)
+    w = tmp_path / "w.pt"
+    save_state_dict(make_tiny_vgg().state_dict(), w)
+    teacher = tmp_path / "w.onnx"
+    export_file(str(w), str(teacher), data=None)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, seed=0, precision="fp32")
+    out = tmp_path / "p.pt"
+    m = prune_file(w, data, out, PruneSpec(target_macs=0.5), train_cfg=cfg, finetune_epochs=2, kd=KDConfig(),
+                   teacher_model=teacher, teacher_backend="onnxruntime-cpu", stop_drop_pt=-100.0, bn_recalib=0)
+    tm = m["teacher_model"]
+    assert tm["backend"] == "onnxruntime-cpu" and tm["agreement"] == 1.0 and tm["top1"] == m["top1_source"]
+    assert m["stopped_early"].startswith("stopped after 1/2 epochs")  # -100 pt: always "too far"
+    doc = json.loads((out.with_name("p.pt.json")).read_text())
+    assert doc["settings"]["teacher_model"]["sha256"] == tm["sha256"] and doc["metrics"]["stop_rule"]["after_epochs"] == 1
+    assert [len(s["history"]) for s in doc["metrics"]["steps"]] == [1]
+    assert torch.load(out, weights_only=True)  # the model so far is saved
+    with pytest.raises(InputError, match="needs --kd-alpha"):
+        prune_file(w, data, tmp_path / "q.pt", PruneSpec(target_macs=0.5), train_cfg=cfg, finetune_epochs=2,
+                   teacher_model=teacher, bn_recalib=0)
+
+
+def test_file_teacher_refuses_other_preprocessing(tmp_path):
+    from vggc.compress.teacher import open_teacher
+    from vggc.data import Preprocess
+    from vggc.errors import InputError
+    from vggc.export.job import export_file
+
+    w = tmp_path / "w.pt"
+    save_state_dict(make_tiny_vgg().state_dict(), w)
+    export_file(str(w), str(tmp_path / "w.onnx"), data=None)
+    t = open_teacher(tmp_path / "w.onnx", Preprocess(), backend="onnxruntime-cpu")
+    x = torch.randn(4, 3, 32, 32)
+    assert t(x).shape == (4, 10) and t.facts["precision"] == "fp32"
+    t.close()
+    other = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=32)
+    with pytest.raises(InputError, match="preprocessing differs"):
+        open_teacher(tmp_path / "w.onnx", other)
