@@ -162,7 +162,7 @@ def test_answer_json_report_section_and_plot_marks(crafted):
     assert "At ≥ 98 % (top-1 drop ≤ 1.76 pt): " in cpu and "wide_int8.onnx on openvino-cpu" in cpu
     assert "```sh\nvggc export base.pt --out wide_src.onnx\nvggc quantize wide_src.onnx --out wide_int8.onnx\n```" in cpu
     lat = section.split("### cpu-latency", 1)[1].split("### ", 1)[0]
-    assert "lowlat.pt2" in lat and "the same variant" in lat and "6.67x lower than the baseline's 10.00 ms" in lat
+    assert "lowlat.pt2" in lat and "the same variant" in lat and "6.67x faster than the baseline's 10.00 ms" in lat
     gpu = section.split("### gpu-throughput", 1)[1].split("### ", 1)[0]
     assert "Recorded commands (incomplete: no command recorded for m.engine)" in gpu
     assert "## Recommendation" in head  # the existing section stays

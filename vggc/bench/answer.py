@@ -221,8 +221,10 @@ def numbers(s: dict, target: str, doc: dict) -> str:
     if TARGETS[target][1] == "throughput":
         speed = f"{_num(s.get('throughput'), '.1f')} img/s = {_num(s.get('speedup'), '.2f')}x the baseline's"
     else:
-        speed = (f"batch-1 p50 {_num(s.get('latency_p50_ms'), '.2f')} ms = {_num(s.get('latency_speedup'), '.2f')}x "
-                 f"lower than the baseline's {_num((doc.get('baseline') or {}).get('latency_p50_ms'), '.2f')} ms")
+        ls = s.get("latency_speedup")
+        rel = ("" if ls is None else f" = {ls:.2f}x faster than" if ls >= 1 else f" = {1 / ls:.2f}x slower than")
+        speed = (f"batch-1 p50 {_num(s.get('latency_p50_ms'), '.2f')} ms{rel or ' vs'} the baseline's "
+                 f"{_num((doc.get('baseline') or {}).get('latency_p50_ms'), '.2f')} ms")
     top1 = _num(100 * s["top1"] if s.get("top1") is not None else None, ".2f")
     line = f"top-1 {top1}% (Δ {_num(s.get('delta_pt'), '+.2f')}{se} pt), {speed}, {_num(s.get('size_mb'), '.2f')} MB"
     return line + (" [within the budget by less than one SE]" if s.get("budget_marginal") else "")

@@ -58,7 +58,13 @@ def _budget(meta: dict) -> str | None:
         if not epochs:
             return "pruned, no fine-tune"
         kd = " with KD" if settings.get("distill_from_source") else ""
-        return f"pruned, fine-tuned{kd} {epochs} epoch(s) on {_count(images)} train images" if images else None
+        if not images:
+            return None
+        ran = sum(len(st.get("history") or []) for st in metrics.get("steps") or []) or epochs
+        if metrics.get("stopped_early"):
+            return (f"pruned, fine-tuned{kd} {ran} of {epochs} epoch(s) on {_count(images)} train images: "
+                    f"early stop, outside the budget")
+        return f"pruned, fine-tuned{kd} {epochs} epoch(s) on {_count(images)} train images"
     if "distill" in settings and isinstance(settings.get("train"), dict):
         epochs = settings["train"].get("epochs")
         return f"distilled {epochs} epoch(s) on {_count(images)} train images" if images and epochs else None

@@ -11,9 +11,23 @@ from vggc.cli.bench import max_drop_option
 from vggc.cli.common import set_threads, threads_option
 from vggc.errors import InputError
 
-STEP_NAMES = ("onnx_fp32, onnx_fp16, int8_ort_dynamic, int8_ort_static, int8_torch_dynamic, int8_torch_static, "
-              "prune, pruned_onnx, pruned_int8_ort_static, pruned_int8_torch_static, distill, student_onnx, "
-              "trt_fp16, trt_int8")
+STEP_NAMES = ("source_eval, onnx_fp32, onnx_fp16, int8_ort_dynamic, int8_ort_static, int8_torch_dynamic, "
+              "int8_torch_static, int8_ov_static, prune_scan, and per MAC target T (50, 25, 12_5, ...): pruneT, "
+              "prunedT_onnx, prunedT_int8_ort_static, prunedT_int8_torch_static, prunedT_int8_ov_static; distill, "
+              "student_onnx, trt_fp16, trt_int8 (prune, pruned_onnx, ... without T: every target's)")
+
+
+def _targets(ctx, param, value):
+    """Click callback: ``"0.5,0.25"`` -> ``(0.5, 0.25)`` (fractions of the unpruned model's MACs)."""
+    if value is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter("expected comma-separated fractions, e.g. 0.5,0.25,0.125") from None
+    if not vals or any(not 0.0 < v < 1.0 for v in vals) or len(set(vals)) != len(vals):
+        raise click.BadParameter("expected distinct fractions between 0 and 1, e.g. 0.5,0.25,0.125")
+    return vals
 
 
 def default_inputs(weights: str | None, data: str | None) -> tuple[str, str]:
@@ -40,9 +54,13 @@ def default_inputs(weights: str | None, data: str | None) -> tuple[str, str]:
               help=f"Comma-separated steps to run (plus what they need), then the bench. Steps: {STEP_NAMES}.")
 @click.option("--force", is_flag=True, help="Rerun every step even when a cached result matches.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for every subset, calibration and training.")
+@click.option("--prune-targets", callback=_targets, default=None, metavar="F1,F2,...",
+              help="MAC targets of the pruning frontier, as fractions of the unpruned model's MACs (each is "
+                   "pruned from one sensitivity scan, fine-tuned with KD and quantized on every INT8 backend). "
+                   "Default: the preset's (quick 0.5; full 0.5,0.25,0.125).")
 @threads_option
 @max_drop_option
-def command(weights, data, preset, out_dir, only, force, seed, threads, max_drop):
+def command(weights, data, preset, out_dir, only, force, seed, prune_targets, threads, max_drop):
     """Run every stage on WEIGHTS and print the comparison table.
 
     Stages: ONNX FP32/FP16 export, dynamic and static INT8 (ONNX Runtime and torchao PT2E), L1 pruning +
@@ -60,7 +78,8 @@ def command(weights, data, preset, out_dir, only, force, seed, threads, max_drop
     weights, data = default_inputs(weights, data)
     summary = run_pipeline(weights, data, preset=preset, out_dir=out_dir, seed=seed, force=force, threads=n_threads,
                            only=[s.strip() for s in only.split(",") if s.strip()] if only else None,
-                           progress=tqdm_progress, log=lambda m: click.echo(m, err=True), max_drop_pt=max_drop)
+                           progress=tqdm_progress, log=lambda m: click.echo(m, err=True), max_drop_pt=max_drop,
+                           prune_targets=prune_targets)
     click.echo("")
     click.echo("step                      status       seconds")
     for s in summary["steps"]:

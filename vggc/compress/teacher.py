@@ -82,6 +82,6 @@ def check_teacher(teacher: FileTeacher, reference: torch.nn.Module, split: "Spli
             ref = evaluate(lambda x: reference.eval()(x), split, preprocess)
         reference_predictions, ref_top1 = ref.predictions, ref.top1
     else:
-        ref_top1 = float((reference_predictions == split.labels).float().mean())
+        ref_top1 = float((reference_predictions == split.labels).double().mean())
     return {"top1": res.top1, "reference_top1": ref_top1, "n": res.n,
             "agreement": round(float((res.predictions == reference_predictions).float().mean()), 6)}

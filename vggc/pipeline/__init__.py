@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -62,7 +62,8 @@ def _unavailable_row(step: Step, result: StepResult, batch: int) -> dict:
 def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset: str = "quick",
                  out_dir: str | os.PathLike | None = None, seed: int = 0, force: bool = False,
                  only: list[str] | None = None, threads: int | None = None, progress: Progress = no_progress,
-                 log: Callable[[str], None] = lambda _m: None, max_drop_pt: float | None = None) -> dict:
+                 log: Callable[[str], None] = lambda _m: None, max_drop_pt: float | None = None,
+                 prune_targets: tuple[float, ...] | None = None) -> dict:
     """Run every stage on ``weights`` and bench the results; return a summary dict.
 
     ``threads`` (default: all cores) is the CPU thread count of every step, the bench included;
@@ -70,7 +71,9 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
     The summary holds ``steps`` (name, status, seconds, ``why`` it ran or was reused and the
     ``key_inputs`` it was keyed on), ``rows`` (the bench rows, including a row for each variant
     that could not be built), ``report`` (path of report.md), ``threads`` and timings.
-    ``max_drop_pt``: the bench's top-1 budget (``vggc bench --max-drop``; default 1 % of the baseline's).
+    ``max_drop_pt``: the top-1 budget (``vggc bench --max-drop``; default 1 % of the baseline's) of the
+    bench's answer, the accuracy-aware INT8 steps and the early stop of pruned targets.
+    ``prune_targets``: the frontier's MAC targets (fractions), replacing the preset's.
     """
     import torch
 
@@ -86,6 +89,10 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
         raise InputError(f"--threads {threads}: must be at least 1")
     n_threads = int(threads or os.cpu_count() or 1)
     p = PRESETS[preset]
+    if prune_targets:
+        if any(not 0.0 < float(t) < 1.0 for t in prune_targets):
+            raise InputError(f"--prune-targets {prune_targets}: each must be a fraction between 0 and 1")
+        p = replace(p, prune_targets=tuple(float(t) for t in prune_targets))
     out = Path(out_dir) if out_dir else Path("artifacts") / f"{weights.stem}-{preset}"
     steps = build_steps(weights, data, p, seed=seed, threads=n_threads, progress=progress, max_drop_pt=max_drop_pt)
     if only:
@@ -158,7 +165,7 @@ def _run(weights: Path, data: Path, p: Preset, preset: str, out: Path, steps: li
                 write_outputs(rows, bench_dir, plot=True)
             return {"rows": len(rows), "ok": sum(r.get("status") == "ok" for r in rows)}
 
-        bench_step = Step("bench", ["bench/results.json", "bench/report.md"], bench_run, inputs=models,
+        bench_step = Step("bench", ["bench/results.json", "bench/report.md", "bench/answer.json"], bench_run, inputs=models,
                           settings=bench_settings, label=f"bench {len(models)} model files", data=data, splits=("test",),
                           environment=lambda: provenance.timing_environment(threads))
         bench_result = run_steps([bench_step], out, force=force, log=log)[0]
