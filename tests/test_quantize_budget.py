@@ -13,7 +13,7 @@ from conftest import assert_one_line_error, make_imagefolder, make_tiny_vgg
 from conftest import run_cli as run
 
 from vggc.artifacts import save_state_dict
-from vggc.compress.quantize_budget import kl_to_reference, quantizable_nodes, select_exclusions
+from vggc.compress.quantize_budget import final_budget_note, kl_to_reference, quantizable_nodes, select_exclusions
 from vggc.errors import InputError, VggcError
 
 
@@ -44,6 +44,14 @@ def test_selection_takes_the_shortest_prefix_that_fits():
         select_exclusions(ranking, top1_with, 0.90, 0.1, max_layers=1)
     with pytest.raises(InputError, match="must be >= 0"):
         select_exclusions(ranking, top1_with, 0.90, -1)
+
+
+def test_final_note_only_when_the_written_file_misses_the_budget():
+    b = {"max_drop_pt": 0.1, "backend": "torch-int8-eager", "trials": [{"drop_pt": 0.05}]}
+    assert final_budget_note(b, 0.8995, 0.90, "torch-int8-compiled") is None
+    assert final_budget_note(b, 0.898, 0.90, "torch-int8-compiled") == (
+        "--max-drop 0.1: met on torch-int8-eager (drop 0.05 pt) but the written file loses 0.20 pt on "
+        "torch-int8-compiled")
 
 
 def test_kl_is_zero_for_identical_logits_and_positive_otherwise():
@@ -124,3 +132,23 @@ def test_reference_model_budget_holds(ref_weights, cifar_dir, tmp_path):
     if len(b["trials"]) > 1:
         assert res["fp32_layers"] and b["ranking"]
         assert all(t["drop_pt"] > 0 for t in b["trials"][:-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend,ext", [("torch", ".pt2"), ("openvino", ".xml")])
+def test_reference_model_budget_holds_torch_openvino(ref_weights, cifar_dir, tmp_path, backend, ext):
+    """The same zero-drop budget on the PT2E and NNCF backends: the trials (eager INT8 for torch,
+    openvino-cpu) meet it, and the manifest names the trial backend."""
+    from vggc.compress.quantize import quantize
+    from vggc.compress.quantize_budget import TRIAL_BACKENDS
+
+    res = quantize(ref_weights, mode="static", backend=backend, out=tmp_path / f"q{ext}", data=cifar_dir,
+                   calib_size=200, eval_limit=500, max_drop=0.0, max_fp32_layers=3,
+                   eval_backend="torch-int8-eager" if backend == "torch" else None)
+    b = res["budget"]
+    assert b["backend"] == TRIAL_BACKENDS[backend]
+    assert b["trials"][-1]["drop_pt"] <= 1e-6 and b["trials"][-1]["excluded"] == res["fp32_layers"]
+    assert b["trials"][-1]["top1"] == pytest.approx(res["top1"], abs=1e-9)
+    if len(b["trials"]) > 1:
+        assert res["fp32_layers"] and b["ranking"]
+

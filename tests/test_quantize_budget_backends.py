@@ -185,3 +185,36 @@ def test_cli_torch_budget_met_by_plain_int8(outlier, tmp_path):
     assert "kept FP32: none (1 trial(s); budget checked on the evaluation images, torch-int8-eager)" in res.output
     man = json.loads((tmp_path / "q.pt2.json").read_text())
     assert man["quantization"]["budget"]["ranking"] == [] and man["quantization"]["fp32_nodes"] == []
+
+
+def test_search_ort_keeps_its_signature(outlier, tmp_path):
+    """``search_ort`` (the ONNX Runtime entry point, now :func:`search` with ORT trials) still takes a
+    pre-processed model, a file-writing ``quantize`` and a path-based ``top1_of``; on the outlier model
+    it keeps layers FP32 until the budget fits."""
+    from vggc.compress import quantize_ort as qo
+    from vggc.compress.quantize import calibration_batches
+    from vggc.compress.quantize_budget import quantizable_nodes, search_ort
+    from vggc.data import limit_split, load_split, resolve_preprocess
+    from vggc.evaluate import evaluate
+    from vggc.export.ort_backend import open_onnx_cpu
+
+    pre = resolve_preprocess()
+    fp32 = qo.export_fp32(outlier["model"], tmp_path / "f.onnx", input_size=32, opset=18)
+    pre_path = qo.preprocess_for_quant(fp32, tmp_path / "p.onnx")
+    arrays = qo.batches_to_numpy(calibration_batches(outlier["data"], pre, 40, 0)[0])
+    split = limit_split(load_split(outlier["data"], "test"), None, 0)
+
+    def top1_of(path):
+        runner = open_onnx_cpu(path)
+        try:
+            return evaluate(runner.predict, split, pre).top1
+        finally:
+            runner.close()
+
+    fp32_top1 = top1_of(pre_path)
+    res = search_ort(pre_path, arrays, quantize=lambda out, ex: qo.quantize_onnx_static(
+        pre_path, out, arrays, nodes_to_exclude=ex), top1_of=top1_of, fp32_top1=fp32_top1, max_drop_pt=5.0,
+        workdir=tmp_path)
+    assert res.backend == "onnxruntime-cpu" and res.trials[0]["excluded"] == [] and res.trials[0]["drop_pt"] > 20
+    assert res.excluded and res.trials[-1]["excluded"] == res.excluded and res.trials[-1]["drop_pt"] <= 5.0
+    assert sorted(r["node"] for r in res.ranking) == sorted(quantizable_nodes(pre_path))

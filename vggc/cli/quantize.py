@@ -139,7 +139,7 @@ def command(weights, mode, backend, data, out, calib_size, calib_method, per_cha
                    f"({len(b['trials'])} trial(s); budget checked on the evaluation images, "
                    f"{b.get('backend', 'onnxruntime-cpu')})")
     for note in res["notes"]:
-        if note.startswith("dynamic"):
+        if note.startswith(("dynamic", "--max-drop")):
             click.echo(f"  NOTE: {note}")
     if backend == "torch":
         click.echo(f"  run fast with: vggc eval {res['path']} --backend torch-int8-compiled --data DIR")

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from vggc.artifacts import atomic_path, manifest_path, sha256_file, write_manifest_or_remove
-from vggc.compress.quantize_budget import budget_search, check_budget_settings
+from vggc.compress.quantize_budget import budget_search, check_budget_settings, final_budget_note
 from vggc.cpu import has_vnni
 from vggc.errors import InputError
 from vggc.limits import CALIB_METHODS
@@ -272,6 +272,9 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     fp32_res = None
     if do_eval:
         fp32_res = _evaluate_source(model, source_sha, data, pre, eval_limit, seed, eval_batch_size, progress)
+        if q_facts.get("budget"):  # torch trials run eagerly; the file may be evaluated compiled
+            notes.extend(filter(None, [final_budget_note(q_facts["budget"], eval_res.top1, fp32_res.top1,
+                                                         used_backend)]))
 
     size = out.stat().st_size + (out.with_suffix(".bin").stat().st_size if backend == "openvino" else 0)
     metrics: dict = {"size_bytes": size, "fp32_size_bytes": fp32_size, "size_ratio": size / fp32_size,

@@ -300,3 +300,14 @@ def budget_search(fp32_top1, max_drop, max_layers, data, pre, eval_limit, seed, 
                       max_layers=max_layers, progress=progress)
 
     return run
+
+
+def final_budget_note(budget: dict, top1: float, fp32_top1: float, eval_backend: str) -> str | None:
+    """Return a note (for the manifest's ``notes``) when the written file, evaluated on ``eval_backend``,
+    misses the budget its trials met on ``budget["backend"]`` (torch: eager trials, compiled file);
+    ``None`` when it meets it."""
+    drop = round(100 * (fp32_top1 - top1), 4)
+    if drop <= budget["max_drop_pt"] + 1e-9:
+        return None
+    return (f"--max-drop {budget['max_drop_pt']:g}: met on {budget['backend']} (drop "
+            f"{budget['trials'][-1]['drop_pt']:.2f} pt) but the written file loses {drop:.2f} pt on {eval_backend}")
