@@ -221,28 +221,6 @@ class _EagerRunner:
         self.module = None
 
 
-def torch_trials(model, batches: Sequence[torch.Tensor], example: torch.Tensor, *, calib_method: str,
-                 reduce_range: bool, percentile: float) -> Trials:
-    """Return the PT2E :class:`Trials` of ``model``: layers are torch module names (``features.0``);
-    each trial calibrates a copy of one FP32 export with those modules kept FP32 and runs the converted
-    program eagerly (``torch-int8-eager``: no compile per trial)."""
-    import copy
-
-    from vggc.compress import quantize_torch as qt
-    from vggc.compress.pt2e_fp32 import check_fp32_modules, quantizable_modules
-
-    model = model.eval().float().cpu()
-    gm = qt.export_module(model, example)
-
-    def open_with(excluded: list[str]) -> _EagerRunner:
-        converted, _ = qt.calibrate_convert(copy.deepcopy(gm), batches, calib_method=calib_method,
-                                            reduce_range=reduce_range, percentile=percentile,
-                                            fp32_modules=check_fp32_modules(model, excluded))
-        return _EagerRunner(converted)
-
-    return Trials(quantizable_modules(model), open_with, lambda: _EagerRunner(model), TRIAL_BACKENDS["torch"])
-
-
 def ov_trials(fp32_onnx: Path, ov_model, nncf_run, workdir: Path, threads: int | None, input_size: int) -> Trials:
     """Return the NNCF :class:`Trials` of vggc's FP32 ONNX export ``fp32_onnx`` (read as ``ov_model``):
     layers are its ONNX node names; each trial runs ``nncf_run`` (a

@@ -34,9 +34,12 @@ import logging
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vggc.compress.quantize_budget import Trials
 from torch import nn
 
 from vggc.compress.pt2e_fp32 import check_fp32_modules, pass_through_modules
@@ -248,6 +251,28 @@ def quantize_static_pt2e(model: nn.Module, batches: Iterable[torch.Tensor], exam
                 "fp32_pass_through": also}
 
 
+def torch_trials(model, batches: Sequence[torch.Tensor], example: torch.Tensor, *, calib_method: str,
+                 reduce_range: bool, percentile: float) -> "Trials":
+    """Return the PT2E :class:`Trials` of ``model``: layers are torch module names (``features.0``);
+    each trial calibrates a copy of one FP32 export with those modules kept FP32 and runs the converted
+    program eagerly (``torch-int8-eager``: no compile per trial)."""
+    import copy
+
+    from vggc.compress.pt2e_fp32 import check_fp32_modules, quantizable_modules
+    from vggc.compress.quantize_budget import TRIAL_BACKENDS, Trials, _EagerRunner
+
+    model = model.eval().float().cpu()
+    gm = export_module(model, example)
+
+    def open_with(excluded: list[str]) -> _EagerRunner:
+        converted, _ = calibrate_convert(copy.deepcopy(gm), batches, calib_method=calib_method,
+                                            reduce_range=reduce_range, percentile=percentile,
+                                            fp32_modules=check_fp32_modules(model, excluded))
+        return _EagerRunner(converted)
+
+    return Trials(quantizable_modules(model), open_with, lambda: _EagerRunner(model), TRIAL_BACKENDS["torch"])
+
+
 def quantize_to_file(model: nn.Module, tmp: Path, *, mode, batches, method, reduce_range, percentile, example,
                      weights: Path, progress, budget=None) -> tuple[dict, int]:
     """Quantize a copy of ``model`` (``mode`` static/dynamic) and save the ``.pt2`` program to ``tmp``;
@@ -259,8 +284,6 @@ def quantize_to_file(model: nn.Module, tmp: Path, *, mode, batches, method, redu
     if mode == "static":
         chosen = None
         if budget is not None:
-            from vggc.compress.quantize_budget import torch_trials
-
             chosen = budget(torch_trials(model, batches, example, calib_method=method, reduce_range=reduce_range,
                                          percentile=percentile), [b.numpy() for b in batches])
         ep, facts = quantize_static_pt2e(model, progress(batches, total=len(batches), desc="calibrate"),
