@@ -45,6 +45,10 @@ ORT_TRIAL_BACKEND = "onnxruntime-cpu"
 TRIAL_BACKENDS = {"onnxruntime": ORT_TRIAL_BACKEND, "torch": "torch-int8-eager", "openvino": "openvino-cpu"}
 
 
+class BudgetNotMetError(VggcError):
+    """No allowed number of FP32 layers brings the INT8 model within the budget (exit 1, not bad input)."""
+
+
 @dataclass
 class BudgetResult:
     """What the search did: the budget, the layers kept in FP32 (most sensitive first) and why,
@@ -105,7 +109,7 @@ def select_exclusions(ranking: Sequence[dict], top1_with: Callable[[list[str]], 
                       max_drop_pt: float, *, max_layers: int | None = None) -> tuple[list[str], list[dict]]:
     """Return ``(excluded, trials)``: the shortest prefix of ``ranking`` whose exclusion keeps
     ``100 * (fp32_top1 - top1) <= max_drop_pt``, and every measured trial (``excluded``, ``top1``,
-    ``drop_pt``). Tries nothing excluded first. Raises :class:`VggcError` when even
+    ``drop_pt``). Tries nothing excluded first. Raises :class:`BudgetNotMetError` when even
     ``max_layers`` exclusions miss the budget."""
     if max_drop_pt < 0:
         raise InputError(f"--max-drop {max_drop_pt}: must be >= 0 (percentage points of top-1)")
@@ -119,7 +123,7 @@ def select_exclusions(ranking: Sequence[dict], top1_with: Callable[[list[str]], 
         trials.append({"excluded": list(excl), "top1": top1, "drop_pt": drop})
         if drop <= max_drop_pt + 1e-9:
             return list(excl), trials
-    raise VggcError(f"--max-drop {max_drop_pt}: INT8 still loses {trials[-1]['drop_pt']:.2f} pt with the "
+    raise BudgetNotMetError(f"--max-drop {max_drop_pt}: INT8 still loses {trials[-1]['drop_pt']:.2f} pt with the "
                     f"{limit} most sensitive layers kept in FP32; raise --max-drop or ship FP32")
 
 

@@ -136,6 +136,9 @@ def _run(weights: Path, data: Path, p: Preset, preset: str, out: Path, steps: li
             log(f"-- removed {len(stale)} temporary file(s) left by an interrupted run")
         t0 = time.perf_counter()
         results = run_steps(steps, out, force=force, log=log)
+        for r in results:  # an INT8 step that could not keep to the budget says so (its row shows the drop)
+            if r.ok and r.metrics.get("budget_note"):
+                log(f"-- {r.name}: {r.metrics['budget_note']}")
         for s in skipped:
             steps.append(s)
             results.append(StepResult(s.name, f"skipped: not in the {p.name} preset (use --preset full or --only)"))
