@@ -170,3 +170,32 @@ def test_file_teacher_refuses_other_preprocessing(tmp_path):
     other = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=32)
     with pytest.raises(InputError, match="preprocessing differs"):
         open_teacher(tmp_path / "w.onnx", other)
+
+
+def test_int8_step_that_misses_the_budget_writes_plain_int8_and_says_so(tmp_path, monkeypatch):
+    """The accuracy-aware INT8 step gets the whole budget for the unpruned model; when no allowed set of
+    FP32 layers meets it the step writes plain INT8 (the row shows the drop) and the log says why."""
+    from test_pipeline import _tiny_setup
+
+    import vggc.compress.quantize as q
+    from vggc.compress.quantize_budget import BudgetNotMetError
+
+    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch)
+    real, calls = q.quantize, []
+
+    def quantize(*args, **kw):
+        calls.append(kw.get("max_drop"))
+        if kw.get("max_drop") is not None:
+            raise BudgetNotMetError("--max-drop 0.25: INT8 still loses 3.00 pt with the 4 most sensitive layers")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(q, "quantize", quantize)
+    log: list[str] = []
+    res = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=tmp_path / "run", only=["int8_ort_static"],
+                                max_drop_pt=0.25, log=log.append)
+    step = {s["name"]: s for s in res["steps"]}["int8_ort_static"]
+    assert step["status"] == "ok" and calls == [0.25, None]  # the whole budget for the unpruned model, then plain
+    assert step["metrics"]["budget_note"].endswith("wrote plain INT8") and "--max-drop" not in step["metrics"]["command"]
+    assert any(m.startswith("-- int8_ort_static: --max-drop 0.25: INT8 still loses") for m in log)
+    row = next(r for r in res["rows"] if r["model"] == "tiny_int8_ort_static.onnx" and r["status"] == "ok")
+    assert row["rebuild"] == [step["metrics"]["command"]]  # the rebuild command is the plain one that ran
