@@ -255,7 +255,9 @@ def test_pipeline_adds_openvino_rows(tmp_path, monkeypatch):
     assert "pruned_int8_ov_static" not in pipeline.PRESETS["full"].skip
     out = tmp_path / "run"
     res = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["onnx_fp32", "int8_ov_static"])
-    assert {s["name"]: s["status"] for s in res["steps"]} == {"onnx_fp32": "ok", "int8_ov_static": "ok", "bench": "ok"}
+    # static INT8 is accuracy-aware: it needs the unpruned model's top-1 on the evaluation images (source_eval)
+    assert {s["name"]: s["status"] for s in res["steps"]} == {"source_eval": "ok", "onnx_fp32": "ok",
+                                                               "int8_ov_static": "ok", "bench": "ok"}
     assert (out / "tiny_int8_ov_static.xml").is_file() and (out / "tiny_int8_ov_static.bin").is_file()
     rows = {(r["model"], r["backend"]): r for r in res["rows"]}
     for key in (("tiny.onnx", "openvino-cpu"), ("tiny_int8_ov_static.xml", "openvino-cpu")):
