@@ -195,6 +195,18 @@ def test_plot_stars_the_recommended_rows(crafted):
         assert [t.get_text() for t in ax.get_legend().get_texts()] == labels
     finally:
         plt.close(fig)
+    from vggc.bench.plot import budget_lines
+
+    lines = budget_lines(doc)  # the budget and the 98 % line, from the answer's baseline and budgets
+    base = 100 * doc["baseline"]["top1"]
+    assert [round(y, 6) for y, _ in lines] == [round(base - doc["max_drop_pt"], 6),
+                                               round(base - doc["at_98pct"]["max_drop_pt"], 6)]
+    fig = draw_pareto(rows, "t", marks(doc), lines)
+    try:
+        drawn = [ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith(("budget", "98 % line"))]
+        assert [round(ln.get_ydata()[0], 6) for ln in drawn] == [round(y, 6) for y, _ in lines]
+    finally:
+        plt.close(fig)
     fig = draw_pareto(rows, "t")  # no marks: no stars
     try:
         assert not any(lb.startswith("recommended") for lb in fig.axes[0].get_legend_handles_labels()[1])

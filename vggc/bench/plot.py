@@ -58,10 +58,26 @@ def _star(ax, pt, label: str, color: str, filled: bool) -> None:
                edgecolors="black" if filled else color, linewidths=0.8 if filled else 1.6, label=label, zorder=5)
 
 
-def draw_pareto(rows: list[dict], title: str = "", marks: Sequence[tuple[tuple, str, bool]] = ()):
+def budget_lines(doc: dict) -> list[tuple[float, str]]:
+    """Return ``[(top-1 %, label)]``: the lowest top-1 within the budget and at the 98 % line of an
+    answer (:func:`vggc.bench.answer.answer`); empty without a baseline."""
+    base = (doc.get("baseline") or {}).get("top1")
+    if base is None:
+        return []
+    out = []
+    for part, name in ((doc, "budget"), (doc.get("at_98pct") or {}, "98 % line")):
+        pt = part.get("max_drop_pt")
+        if pt is not None:
+            out.append((100.0 * float(base) - float(pt), f"{name}: top-1 ≥ {100.0 * float(base) - float(pt):.2f} %"))
+    return out
+
+
+def draw_pareto(rows: list[dict], title: str = "", marks: Sequence[tuple[tuple, str, bool]] = (),
+                lines: Sequence[tuple[float, str]] = ()):
     """Return the plot's matplotlib figure (the caller closes it) for the rows with ``status == "ok"``;
     ``marks``: :func:`vggc.bench.answer.marks`, each starred with its label in the legend (filled
-    within the budget, hollow for the 98 % line); a mark whose row is not plotted is left out."""
+    within the budget, hollow for the 98 % line); a mark whose row is not plotted is left out.
+    ``lines``: :func:`budget_lines`, drawn as dashed horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -73,7 +89,7 @@ def draw_pareto(rows: list[dict], title: str = "", marks: Sequence[tuple[tuple, 
     ok = [r for r in rows if r.get("status") == "ok" and r.get("throughput") and r.get("top1") is not None]
     pts = [(float(r["throughput"]), 100.0 * float(r["top1"])) for r in ok]
     front = pareto_front(pts)
-    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(12.5, 5.5), dpi=110)
     try:
         if pts:
             others = [i for i in range(len(pts)) if i not in front]
@@ -96,6 +112,8 @@ def draw_pareto(rows: list[dict], title: str = "", marks: Sequence[tuple[tuple, 
             if max(p[0] for p in pts) < 8 * min(p[0] for p in pts):  # under a decade: label minor ticks too
                 ax.xaxis.set_minor_formatter(plain)
                 ax.tick_params(axis="x", which="minor", labelsize=7)
+            for (y, label), style in zip(lines, ("--", ":"), strict=False):
+                ax.axhline(y, ls=style, c="tab:blue", lw=1, label=label, zorder=1)
             where = {row_key(r): pts[i] for i, r in enumerate(ok)}
             for k, (mk, label, filled) in enumerate(m for m in marks if m[0] in where):
                 _star(ax, where[mk], label, MARK_COLORS[k % len(MARK_COLORS)], filled)
@@ -118,12 +136,12 @@ def draw_pareto(rows: list[dict], title: str = "", marks: Sequence[tuple[tuple, 
 
 
 def plot_pareto(rows: list[dict], path: str | Path, title: str = "",
-                marks: Sequence[tuple[tuple, str, bool]] = ()) -> Path:
-    """Draw :func:`draw_pareto` of ``rows`` (and ``marks``) into ``path`` (PNG, written atomically);
-    return the path."""
+                marks: Sequence[tuple[tuple, str, bool]] = (), lines: Sequence[tuple[float, str]] = ()) -> Path:
+    """Draw :func:`draw_pareto` of ``rows`` (with ``marks`` and ``lines``) into ``path`` (PNG,
+    written atomically); return the path."""
     import matplotlib.pyplot as plt
 
-    fig = draw_pareto(rows, title, marks)
+    fig = draw_pareto(rows, title, marks, lines)
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")

@@ -362,9 +362,9 @@ def write_outputs(rows, out: Path, plot: bool = True) -> dict[str, Path]:
         tmp.write_text(markdown_report(data, ctx, doc))
     png = out / "pareto.png"
     if plot:
-        from vggc.bench.plot import plot_pareto
+        from vggc.bench.plot import budget_lines, plot_pareto
 
-        plot_pareto(data, png, title=subset_label(ctx) if ctx else "", marks=marks(doc))
+        plot_pareto(data, png, title=subset_label(ctx) if ctx else "", marks=marks(doc), lines=budget_lines(doc))
         paths["plot"] = png
     elif png.exists():
         png.unlink()  # a plot from an earlier run would not match these results
