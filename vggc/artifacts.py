@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import pickle
-import platform
 import tempfile
 import zipfile
 from pathlib import Path
@@ -126,24 +125,11 @@ def read_manifest(artifact: str | os.PathLike) -> dict:
 
 
 def environment_info() -> dict:
-    """Return library versions and host facts worth recording next to results."""
-    import numpy
-    import torch
+    """Return the library versions and host facts recorded next to results (a manifest's
+    ``environment``): :func:`vggc.provenance.manifest_environment`, the one home of library versions."""
+    from vggc.provenance import manifest_environment
 
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-    }
-    from importlib.metadata import PackageNotFoundError, version
-
-    # read versions from package metadata: importing e.g. torchao just for its version is slow
-    # and makes it log deprecation warnings on stderr
-    for mod in ("torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "torchao", "openvino", "nncf"):
-        with contextlib.suppress(PackageNotFoundError, ValueError):
-            info[mod] = version(mod)
-    return info
+    return manifest_environment()
 
 
 def write_manifest(artifact: str | os.PathLike, *, kind: str, inputs: dict, settings: dict,

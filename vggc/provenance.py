@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import platform
 from importlib import metadata
 from pathlib import Path
 
@@ -20,6 +21,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # libraries whose version can change a number vggc reports (accuracy or speed)
 LIBRARIES = ("torch", "torchvision", "torchao", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu",
              "torch-pruning", "numpy", "openvino", "nncf", "tensorrt", "torch-tensorrt")
+# the libraries an artifact manifest's ``environment`` names besides torch (its keys are a contract)
+MANIFEST_LIBRARIES = ("numpy", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "torchao", "openvino", "nncf")
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,6 +46,20 @@ def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError, ValueError):
             out[name] = metadata.version(name)
     return out
+
+
+def manifest_environment() -> dict:
+    """Return what a manifest records as its ``environment``: ``python``, ``torch`` (the imported
+    module's ``__version__``, which keeps the build tag, e.g. ``+cu130``, that package metadata
+    drops), ``platform``, and :func:`library_versions` of :data:`MANIFEST_LIBRARIES` (``numpy``
+    and the installed ones of the rest)."""
+    import torch
+
+    libs = library_versions(MANIFEST_LIBRARIES)
+    head = {"python": platform.python_version(), "torch": torch.__version__}
+    if "numpy" in libs:
+        head["numpy"] = libs.pop("numpy")
+    return {**head, "platform": platform.platform(), **libs}
 
 
 def result_environment() -> dict:
