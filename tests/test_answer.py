@@ -255,6 +255,6 @@ def test_pipeline_cli_ends_with_the_answer(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     rows = json.loads((out / "bench" / "results.json").read_text())
     tail = res.output.split("\nreport: ", 1)[1].split("\n", 1)[1].strip().splitlines()
-    assert tail == screen_lines(answer(rows, 100.0))
+    assert tail == screen_lines(answer(rows, 100.0, str(out)))  # OUT: the pipeline's --out
     assert tail[0].startswith("the answer (top-1 drop ≤ 100.00 pt (--max-drop)")
     assert tail[1].startswith("  cpu-throughput: ") and any(x.startswith("  cpu-latency: ") for x in tail)

@@ -9,27 +9,32 @@ backends (:func:`is_gpu_row`). A target's variant is the best row on its metric 
 (a drop of at most :data:`WIDE_FRACTION` of the baseline's top-1). No qualifying row: ``None`` and
 the reason.
 
-Rebuild commands (:func:`rebuild_commands`): the row's own ``rebuild`` list (the pipeline fills
-it), else the ``command`` strings recorded in the manifests up the chain from the file to the
-source (:func:`vggc.bench.lineage.ancestors`), else :data:`NOT_RECORDED`; never invented.
+Rebuild commands (:mod:`vggc.bench.rebuild`): the row's own ``rebuild`` list (the pipeline fills
+it), else the commands recorded up the chain of manifests from the file to the source, else
+:data:`NOT_RECORDED`; never invented. They are written relative to the run's output directory
+(``out_dir``: its ``--out`` as given): paths inside it read ``$OUT/...``, and ``answer.json``'s
+``out_dir``, report.md's ``sh`` blocks (first line ``OUT=...``) and the screen say once what ``OUT`` is.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from vggc.artifacts import read_manifest
-from vggc.bench.baseline import budget_pt, marginal, qualifies, ran_ok, same_file
-from vggc.bench.lineage import ancestors
-from vggc.errors import VggcError, first_line
+from vggc.bench.baseline import budget_pt, marginal, qualifies, ran_ok
+from vggc.bench.rebuild import (  # noqa: F401 - re-exported: the answer's rebuild commands
+    MAX_REBUILD_LINKS,
+    NOT_RECORDED,
+    REBUILD_ROLES,
+    infer_out_dir,
+    machine_paths,
+    manifest_commands,
+    out_line,
+    rebuild_commands,
+    relative_command,
+    uses_out,
+)
+from vggc.errors import first_line
 
 ANSWER_NAME = "answer.json"
 WIDE_FRACTION = 0.02  # the 98 % line: a variant may lose at most 2 % of the baseline's top-1
-NOT_RECORDED = "rebuild commands not recorded"
-# input roles that name what an artifact was made from: quantize/export/prune ("source"), a TensorRT
-# engine ("onnx"), a Triton model ("model"), a distilled student ("teacher")
-REBUILD_ROLES = ("source", "onnx", "model", "teacher")
-MAX_REBUILD_LINKS = 8
 
 # target -> (GPU target?, metric, higher is better, what it optimises)
 TARGETS = {
@@ -77,86 +82,51 @@ def choose(rows: list[dict], target: str, base: dict | None, budget: float | Non
     return None, f"none of the {len(ran)} {kind} rows that ran qualifies: " + "; ".join(parts)
 
 
-def manifest_commands(path: Path) -> tuple[list[str], str | None]:
-    """Return ``(commands, note)``: the ``command`` strings recorded in the manifests from ``path``
-    up its chain of inputs (:data:`REBUILD_ROLES`) to the source (the first file recorded as made
-    from nothing, e.g. the trained state_dict), source first; ``note`` says what is missing (no
-    commands at all: :data:`NOT_RECORDED`; some: the files without one, a chain that could not be
-    followed)."""
-    chain: list[tuple[Path, dict]] = []
-    problems: list[str] = []
-    try:
-        chain.append((path, read_manifest(path)))
-        chain += ancestors(chain[0][1], REBUILD_ROLES, MAX_REBUILD_LINKS)
-    except VggcError as err:
-        problems.append(first_line(err))
-
-    def made_from(meta: dict) -> str | None:
-        return next((v.get("path") for k, v in (meta.get("inputs") or {}).items()
-                     if k in REBUILD_ROLES and isinstance(v, dict) and v.get("path")), None)
-
-    last_path, last_meta = chain[-1] if chain else (path, {})
-    if chain and not problems and made_from(last_meta):
-        problems.append(f"the chain stops at {last_path.name}: its input {made_from(last_meta)} could not be followed")
-    derived = [(p, m) for p, m in chain if made_from(m) is not None]
-    commands = [m["command"].strip() for _, m in reversed(derived)
-                if isinstance(m.get("command"), str) and m["command"].strip()]
-    missing = [p.name for p, m in derived if not (isinstance(m.get("command"), str) and m["command"].strip())]
-    if not commands:
-        return [], NOT_RECORDED + (f" ({'; '.join(problems)})" if problems else "")
-    if missing:
-        problems.insert(0, f"incomplete: no command recorded for {', '.join(reversed(missing))}")
-    return commands, "; ".join(problems) or None
-
-
-def rebuild_commands(row: dict, base: dict | None = None) -> tuple[list[str], str | None, str | None]:
-    """Return ``(commands, source, note)`` that rebuild ``row``'s file from the source state_dict:
-    the row's own ``rebuild`` list (``source`` ``"row"``), else the manifest chain
-    (:func:`manifest_commands`, ``"manifests"``); ``source`` ``None`` when there are none, and
-    ``note`` says why (the baseline file itself, with none recorded, needs no rebuild)."""
-    given = row.get("rebuild")
-    if given:
-        if isinstance(given, list) and all(isinstance(c, str) and c.strip() for c in given):
-            return [c.strip() for c in given], "row", None
-        return [], None, f"{NOT_RECORDED} (the row's rebuild is not a list of command strings)"
-    if not row.get("path"):
-        return [], None, NOT_RECORDED
-    path = Path(row["path"])
-    commands, note = manifest_commands(path)
-    if not commands and base is not None and base.get("path") and same_file(path, Path(base["path"])):
-        return [], None, "the baseline file itself: nothing to rebuild"
-    return commands, ("manifests" if commands else None), note
+def relative_rebuild(row: dict, base: dict | None, out_dir: str | None) -> tuple[list[str], str | None, str | None]:
+    """Return :func:`rebuild_commands` of ``row`` with every path inside ``out_dir`` written
+    ``$OUT/...`` (:func:`relative_command`)."""
+    commands, source, note = rebuild_commands(row, base)
+    return [relative_command(c, out_dir) for c in commands], source, note
 
 
 def summarize(row: dict, base: dict, budget: float, rebuild: tuple[list[str], str | None, str | None]) -> dict:
     """Return ``answer.json``'s summary of a chosen row: its file, backend, top-1, Δ, speed-ups
     (``speedup``: throughput ratio; ``latency_speedup``: the baseline's batch-1 p50 over the row's),
-    size, whether its verdict rests on less than one SE, and its rebuild commands."""
+    size, whether its verdict rests on less than one SE, its rebuild commands and
+    ``rebuild_machine_paths``: the absolute paths they still name (outside the run's directory)."""
     out = {k: row.get(k) for k in SUMMARY_KEYS}
     b1, r1 = base.get("latency_p50_ms"), row.get("latency_p50_ms")
     out["latency_speedup"] = round(b1 / r1, 3) if b1 and r1 else None
     out["budget_marginal"] = marginal(row, base, budget)
     out["rebuild"], out["rebuild_from"], out["rebuild_note"] = rebuild
+    out["rebuild_machine_paths"] = machine_paths(rebuild[0])
     return out
 
 
-def _answers(rows: list[dict], targets: list[str], base: dict | None, budget: float | None, rebuilds: dict) -> dict:
+def _answers(rows: list[dict], targets: list[str], base: dict | None, budget: float | None, rebuilds: dict,
+             out_dir: str | None = None) -> dict:
     got: dict = {"max_drop_pt": round(budget, 4) if budget is not None else None, "targets": {}, "reasons": {}}
     for t in targets:
         row, why = choose(rows, t, base, budget)
         if row is not None and id(row) not in rebuilds:
-            rebuilds[id(row)] = rebuild_commands(row, base)
+            rebuilds[id(row)] = relative_rebuild(row, base, out_dir)
         got["targets"][t] = summarize(row, base, budget, rebuilds[id(row)]) if row is not None else None
         if why:
             got["reasons"][t] = why
     return got
 
 
-def answer(rows: list[dict], max_drop_pt: float | None = None) -> dict:
+def answer(rows: list[dict], max_drop_pt: float | None = None, out_dir: str | None = None) -> dict:
     """Return the answer (``answer.json``): ``targets`` (target -> row summary or ``None``) and
     ``reasons`` (target -> why ``None``) within the budget ``max_drop_pt`` (default 1 % of the
     baseline's top-1; ``budget_rule`` says which), the same at the 98 % line under ``at_98pct``,
-    the ``baseline``, the bench ``batch`` and ``gpu_note`` when GPU rows were asked for but none ran."""
+    the ``baseline``, the bench ``batch``, ``gpu_note`` when GPU rows were asked for but none ran,
+    and ``out_dir``: the run's output directory as the user gave it (``out_dir``, else read off a
+    row whose recorded commands say ``$OUT``, :func:`infer_out_dir`; ``None`` when unknown), the
+    ``$OUT`` of the rebuild commands, in which the paths inside it are written ``$OUT/...``."""
+    if out_dir is None:
+        out_dir = next((d for d in map(infer_out_dir, rows) if d is not None), None)
+    out_dir = str(out_dir) if out_dir is not None else None
     base = next((r for r in rows if r.get("is_baseline") and ran_ok(r)), None)
     budget = budget_pt(base, max_drop_pt)
     gpu_ran = any(ran_ok(r) and is_gpu_row(r) for r in rows)
@@ -166,8 +136,10 @@ def answer(rows: list[dict], max_drop_pt: float | None = None) -> dict:
                         if base else None),
            "batch": next((r.get("batch") for r in rows if r.get("batch")), None),
            "budget_rule": "--max-drop" if max_drop_pt is not None else "1% of the baseline's top-1",
-           **_answers(rows, targets, base, budget, rebuilds),
-           "at_98pct": _answers(rows, targets, base, 100.0 * WIDE_FRACTION * base["top1"] if base else None, rebuilds)}
+           "out_dir": out_dir,
+           **_answers(rows, targets, base, budget, rebuilds, out_dir),
+           "at_98pct": _answers(rows, targets, base, 100.0 * WIDE_FRACTION * base["top1"] if base else None, rebuilds,
+                                out_dir)}
     failed: dict[str, list[str]] = {}  # why -> the GPU backends that did not run for it
     for r in rows:
         if is_gpu_row(r) and not ran_ok(r):
@@ -242,18 +214,37 @@ def _budget_text(doc: dict) -> str:
             f"= {100 * WIDE_FRACTION:.0f}% of the baseline's top-1")
 
 
+def _out_text(doc: dict) -> str | None:
+    """Return the line that sets ``OUT`` for the commands (``None`` when none names ``$OUT``); a
+    shell comment when the run's directory is not known."""
+    parts = [doc, doc.get("at_98pct") or {}]
+    if not any(uses_out(s["rebuild"]) for p in parts for s in (p.get("targets") or {}).values() if s):
+        return None
+    return out_line(doc["out_dir"]) if doc.get("out_dir") else "# set OUT to the run's --out (not recorded)"
+
+
+def _machine_note(s: dict) -> str | None:
+    paths = s.get("rebuild_machine_paths") or []
+    return f"absolute paths of one machine: {', '.join(paths)}" if paths else None
+
+
 def screen_lines(doc: dict) -> list[str]:
-    """Return the compact answer printed at the end of ``vggc bench`` and ``vggc pipeline``: per
-    target the chosen row, its rebuild commands (``$ ...``) and the 98 % line."""
+    """Return the compact answer printed at the end of ``vggc bench`` and ``vggc pipeline``: the
+    ``OUT=...`` line of the rebuild commands once, then per target the chosen row, its rebuild
+    commands (``$ ...``) and the 98 % line."""
     if doc.get("baseline") is None:
         return ["the answer: none (no baseline row ran, so there is no top-1 budget)"]
     lines = [f"the answer ({_budget_text(doc)}):"]
+    out = _out_text(doc)
+    lines += [f"  $ {out}" + ("   # the run's --out: the $OUT of the commands below" if doc.get("out_dir") else "")
+              ] if out else []
     wide = doc["at_98pct"]
     for t, s in doc["targets"].items():
         lines.append(f"  {t}: " + (headline(s, t, doc) if s else f"none: {doc['reasons'][t]}"))
         if s:
             lines += [f"      ({s['rebuild_note']})"] if s.get("rebuild_note") else []
             lines += [f"      $ {c}" for c in s["rebuild"]]
+            lines += [f"      ({_machine_note(s)})"] if _machine_note(s) else []
         w = wide["targets"].get(t)
         lines.append("    at ≥ 98 %: " + ("the same" if same_row(s, w) else
                                           headline(w, t, doc) + " (rebuild: report.md, answer.json)" if w
@@ -263,18 +254,22 @@ def screen_lines(doc: dict) -> list[str]:
     return lines
 
 
-def _md_rebuild(s: dict) -> list[str]:
+def _md_rebuild(s: dict, doc: dict) -> list[str]:
     if not s["rebuild"]:
         return ["", f"Rebuild: {s.get('rebuild_note') or NOT_RECORDED}."]
     lead = ("Recorded commands" + (f" ({s['rebuild_note']})" if s.get("rebuild_note") else "")
             if s.get("rebuild_note") else "Rebuild from the source state_dict")
-    return ["", f"{lead}:", "", "```sh", *s["rebuild"], "```"]
+    first = [out_line(doc["out_dir"]) if doc.get("out_dir") else "# set OUT to the run's --out (not recorded)"
+             ] if uses_out(s["rebuild"]) else []
+    note = _machine_note(s)
+    return ["", f"{lead}:", "", "```sh", *first, *s["rebuild"], "```"] + (["", f"(The commands name {note}.)"]
+                                                                         if note else [])
 
 
 def markdown_section(doc: dict) -> list[str]:
     """Return the lines of report.md's closing section "## The answer": the budget, then per target
     the chosen row (file, backend, top-1, Δ, speed-up, size), its rebuild commands in a ``sh``
-    block, and the 98 % line."""
+    block (first line ``OUT=<the run's --out>`` when they name ``$OUT``), and the 98 % line."""
     out = ["## The answer", ""]
     if doc.get("baseline") is None:
         return out + ["None: no baseline row ran, so there is no top-1 budget."]
@@ -290,13 +285,13 @@ def markdown_section(doc: dict) -> list[str]:
         else:
             out += [f"- File: `{s.get('path') or s['model']}`, backend `{s['backend']}` ({s.get('precision') or '-'})",
                     f"- {numbers(s, t, doc)[0].upper()}{numbers(s, t, doc)[1:]}"]
-            out += _md_rebuild(s)
+            out += _md_rebuild(s, doc)
         w = wide["targets"].get(t)
         out += ["", f"At ≥ 98 % (top-1 drop ≤ {wide['max_drop_pt']:.2f} pt): "
                 + ("the same variant." if same_row(s, w) else
                    f"`{w.get('path') or w['model']}` — {headline(w, t, doc)}." if w else f"none: {wide['reasons'][t]}.")]
         if w is not None and not same_row(s, w):
-            out += _md_rebuild(w)
+            out += _md_rebuild(w, doc)
         out.append("")
     if doc.get("gpu_note"):
         out.append(f"GPU targets: {doc['gpu_note']}.")

@@ -162,6 +162,15 @@ def ctx_budget(ctx: dict) -> float | None:
     return None if ctx.get("max_drop_default") else ctx.get("max_drop_pt")
 
 
+def ctx_out_dir(ctx: dict) -> str | None:
+    """Return the run's output directory as the user gave it (``ctx["run_out"]``: a pipeline's
+    ``--out``, under which its rebuild commands write), the ``$OUT`` of the answer's commands;
+    ``None`` when not recorded (a plain bench: :func:`vggc.bench.answer.answer` reads it off the
+    rows' ``$OUT`` commands, if any)."""
+    out = ctx.get("run_out")
+    return str(out) if out else None
+
+
 def recommendation(rows: list[dict], max_drop_pt: float | None = None, details: bool = True) -> list[str]:
     """Return the line that names the fastest variant within the top-1 budget (the rule of
     :func:`vggc.bench.baseline.qualifies`) with what that verdict rests on (its paired standard
@@ -321,7 +330,7 @@ def markdown_report(rows: list[dict], ctx: dict, answer_doc: dict | None = None)
               ""]
     if ctx.get("plot"):
         lines += ["![top-1 vs throughput](pareto.png)", ""]
-    doc = answer_doc if answer_doc is not None else answer(rows, ctx_budget(ctx))
+    doc = answer_doc if answer_doc is not None else answer(rows, ctx_budget(ctx), ctx_out_dir(ctx))
     lines += markdown_section(doc) + [""]
     return "\n".join(lines)
 
@@ -356,7 +365,7 @@ def write_outputs(rows, out: Path, plot: bool = True) -> dict[str, Path]:
                    extra={"machine": ctx.get("machine", {})})
     with atomic_path(paths["csv"]) as tmp:
         tmp.write_text(csv_text(data))
-    doc = answer(data, ctx_budget(ctx))
+    doc = answer(data, ctx_budget(ctx), ctx_out_dir(ctx))
     write_json(paths["answer"], doc)
     with atomic_path(paths["report"]) as tmp:
         tmp.write_text(markdown_report(data, ctx, doc))

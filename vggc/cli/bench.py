@@ -103,7 +103,7 @@ def command(models, data, batch, backends, baseline, quick, limit, threads, out,
     from vggc.artifacts import read_manifest
     from vggc.bench import run_bench, screen_table
     from vggc.bench.answer import answer, screen_lines
-    from vggc.bench.report import ctx_budget, subset_label
+    from vggc.bench.report import ctx_budget, ctx_out_dir, subset_label
     from vggc.bench.timing import timing_policy
     from vggc.cli.common import set_threads
     from vggc.progress import tqdm_progress
@@ -132,6 +132,6 @@ def command(models, data, batch, backends, baseline, quick, limit, threads, out,
                        + " -- name them in --backends or use --backends all")
         click.echo(f"wrote {', '.join(ctx.get('outputs', {}).values())}")
         click.echo("")
-        click.echo("\n".join(screen_lines(answer(list(rows), ctx_budget(ctx)))))
+        click.echo("\n".join(screen_lines(answer(list(rows), ctx_budget(ctx), ctx_out_dir(ctx)))))
     if not any(r["status"] == "ok" for r in rows):
         raise VggcError("no (model, backend) row could run here; see the reasons above and in results.json")

@@ -92,4 +92,5 @@ def command(weights, data, preset, out_dir, only, force, seed, prune_targets, th
     click.echo(f"report: {summary['report']}")
     if summary["rows"]:
         click.echo("")
-        click.echo("\n".join(screen_lines(answer(summary["rows"], max_drop))))
+        run_out = summary.get("out_as_given") or summary.get("out")  # the $OUT of the rebuild commands
+        click.echo("\n".join(screen_lines(answer(summary["rows"], max_drop, run_out))))
