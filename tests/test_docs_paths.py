@@ -1,0 +1,92 @@
+"""The committed docs run in any checkout: no text file under docs/ names an absolute path of one
+machine (a run directory, a home, a temp dir), every JSON file there parses, and the committed
+answer is what the answer code makes of the committed results (its commands relative: ``$OUT/...``)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+TEXT_SUFFIXES = (".md", ".json", ".csv", ".txt", ".sh", ".log")
+# system directories, the same on every POSIX machine (a library's log may name /usr/local)
+SYSTEM_DIRS = ("usr", "etc", "dev", "proc", "sys", "bin", "sbin", "lib", "lib64")
+_PART = r"[\w.+-]+"
+MACHINE_PATH = re.compile(
+    # an absolute POSIX path of two or more parts that starts a word: not inside a relative path
+    # (../x/y, $OUT/x/y, <out>/x/y), a URL (https://h/x/y, host:8000/v2/x) or a fraction (min/opt/max);
+    # neither a system directory nor an HTTP route's version (/v2/health/ready)
+    rf"(?<![\w.~$/:@<>{{}})\]*%+\\-])/(?!(?:{'|'.join(SYSTEM_DIRS)})/)(?!v\d+/){_PART}/{_PART}"
+    rf"|file://(?:localhost)?/{_PART}/{_PART}"  # a file URL is a path of this machine
+    r"|(?<![\w])[A-Za-z]:\\[\w.+ -]+\\"  # Windows: C:\Users\...
+)
+
+
+def machine_paths(text: str) -> list[str]:
+    """Return the absolute machine paths in ``text`` (:data:`MACHINE_PATH` matches)."""
+    return [m.group(0) for m in MACHINE_PATH.finditer(text)]
+
+
+@pytest.mark.parametrize("text", [
+    "/work/runs/full6/x.onnx", "in `/root/a/b`", "--out=/tmp/x/y", "'/home/u/v.pt'", '"/Users/me/x"',
+    "(/opt/cuda/lib)", "cd /work/main && make", "file:///home/u/x.pt", r"C:\Users\me\x.pt", "=/mnt/data/cifar",
+    "Command: `vggc bench /data/x.pt`",
+])
+def test_the_regex_finds_machine_paths(text):
+    assert machine_paths(text), text
+
+
+@pytest.mark.parametrize("text", [
+    "../shared/models/v.pt", "runs/full6/x.onnx", "$OUT/a/b", "${OUT}/a/b", "https://example.com/a/b",
+    "http://localhost:8000/v2/health/ready", "GET `/v2/health/ready`", "min/opt/max", "<out>/.steps/x.json",
+    "CUDA_HOME='/usr/local'", "a // b/c", "img/s", "/steps", "~/x/y", "50/50/50 split", "./scripts/x.sh",
+    "s3://bucket/a/b", "p50/p90/p99",
+])
+def test_the_regex_leaves_relative_paths_urls_and_routes(text):
+    assert machine_paths(text) == [], text
+
+
+def _text_files() -> list[Path]:
+    return sorted(p for p in DOCS.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+
+
+def test_no_doc_names_a_path_of_one_machine():
+    files = _text_files()
+    assert len(files) > 30  # the committed runs are there (and read as text)
+    found = {}
+    for p in files:
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            hits = machine_paths(line)
+            if hits:
+                found.setdefault(str(p.relative_to(ROOT)), []).append((n, hits[0]))
+    assert not found, "absolute paths of one machine (write them as the user gives them, or $OUT/...): " + "; ".join(
+        f"{f}:{n}: {h}" for f, hits in found.items() for n, h in hits[:3])
+
+
+def test_doc_json_parses():
+    for p in _text_files():
+        if p.suffix == ".json":
+            json.loads(p.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("run", ["frontier-amx", "frontier-amx/complete"])
+def test_the_committed_answer_is_the_answer_of_the_committed_results(run):
+    from vggc.bench.answer import answer, markdown_section
+
+    d = DOCS / run
+    rows = json.loads((d / "results.json").read_text())
+    doc = json.loads((d / "answer.json").read_text())
+    assert doc["budget_rule"] == "1% of the baseline's top-1"
+    made = json.loads(json.dumps(answer(rows), default=str))  # the run directory read off the $OUT commands
+    assert made == doc
+    assert doc["out_dir"] == "runs/full6"
+    for s in doc["targets"].values():
+        assert s["rebuild"] and all("$OUT/" in c for c in s["rebuild"]) and s["rebuild_machine_paths"] == []
+        assert s["rebuild"][-1].endswith(f"--out $OUT/{s['model']}")
+    section = (d / "report.md").read_text().split("\n## The answer\n", 1)[1]
+    assert "## The answer\n" + section == "\n".join(markdown_section(doc) + [""])
+    assert "```sh\nOUT=runs/full6\nvggc " in section
