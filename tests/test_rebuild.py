@@ -212,6 +212,11 @@ def test_a_real_pipeline_step_marker_feeds_the_manifest_chain_and_the_answer_reb
     assert f"  $ {out_line(str(out))}   # the run's --out: the $OUT of the commands below" in tail
     rebuild = [ln.strip().removeprefix("$ ") for ln in tail if ln.strip().startswith("$ vggc export")]
     assert rebuild and all("$OUT/tiny.onnx" in c for c in rebuild)
+    # answer.json and report.md, written by the pipeline's bench in <run>/bench: the same OUT
+    doc = json.loads((out / "bench" / "answer.json").read_text())
+    assert doc["out_dir"] == str(out)
+    assert doc["targets"]["cpu-throughput"]["rebuild"] == rebuild[:1]
+    assert f"```sh\n{out_line(str(out))}\n{rebuild[0]}\n```" in (out / "bench" / "report.md").read_text()
     # pasted elsewhere with OUT set: the same file again
     other = tmp_path / "other"
     args = shell_words(rebuild[0].removeprefix("vggc "), str(other))

@@ -14,6 +14,7 @@ from vggc.artifacts import atomic_path, write_json, write_manifest
 from vggc.bench.answer import ANSWER_NAME, answer, markdown_section, marks
 from vggc.bench.baseline import best_variant, budget_pt, marginal, ran_ok
 from vggc.bench.machine import describe_flags
+from vggc.bench.rebuild import STEPS_DIR
 
 # JSON/CSV columns, in order. The first 13 are the contract later stages rely on.
 CONTRACT = ("model", "backend", "precision", "status", "top1", "delta_pt", "latency_p50_ms", "latency_p90_ms",
@@ -162,13 +163,17 @@ def ctx_budget(ctx: dict) -> float | None:
     return None if ctx.get("max_drop_default") else ctx.get("max_drop_pt")
 
 
-def ctx_out_dir(ctx: dict) -> str | None:
-    """Return the run's output directory as the user gave it (``ctx["run_out"]``: a pipeline's
-    ``--out``, under which its rebuild commands write), the ``$OUT`` of the answer's commands;
-    ``None`` when not recorded (a plain bench: :func:`vggc.bench.answer.answer` reads it off the
-    rows' ``$OUT`` commands, if any)."""
-    out = ctx.get("run_out")
-    return str(out) if out else None
+def ctx_out_dir(ctx: dict, out: Path | None = None) -> str | None:
+    """Return the run's output directory as the user gave it, the ``$OUT`` of the answer's rebuild
+    commands: ``ctx["run_out"]`` (a pipeline's ``--out``) when recorded, else the directory above
+    ``out`` (the bench's own) when that holds a pipeline's step markers (``.steps/``: the bench of a
+    pipeline run writes to ``<run>/bench``); ``None`` otherwise (a plain bench:
+    :func:`vggc.bench.answer.answer` reads it off the rows' ``$OUT`` commands, if any)."""
+    if ctx.get("run_out"):
+        return str(ctx["run_out"])
+    if out is not None and (Path(out).parent / STEPS_DIR).is_dir():
+        return str(Path(out).parent)
+    return None
 
 
 def recommendation(rows: list[dict], max_drop_pt: float | None = None, details: bool = True) -> list[str]:
@@ -365,7 +370,7 @@ def write_outputs(rows, out: Path, plot: bool = True) -> dict[str, Path]:
                    extra={"machine": ctx.get("machine", {})})
     with atomic_path(paths["csv"]) as tmp:
         tmp.write_text(csv_text(data))
-    doc = answer(data, ctx_budget(ctx), ctx_out_dir(ctx))
+    doc = answer(data, ctx_budget(ctx), ctx_out_dir(ctx, out))
     write_json(paths["answer"], doc)
     with atomic_path(paths["report"]) as tmp:
         tmp.write_text(markdown_report(data, ctx, doc))
