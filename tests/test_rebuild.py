@@ -227,3 +227,27 @@ def test_a_real_pipeline_step_marker_feeds_the_manifest_chain_and_the_answer_reb
     assert again.exit_code == 0, again.output
     assert (other / "tiny.onnx").is_file()
     assert sha256_file(other / "tiny.onnx") == sha256_file(onnx)
+
+
+def test_bench_outputs_take_the_run_directory_as_out(tmp_path):
+    from vggc.bench.report import ctx_out_dir, write_outputs
+    from vggc.bench.rows import BenchRows
+
+    run = tmp_path / "run"
+    cmds = [f"vggc export v.pt --out {run}/v.onnx", f"vggc quantize {run}/v.onnx --out {run}/v_int8.onnx"]
+
+    def written(out: Path, ctx: dict) -> dict:
+        rows = BenchRows(_rows(run, cmds))
+        rows.context = {"batch": 64, "max_drop_default": True, **ctx}
+        write_outputs(rows, out, plot=False)
+        return json.loads((out / "answer.json").read_text())
+
+    assert written(tmp_path / "plain", {})["out_dir"] is None  # a plain bench: nothing to say
+    (run / ".steps").mkdir(parents=True)  # a pipeline's run directory: its bench writes to <run>/bench
+    doc = written(run / "bench", {})
+    assert doc["out_dir"] == str(run)
+    assert doc["targets"]["cpu-throughput"]["rebuild"] == ["vggc export v.pt --out $OUT/v.onnx",
+                                                           "vggc quantize $OUT/v.onnx --out $OUT/v_int8.onnx"]
+    assert "```sh\n" + out_line(str(run)) + "\nvggc export" in (run / "bench" / "report.md").read_text()
+    assert ctx_out_dir({"run_out": "runs/x"}, run / "bench") == "runs/x"  # recorded by the run: it wins
+    assert ctx_out_dir({}, tmp_path / "plain") is None

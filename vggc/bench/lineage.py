@@ -4,7 +4,7 @@ so a smoke budget (one epoch on 1,000 images) is never mistaken for what the met
 A pruned or distilled state_dict's manifest records its fine-tune / distillation budget; files made
 from it (its ONNX export, its INT8 files) point back at it through ``inputs.source``, which is
 followed a few links up. :func:`ancestors` is that walk (the rebuild commands of
-:mod:`vggc.bench.answer` follow it too, over more input roles).
+:mod:`vggc.bench.rebuild` follow it too, over more input roles).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 
 import click
 
@@ -132,6 +133,6 @@ def command(models, data, batch, backends, baseline, quick, limit, threads, out,
                        + " -- name them in --backends or use --backends all")
         click.echo(f"wrote {', '.join(ctx.get('outputs', {}).values())}")
         click.echo("")
-        click.echo("\n".join(screen_lines(answer(list(rows), ctx_budget(ctx), ctx_out_dir(ctx)))))
+        click.echo("\n".join(screen_lines(answer(list(rows), ctx_budget(ctx), ctx_out_dir(ctx, Path(out))))))
     if not any(r["status"] == "ok" for r in rows):
         raise VggcError("no (model, backend) row could run here; see the reasons above and in results.json")
