@@ -136,6 +136,7 @@ def test_answer_reads_the_out_dir_off_dollar_out_commands():
     rows[1]["path"] = "elsewhere.onnx"
     md = "\n".join(markdown_section(answer(rows)))
     assert "```sh\n# set OUT to the run's --out (not recorded)\nvggc export" in md
+    assert screen_lines(answer(rows))[1] == "  (set OUT to the run's --out before the commands below: it is not recorded)"
 
 
 def _marker(run: Path, step: str, outputs: list[str], command: str | None, digest: str | None = None) -> None:

@@ -215,10 +215,9 @@ def _budget_text(doc: dict) -> str:
 
 
 def _out_text(doc: dict) -> str | None:
-    """Return the line that sets ``OUT`` for the commands (``None`` when none names ``$OUT``); a
-    shell comment when the run's directory is not known."""
-    parts = [doc, doc.get("at_98pct") or {}]
-    if not any(uses_out(s["rebuild"]) for p in parts for s in (p.get("targets") or {}).values() if s):
+    """Return the line that sets ``OUT`` for the commands the screen prints (the targets'; ``None``
+    when none names ``$OUT``); a shell comment when the run's directory is not known."""
+    if not any(uses_out(s["rebuild"]) for s in doc["targets"].values() if s):
         return None
     return out_line(doc["out_dir"]) if doc.get("out_dir") else "# set OUT to the run's --out (not recorded)"
 
@@ -236,8 +235,9 @@ def screen_lines(doc: dict) -> list[str]:
         return ["the answer: none (no baseline row ran, so there is no top-1 budget)"]
     lines = [f"the answer ({_budget_text(doc)}):"]
     out = _out_text(doc)
-    lines += [f"  $ {out}" + ("   # the run's --out: the $OUT of the commands below" if doc.get("out_dir") else "")
-              ] if out else []
+    if out:
+        lines.append(f"  $ {out}   # the run's --out: the $OUT of the commands below" if doc.get("out_dir")
+                     else "  (set OUT to the run's --out before the commands below: it is not recorded)")
     wide = doc["at_98pct"]
     for t, s in doc["targets"].items():
         lines.append(f"  {t}: " + (headline(s, t, doc) if s else f"none: {doc['reasons'][t]}"))
