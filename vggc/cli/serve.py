@@ -11,7 +11,8 @@ from vggc.cli.common import emit_json
 
 
 def _echo_states(server) -> None:
-    for m in server.model_states():
+    asked = {*server.load, *server.skipped}
+    for m in (m for m in server.model_states() if m["name"] in asked):
         reason = f"  ({m['reason']})" if m.get("reason") else ""
         click.echo(f"  {m['name']:<32} {m['state']}{reason}")
 

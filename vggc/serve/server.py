@@ -263,17 +263,16 @@ class TritonServer:
 
     # ------------------------------------------------------------------ queries
     def model_states(self) -> list[dict]:
-        """The server's ``/v2/repository/index``: ``name``, ``version``, ``state`` (READY / UNAVAILABLE / ...) and
-        ``reason`` per model it knows, plus the skipped ones (state ``SKIPPED``, with vggc's reason)."""
+        """The server's ``/v2/repository/index``: ``name``, ``version``, ``state`` (READY / UNAVAILABLE / ...; UNKNOWN
+        for a model of the repository that was not asked for) and ``reason`` per model, the skipped ones as state
+        ``SKIPPED`` with vggc's reason."""
         req = urllib.request.Request(f"{self.http_url}/v2/repository/index", data=b"{}", method="POST",
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10.0) as r:
             index = json.loads(r.read().decode())
         states = [{"name": m.get("name"), "version": m.get("version"), "state": m.get("state", "UNKNOWN"),
-                   "reason": m.get("reason", "")} for m in index]
-        known = {m["name"] for m in states}
-        return states + [{"name": n, "version": None, "state": "SKIPPED", "reason": r}
-                         for n, r in self.skipped.items() if n not in known]
+                   "reason": m.get("reason", "")} for m in index if m.get("name") not in self.skipped]
+        return states + [{"name": n, "version": None, "state": "SKIPPED", "reason": r} for n, r in self.skipped.items()]
 
     def metadata(self) -> dict:
         """The server's ``/v2`` metadata (``name``, ``version``, ``extensions``)."""
