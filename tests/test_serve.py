@@ -192,15 +192,22 @@ def test_loadtest_counts_match_server_stats_and_batcher_merges(server):
     assert s["inference_count"] == 48 and s["execution_count"] < 48 and s["mean_batch"] > 1
 
 
-def test_loadtest_cli_json_out_and_unknown_model(server, tmp_path):
+def test_loadtest_cli_json_out_reference_and_unknown_model(server, repo, tmp_path):
     out = tmp_path / "lt.json"
     res = run("loadtest", server.grpc_url, "tiny_py", "--concurrency", "1,2", "--requests", "10", "--warmup", "2",
-              "--out", out)
+              "--reference", repo["onnx"], "--reference-threads", "1", "--out", out)
     assert res.exit_code == 0, res.output
     assert "Triton + python backend + ORT CPU" in res.output and "mean batch" in res.output
+    assert "in-process onnxruntime-cpu, batch 64" in res.output
     doc = json.loads(out.read_text())
     assert [r["concurrency"] for r in doc["levels"]] == [1, 2] and doc["kind"] == "triton-loadtest"
     assert doc["cpu"] and doc["stats_source"].startswith("Triton ModelStatistics")
+    ref = doc["reference"]
+    assert ref["before"]["backend"] == "onnxruntime-cpu" and ref["before"]["batch"] == 64
+    assert ref["throughput_ips"] == pytest.approx((ref["before"]["throughput_ips"] + ref["after"]["throughput_ips"]) / 2,
+                                                  abs=0.01)
+    for r in doc["levels"]:
+        assert r["served_vs_inprocess"] == pytest.approx(r["throughput_ips"] / ref["throughput_ips"], rel=1e-3)
     res = run("loadtest", server.grpc_url, "no_such_model", "--requests", "1")
     assert_one_line_error(res, 1, "no_such_model")
     assert server.running()

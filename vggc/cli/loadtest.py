@@ -35,6 +35,11 @@ def _table(res: dict) -> None:
                    f"{s['execution_count']:>7} {_fmt(s['mean_batch'], '.2f'):>10} "
                    f"{_fmt(s['mean_requests_per_execution'], '.2f'):>8}" + ("  (deadline hit)" if r["hit_deadline"]
                                                                            else ""))
+    ref = res.get("reference")
+    if ref:
+        click.echo(f"{ref['label']}: {ref['throughput_ips']:.1f} img/s (before {ref['before']['throughput_ips']:.1f}, "
+                   f"after {ref['after']['throughput_ips']:.1f}); served/in-process at concurrency "
+                   + ", ".join(f"{r['concurrency']}: {r['served_vs_inprocess']:.2f}" for r in res["levels"]))
 
 
 @click.command("loadtest")
@@ -58,11 +63,16 @@ def _table(res: dict) -> None:
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="With --data: a class-balanced subset of this many test images (default all).")
 @preprocess_options
+@click.option("--reference", type=click.Path(dir_okay=False, exists=True, path_type=str), default=None,
+              help="The served file (.xml / .onnx): also time it in-process (vggc's openvino-cpu / onnxruntime-cpu "
+                   "runner, batch 64) just before and after the levels, and report served / in-process throughput.")
+@click.option("--reference-threads", type=click.IntRange(1, 512), default=None,
+              help="Threads of the in-process reference (default: all cores).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write the result JSON here (atomically).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object instead of the table.")
 def command(url, model, concurrency, requests, deadline, timeout, batch, warmup, seed, data, limit, mean, std,
-            input_size, out, as_json):
+            input_size, reference, reference_threads, out, as_json):
     """Load-test MODEL on the Triton server at URL (gRPC HOST:PORT, loopback only, e.g. the gRPC URL
     `vggc serve` prints): at each --concurrency C, C client threads send a fixed-seed input until
     --requests requests are done or --deadline passes, each with a --timeout. Reports throughput, latency
@@ -88,7 +98,8 @@ def command(url, model, concurrency, requests, deadline, timeout, batch, warmup,
         from vggc.serve.loadtest import run_loadtest
 
         res = run_loadtest(url, model, concurrency=concurrency, requests=requests, deadline_s=deadline or 60.0,
-                           timeout_s=timeout, batch=batch or 1, warmup=warmup, seed=seed)
+                           timeout_s=timeout, batch=batch or 1, warmup=warmup, seed=seed, reference=reference,
+                           reference_threads=reference_threads)
     if out:
         write_json(out, res)
     if as_json:

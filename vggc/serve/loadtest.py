@@ -232,14 +232,25 @@ def _input(facts: dict, batch: int, seed: int) -> np.ndarray:
     return rng.standard_normal([batch, *facts["input"]["dims"]]).astype(_NP_TYPES[dt])
 
 
+def _with_reference(res: dict, before: dict, after: dict) -> dict:
+    ips = round((before["throughput_ips"] + after["throughput_ips"]) / 2, 2)
+    for row in res["levels"]:
+        row["served_vs_inprocess"] = round(row["throughput_ips"] / ips, 4) if row["throughput_ips"] else None
+    return {**res, "reference": {"label": f"in-process {before['backend']}, batch {before['batch']}",
+                                 "throughput_ips": ips, "before": before, "after": after}}
+
+
 def run_loadtest(url: str, model: str, *, concurrency=DEFAULT_CONCURRENCY, requests: int = 2000,
                  deadline_s: float = 60.0, timeout_s: float = 10.0, batch: int = 1, warmup: int = 20,
-                 seed: int = 0, progress=None) -> dict:
+                 seed: int = 0, reference=None, reference_threads: int | None = None, progress=None) -> dict:
     """Run the bounded load test of ``model`` at ``url`` (loopback only) at each ``concurrency``; return
     ``url``, ``model``, the model's facts (:func:`model_facts`: ``label``, ``server``, ...), ``cpu``, the settings
     and ``levels`` (one row per concurrency: requests, seconds, throughput_rps/ips, latency_p50/p95/p99_ms,
     hit_deadline, server_stats). ``warmup`` requests (at the first concurrency, not counted) go first.
-    ``progress(row)`` is called after each level."""
+    ``reference``: the served file, timed in-process at batch 64 just before and after the levels
+    (:func:`vggc.serve.reference.reference_throughput`); then ``reference`` and each row's
+    ``served_vs_inprocess`` (served images/s over the mean in-process images/s). ``progress(row)`` is called
+    after each level."""
     from vggc.cpu import cpu_model
 
     url = check_loopback(url)
@@ -250,6 +261,10 @@ def run_loadtest(url: str, model: str, *, concurrency=DEFAULT_CONCURRENCY, reque
         raise InputError("--deadline and --timeout must be > 0")
     facts = model_facts(url, model)
     x = _input(facts, batch, seed)
+    if reference is not None:
+        from vggc.serve.reference import reference_throughput
+
+        before = reference_throughput(reference, facts["runtime"], threads=reference_threads, seed=seed)
     if warmup:
         run_level(url, model, facts, x, concurrency=min(concurrency), requests=warmup, deadline_s=deadline_s,
                   timeout_s=timeout_s)
@@ -259,8 +274,14 @@ def run_loadtest(url: str, model: str, *, concurrency=DEFAULT_CONCURRENCY, reque
                                 deadline_s=deadline_s, timeout_s=timeout_s))
         if progress:
             progress(levels[-1])
-    return {"kind": "triton-loadtest", "url": url, "model": model, "label": facts["label"], "server": facts["server"],
-            "cpu": cpu_model(), "model_facts": facts, "stats_source": STATS_SOURCE,
-            "settings": {"requests": requests, "deadline_s": deadline_s, "timeout_s": timeout_s, "batch": batch,
-                         "warmup": warmup, "seed": seed, "concurrency": list(concurrency), "protocol": "grpc"},
-            "levels": levels}
+    res = {"kind": "triton-loadtest", "url": url, "model": model, "label": facts["label"], "server": facts["server"],
+           "cpu": cpu_model(), "model_facts": facts, "stats_source": STATS_SOURCE,
+           "settings": {"requests": requests, "deadline_s": deadline_s, "timeout_s": timeout_s, "batch": batch,
+                        "warmup": warmup, "seed": seed, "concurrency": list(concurrency), "protocol": "grpc"},
+           "levels": levels}
+    if reference is None:
+        return res
+    from vggc.serve.reference import reference_throughput
+
+    after = reference_throughput(reference, facts["runtime"], threads=reference_threads, seed=seed)
+    return _with_reference(res, before, after)
