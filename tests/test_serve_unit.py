@@ -178,3 +178,23 @@ def test_served_file_facts_match_local_runtime(files):
         outs.append(r.predict(x))
         r.close()
     assert torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
+def test_openvino_template_splits_batches_into_static_power_of_two_chunks(monkeypatch):
+    """The OpenVINO model.py runs a merged batch as power-of-two chunks that cover every row exactly once."""
+    import importlib.util
+    import sys
+    import types
+
+    from vggc.serve.pymodels import TEMPLATES
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    spec = importlib.util.spec_from_file_location("vggc_ov_template", TEMPLATES["openvino"])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sizes = [256, 128, 64, 32, 16, 8, 4, 2, 1]
+    assert mod._chunks(37, sizes) == [(0, 32), (32, 4), (36, 1)]
+    assert mod._chunks(256, sizes) == [(0, 256)] and mod._chunks(1, sizes) == [(0, 1)]
+    for n in range(1, 257):
+        chunks = mod._chunks(n, sizes)
+        assert sum(s for _, s in chunks) == n and all(a + s == b for (a, s), (b, _) in zip(chunks, chunks[1:]))
