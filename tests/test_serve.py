@@ -294,3 +294,29 @@ def test_serve_cli_prints_urls_and_stops_on_sigterm(repo):
     listed = [ln.split() for ln in ("".join(lines) + out).splitlines() if ln.startswith("  ") and "://" not in ln]
     assert ["tiny_ir_py", "READY"] in listed and not any(r[0] == "tiny_py" for r in listed)  # only what was asked
     assert not Path(f"/proc/{pid}").exists(), "tritonserver still running after vggc serve stopped"
+
+
+def test_server_dies_with_a_killed_parent(repo):
+    """A vggc process SIGKILLed while serving (no chance to stop its server) leaves no tritonserver behind."""
+    code = ("import sys, time\nfrom vggc.serve.server import TritonServer\n"
+            f"s = TritonServer({str(repo['repo'])!r}, models=['tiny_ir_py'], gpu=False).start()\n"
+            "print(s.proc.pid, flush=True)\ntime.sleep(120)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        pid = int(parent.stdout.readline() or 0)
+        assert pid and Path(f"/proc/{pid}").exists()
+    finally:
+        parent.kill()
+        parent.wait(timeout=30)
+
+    def alive() -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except FileNotFoundError:
+            return False
+
+    end = time.monotonic() + 30
+    while alive() and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not alive(), f"tritonserver {pid} outlived its killed parent"

@@ -10,7 +10,9 @@
 * ``--exit-on-error false`` and ``--strict-readiness false``: a model that fails to load (a corrupt
   file, a missing backend) is reported with Triton's reason while the others serve;
 * its own process group and session, so :meth:`TritonServer.stop` can end it and its python-backend
-  stubs together: SIGTERM to the group, a bounded wait, then SIGKILL.
+  stubs together: SIGTERM to the group, a bounded wait, then SIGKILL;
+* ``PR_SET_PDEATHSIG``: it gets SIGTERM when the thread that started it dies (a killed ``vggc serve`` or
+  test run leaves no server behind), so start it from a thread that outlives it.
 
 ``wait_ready`` polls ``/v2/health/ready`` until a deadline; :meth:`TritonServer.model_states` is the
 server's ``/v2/repository/index`` (state and reason per model). The server's log goes to a file in
@@ -99,6 +101,17 @@ def plan_models(repo, models: list[str] | None = None, gpu: bool | None = None) 
     return load, skipped
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the thread that started it dies (Linux PR_SET_PDEATHSIG), so a
+    killed vggc (or test run) does not leave a tritonserver behind. Best effort: ignored where prctl is absent."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _server_env(bundle) -> dict:
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(bundle.libs), env.get("LD_LIBRARY_PATH")) if p)
@@ -169,7 +182,7 @@ class TritonServer:
             with open(self.log_path, "wb") as log:
                 self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, env=_server_env(self.bundle),
-                                             start_new_session=True)
+                                             start_new_session=True, preexec_fn=_die_with_parent)
             self.wait_ready(self.ready_timeout)
         except BaseException:
             self.stop()
