@@ -9,12 +9,19 @@ import click
 
 from vggc.cli.common import emit_json
 
+NO_BACKEND_HINT = ("the bundled tritonserver has only the python backend: `vggc triton-add REPO FILE` serves an "
+                   ".onnx/.xml on ORT/OpenVINO inside it, or pass --backends DIR with the missing backend")
+
 
 def _echo_states(server) -> None:
     asked = {*server.load, *server.skipped}
+    hint = False
     for m in (m for m in server.model_states() if m["name"] in asked):
         reason = f"  ({m['reason']})" if m.get("reason") else ""
         click.echo(f"  {m['name']:<32} {m['state']}{reason}")
+        hint = hint or "unable to find backend library" in (m.get("reason") or "")
+    if hint:
+        click.echo(f"note: {NO_BACKEND_HINT}", err=True)
 
 
 def _raise_interrupt(signum, frame):
