@@ -151,6 +151,15 @@ def test_loopback_urls_accepted():
     assert check_loopback("[::1]:8001") == "[::1]:8001"
     with pytest.raises(InputError, match="expected HOST:PORT"):
         check_loopback("127.0.0.1")
+    with pytest.raises(InputError, match="speaks gRPC"):
+        check_loopback("http://127.0.0.1:8000")
+
+
+def test_loadtest_no_server_one_line_error():
+    from vggc.serve.server import free_port
+
+    res = run("loadtest", f"127.0.0.1:{free_port()}", "m", "--requests", "1")
+    assert_one_line_error(res, 1, "127.0.0.1:")
 
 
 def test_missing_extra_and_libpython_one_line(files, monkeypatch):

@@ -39,6 +39,8 @@ def check_loopback(url: str) -> str:
     """Return ``host:port`` for a gRPC ``url`` (``127.0.0.1:8001``, ``grpc://localhost:8001``, ``[::1]:8001``)
     whose host is a loopback address (every address a name resolves to); :class:`InputError` otherwise."""
     raw = url if "://" in url else f"grpc://{url}"
+    if not raw.startswith("grpc://"):
+        raise InputError(f"{url}: the load test speaks gRPC; give the gRPC HOST:PORT `vggc serve` prints")
     try:
         parts = urlsplit(raw)
         host, port = parts.hostname, parts.port
