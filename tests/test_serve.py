@@ -3,8 +3,8 @@
 The repository holds what vggc writes: ``tiny`` (``vggc export --triton --triton-instance cpu``, platform
 onnxruntime_onnx, loaded through the test-only Python-based backend tests/triton_backends/onnxruntime),
 ``tiny_py`` / ``tiny_ir_py`` (``vggc triton-add``: ORT / OpenVINO inside the python backend), ``tiny_batch``
-(a long queue delay, so the dynamic batcher must merge), ``broken`` (a corrupt model file: its load fails,
-the others serve) and ``tiny_trt`` (tensorrt_plan: skipped without a GPU). Every server started here is
+(a long queue delay, so the dynamic batcher must merge), ``broken`` / ``broken_ir`` (a corrupt ONNX file, a
+truncated IR .bin: their load fails with the reason, the others serve) and ``tiny_trt`` (tensorrt_plan: skipped without a GPU). Every server started here is
 stopped, and no process of its group survives (asserted). Skipped, with the reason, where the serve extra or
 libpython3.X is missing (`make test` installs both).
 """
@@ -65,6 +65,9 @@ def repo(tmp_path_factory):
                        max_queue_delay_us=300_000)
     write_python_model(r, d / "tiny.onnx", name="broken", instances=1, threads=1)
     (r / "broken" / "1" / "model.onnx").write_bytes(b"this is not an ONNX file" * 10)
+    write_python_model(r, d / "tiny_ir.xml", name="broken_ir", instances=1, threads=1)
+    weights = r / "broken_ir" / "1" / "model.bin"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated IR weights
     (r / "tiny_trt" / "1").mkdir(parents=True)
     (r / "tiny_trt" / "config.pbtxt").write_text('name: "tiny_trt"\nplatform: "tensorrt_plan"\nmax_batch_size: 8\n')
     return {"dir": d, "repo": r, "onnx": d / "tiny.onnx", "ir": d / "tiny_ir.xml", "model": model}
@@ -128,6 +131,7 @@ def test_model_states_broken_fails_with_reason_others_serve(server):
     assert states["broken"]["state"] == "UNAVAILABLE"
     assert "protobuf" in states["broken"]["reason"].lower() or "load model" in states["broken"]["reason"].lower(), \
         states["broken"]["reason"]
+    assert states["broken_ir"]["state"] == "UNAVAILABLE" and states["broken_ir"]["reason"], states["broken_ir"]
     assert states["tiny_trt"]["state"] == "SKIPPED" and "GPUs only" in states["tiny_trt"]["reason"]
     with pytest.raises(Exception, match="(?i)broken"):
         _infer(_grpc().InferenceServerClient(server.grpc_url), "broken", np.zeros((1, 3, 32, 32), np.float32))
@@ -262,7 +266,8 @@ def test_server_killed_mid_loadtest_client_stops_with_one_line(repo):
     assert "stopped answering" in box["error"] and "\n" not in box["error"], box
 
 
-def test_serve_cli_prints_urls_and_stops_on_sigterm(repo):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_serve_cli_prints_urls_and_stops_on_signal(repo, sig):
     cmd = [sys.executable, "-m", "vggc", "serve", str(repo["repo"]), "--model", "tiny_ir_py", "--model", "tiny_trt",
            "--ready-timeout", "120"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -282,7 +287,7 @@ def test_serve_cli_prints_urls_and_stops_on_sigterm(repo):
         assert grpc and grpc.startswith("127.0.0.1:") and pid, lines
         y = _infer(_grpc().InferenceServerClient(grpc), "tiny_ir_py", np.zeros((1, 3, 32, 32), np.float32))
         assert y.shape == (1, 10)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -23,7 +23,9 @@ back with ``google.protobuf.text_format`` against Triton's own ``ModelConfig`` p
 (``tritonclient.grpc.model_config_pb2``), so a config Triton would refuse is refused here too.
 
 A ``tensorrt_plan`` model only loads in a Triton whose TensorRT version built the engine (the
-same check ``vggc`` does at run time); see docs/gpu.md.
+same check ``vggc`` does at run time); see docs/gpu.md. A CPU model for Triton's python backend (an
+OpenVINO IR or ONNX run by OpenVINO / ONNX Runtime inside Triton) is written by
+:mod:`vggc.export.triton_python` (``vggc triton-add``); :mod:`vggc.serve` serves a repository.
 """
 
 from __future__ import annotations
