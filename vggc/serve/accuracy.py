@@ -16,7 +16,7 @@ import torch
 
 from vggc.errors import InputError, VggcError
 from vggc.progress import Progress, no_progress
-from vggc.serve.loadtest import _error_line, _grpc, check_loopback, model_facts
+from vggc.serve.loadtest import _error_line, _grpc, check_loopback, client, model_facts
 
 
 def _predict_chunks(url, model, facts, x: np.ndarray, batch: int, concurrency: int, timeout_s: float,
@@ -29,7 +29,7 @@ def _predict_chunks(url, model, facts, x: np.ndarray, batch: int, concurrency: i
     deadline = time.monotonic() + deadline_s
 
     def work():
-        client = g.InferenceServerClient(url)
+        c = client(url)
         try:
             while True:
                 with lock:
@@ -44,7 +44,7 @@ def _predict_chunks(url, model, facts, x: np.ndarray, batch: int, concurrency: i
                 inp = g.InferInput(facts["input"]["name"], list(chunk.shape), facts["input"]["datatype"])
                 inp.set_data_from_numpy(chunk)
                 try:
-                    res = client.infer(model, [inp], client_timeout=timeout_s)
+                    res = c.infer(model, [inp], client_timeout=timeout_s)
                 except Exception as err:  # noqa: BLE001 - any failure: one line, then stop
                     with lock:
                         state["error"] = state["error"] or _error_line(url, err, state["done"])
@@ -53,7 +53,7 @@ def _predict_chunks(url, model, facts, x: np.ndarray, batch: int, concurrency: i
                 with lock:
                     state["done"] += 1
         finally:
-            client.close()
+            c.close()
 
     threads = [threading.Thread(target=work, daemon=True) for _ in range(concurrency)]
     for t in threads:

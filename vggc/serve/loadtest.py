@@ -66,6 +66,12 @@ def _grpc():
     return grpcclient
 
 
+def client(url: str):
+    """A ``tritonclient.grpc`` client for ``url`` that never goes through an HTTP proxy (``grpc.enable_http_proxy``
+    0: a ``http_proxy``/``grpc_proxy`` in the environment must not reroute loopback traffic)."""
+    return _grpc().InferenceServerClient(url, channel_args=[("grpc.enable_http_proxy", 0)])
+
+
 def model_facts(url: str, model: str) -> dict:
     """The served model's config facts: ``input`` (name, datatype, dims), ``output`` name, ``backend``,
     ``platform``, ``runtime`` (python-backend models), ``max_batch_size``, ``instance_group``,
@@ -75,15 +81,14 @@ def model_facts(url: str, model: str) -> dict:
 
     from vggc.export.triton_python import served_label
 
-    g = _grpc()
-    client = g.InferenceServerClient(url)
+    c = client(url)
     try:
-        cfg = client.get_model_config(model, as_json=True, client_timeout=10.0)["config"]
-        server = client.get_server_metadata(as_json=True, client_timeout=10.0)
+        cfg = c.get_model_config(model, as_json=True, client_timeout=10.0)["config"]
+        server = c.get_server_metadata(as_json=True, client_timeout=10.0)
     except InferenceServerException as err:
         raise VggcError(f"{url}: {first_line(err.message() or str(err))}") from None
     finally:
-        client.close()
+        c.close()
     params = {k: v.get("string_value") for k, v in (cfg.get("parameters") or {}).items()}
     inp = cfg["input"][0]
     backend, platform = cfg.get("backend", ""), cfg.get("platform", "")
@@ -102,12 +107,11 @@ def model_facts(url: str, model: str) -> dict:
 def model_stats(url: str, model: str) -> dict:
     """The server's counters for ``model`` (all versions summed): ``execution_count``, ``inference_count``,
     ``success_count``, ``queue_ns``, ``compute_ns`` (compute_input + compute_infer + compute_output)."""
-    g = _grpc()
-    client = g.InferenceServerClient(url)
+    c = client(url)
     try:
-        doc = client.get_inference_statistics(model, as_json=True, client_timeout=10.0)
+        doc = c.get_inference_statistics(model, as_json=True, client_timeout=10.0)
     finally:
-        client.close()
+        c.close()
     tot = {"execution_count": 0, "inference_count": 0, "success_count": 0, "queue_ns": 0, "compute_ns": 0}
     for m in doc.get("model_stats", []):
         st = m.get("inference_stats", {})
@@ -168,7 +172,7 @@ def _worker(url: str, model: str, facts: dict, x: np.ndarray, timeout_s: float, 
     from tritonclient.utils import InferenceServerException
 
     g = _grpc()
-    client = g.InferenceServerClient(url)
+    c = client(url)
     try:
         inp = g.InferInput(facts["input"]["name"], list(x.shape), facts["input"]["datatype"])
         inp.set_data_from_numpy(x)
@@ -176,7 +180,7 @@ def _worker(url: str, model: str, facts: dict, x: np.ndarray, timeout_s: float, 
         while level.take():
             t0 = time.perf_counter()
             try:
-                client.infer(model, [inp], outputs=out, client_timeout=timeout_s)
+                c.infer(model, [inp], outputs=out, client_timeout=timeout_s)
             except InferenceServerException as err:
                 level.fail(_error_line(url, err, len(level.latencies)))
                 return
@@ -186,7 +190,7 @@ def _worker(url: str, model: str, facts: dict, x: np.ndarray, timeout_s: float, 
             with level.lock:
                 level.latencies.append(time.perf_counter() - t0)
     finally:
-        client.close()
+        c.close()
 
 
 def _run_threads(url, model, facts, x, concurrency, requests, deadline_s, timeout_s) -> tuple[_Level, float]:

@@ -42,6 +42,7 @@ HOST = "127.0.0.1"
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
 GPU_DEVICE = Path("/dev/nvidiactl")
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes through a proxy
 _TRITON_ERROR = re.compile(r"^E\d{4} ")  # glog error lines: E<mmdd> <time> ...
 
 
@@ -197,7 +198,7 @@ class TritonServer:
             if self.proc.poll() is not None:
                 raise VggcError(f"tritonserver exited with code {self.proc.returncode} at start: {self.log_error()}")
             try:
-                with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1.0) as r:
+                with _NO_PROXY.open(f"{self.http_url}/v2/health/ready", timeout=1.0) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, OSError):
@@ -281,7 +282,7 @@ class TritonServer:
         ``SKIPPED`` with vggc's reason."""
         req = urllib.request.Request(f"{self.http_url}/v2/repository/index", data=b"{}", method="POST",
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10.0) as r:
+        with _NO_PROXY.open(req, timeout=10.0) as r:
             index = json.loads(r.read().decode())
         states = [{"name": m.get("name"), "version": m.get("version"), "state": m.get("state", "UNKNOWN"),
                    "reason": m.get("reason", "")} for m in index if m.get("name") not in self.skipped]
@@ -289,7 +290,7 @@ class TritonServer:
 
     def metadata(self) -> dict:
         """The server's ``/v2`` metadata (``name``, ``version``, ``extensions``)."""
-        with urllib.request.urlopen(f"{self.http_url}/v2", timeout=10.0) as r:
+        with _NO_PROXY.open(f"{self.http_url}/v2", timeout=10.0) as r:
             return json.loads(r.read().decode())
 
     def facts(self) -> dict:
