@@ -325,3 +325,23 @@ def test_server_dies_with_a_killed_parent(repo):
     while alive() and time.monotonic() < end:
         time.sleep(0.2)
     assert not alive(), f"tritonserver {pid} outlived its killed parent"
+
+
+def test_port_taken_before_bind_gets_fresh_ports(repo, monkeypatch):
+    """A port that another process took between picking and binding: the server starts again on new ports."""
+    import socket
+
+    from vggc.serve import server as srv_mod
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken, real, calls = blocker.getsockname()[1], srv_mod.free_port, []
+    monkeypatch.setattr(srv_mod, "free_port", lambda: calls.append(1) or (taken if len(calls) == 1 else real()))
+    try:
+        with srv_mod.TritonServer(repo["repo"], models=["tiny_ir_py"], gpu=False) as s:
+            assert len(calls) == 4 and taken not in (s.http_port, s.grpc_port)
+            assert {m["name"]: m["state"] for m in s.model_states()}["tiny_ir_py"] == "READY"
+    finally:
+        blocker.close()
+    _no_stray(s)

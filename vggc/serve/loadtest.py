@@ -107,9 +107,13 @@ def model_facts(url: str, model: str) -> dict:
 def model_stats(url: str, model: str) -> dict:
     """The server's counters for ``model`` (all versions summed): ``execution_count``, ``inference_count``,
     ``success_count``, ``queue_ns``, ``compute_ns`` (compute_input + compute_infer + compute_output)."""
+    from tritonclient.utils import InferenceServerException
+
     c = client(url)
     try:
         doc = c.get_inference_statistics(model, as_json=True, client_timeout=10.0)
+    except InferenceServerException as err:
+        raise VggcError(f"{url}: statistics of {model}: {first_line(err.message() or str(err))}") from None
     finally:
         c.close()
     tot = {"execution_count": 0, "inference_count": 0, "success_count": 0, "queue_ns": 0, "compute_ns": 0}

@@ -41,6 +41,7 @@ from vggc.serve.bundle import assemble_backends, locate
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
+PORT_ATTEMPTS = 3  # starts with fresh ports when one was taken in the meantime
 GPU_DEVICE = Path("/dev/nvidiactl")
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes through a proxy
 _TRITON_ERROR = re.compile(r"^E\d{4} ")  # glog error lines: E<mmdd> <time> ...
@@ -179,16 +180,26 @@ class TritonServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="vggc-triton-"))
         try:
             assemble_backends(self.bundle, self.workdir / "backends", self.backends)
-            self.http_port, self.grpc_port = free_port(), free_port()
-            with open(self.log_path, "wb") as log:
-                self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, env=_server_env(self.bundle),
-                                             start_new_session=True, preexec_fn=_die_with_parent)
-            self.wait_ready(self.ready_timeout)
+            for attempt in range(PORT_ATTEMPTS):
+                self._spawn()
+                try:
+                    self.wait_ready(self.ready_timeout)
+                    return self
+                except VggcError:
+                    # another process took a port between free_port() and the server's bind: new ports
+                    if attempt + 1 == PORT_ATTEMPTS or self.running() or "already in use" not in self.log_error():
+                        raise
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _spawn(self) -> None:
+        self.http_port, self.grpc_port = free_port(), free_port()
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=_server_env(self.bundle),
+                                         start_new_session=True, preexec_fn=_die_with_parent)
 
     def wait_ready(self, timeout: float) -> None:
         """Poll ``/v2/health/ready`` until it answers 200, at most ``timeout`` seconds; :class:`VggcError`
