@@ -124,6 +124,9 @@ def test_plan_skips_gpu_only_models_visibly(files, tmp_path):
     (gpu2 / "1").mkdir(parents=True)
     (gpu2 / "config.pbtxt").write_text('name: "m_gpu"\nplatform: "onnxruntime_onnx"\n'
                                        'instance_group [ { kind: KIND_GPU } ]\n')
+    leftover = repo / ".tmp-cpu_model-x"  # a writer's temporary directory is never a model
+    leftover.mkdir()
+    (leftover / "config.pbtxt").write_text((repo / "cpu_model" / "config.pbtxt").read_text())
     load, skipped = plan_models(repo, gpu=False)
     assert load == ["cpu_model"]
     assert "tensorrt_plan model runs on GPUs only" in skipped["m_trt"]

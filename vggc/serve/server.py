@@ -60,12 +60,14 @@ def gpu_visible() -> bool:
 
 
 def repo_models(repo: Path) -> dict[str, dict | str]:
-    """Return each model directory of ``repo`` (one with a ``config.pbtxt``) -> its parsed config, or the
-    one-line reason it does not parse (Triton will then refuse it with its own reason)."""
+    """Return each model directory of ``repo`` (a visible one with a ``config.pbtxt``) -> its parsed config, or
+    the one-line reason it does not parse (Triton will then refuse it with its own reason)."""
     from vggc.export.triton import parse_pbtxt
 
     out: dict[str, dict | str] = {}
-    for d in sorted(p for p in repo.iterdir() if p.is_dir() and (p / "config.pbtxt").is_file()):
+    # hidden directories are a writer's temporary ones (vggc.artifacts.TMP_PREFIX, .old-*), never models
+    for d in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")
+                    and (p / "config.pbtxt").is_file()):
         try:
             out[d.name] = parse_pbtxt((d / "config.pbtxt").read_text())
         except ValueError as err:
