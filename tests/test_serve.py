@@ -212,6 +212,9 @@ def test_loadtest_cli_json_out_reference_and_unknown_model(server, repo, tmp_pat
                                                   abs=0.01)
     for r in doc["levels"]:
         assert r["served_vs_inprocess"] == pytest.approx(r["throughput_ips"] / ref["throughput_ips"], abs=1e-4)
+    res = run("loadtest", server.grpc_url, "tiny", "--concurrency", "1", "--requests", "3", "--warmup", "0", "--json")
+    assert res.exit_code == 0, res.output  # the exported ONNX model, on the test-only Python-based backend:
+    assert json.loads(res.stdout)["label"] == "Triton + Python-based onnxruntime backend (model.py)"  # said so
     res = run("loadtest", server.grpc_url, "no_such_model", "--requests", "1")
     assert_one_line_error(res, 1, "no_such_model")
     assert server.running()

@@ -92,8 +92,12 @@ def model_facts(url: str, model: str) -> dict:
     params = {k: v.get("string_value") for k, v in (cfg.get("parameters") or {}).items()}
     inp = cfg["input"][0]
     backend, platform = cfg.get("backend", ""), cfg.get("platform", "")
-    label = served_label(params["runtime"]) if backend == "python" and params.get("runtime") else \
-        f"Triton + {backend or platform} backend"
+    if backend == "python" and params.get("runtime"):
+        label = served_label(params["runtime"])
+    elif str(cfg.get("runtime", "")).endswith(".py"):  # a Python-based backend (its model.py), not the C++ one
+        label = f"Triton + Python-based {backend} backend ({cfg['runtime']})"
+    else:
+        label = f"Triton + {backend or platform} backend"
     return {"server": f"{server.get('name', 'triton')} {server.get('version', '?')}", "model": model,
             "backend": backend, "platform": platform, "runtime": params.get("runtime"),
             "input": {"name": inp["name"], "datatype": inp["data_type"].removeprefix("TYPE_"),
