@@ -17,7 +17,8 @@ from vggc.cli.common import emit_json
               help="What runs the file inside Triton's python backend (default: openvino for .xml, onnxruntime "
                    "for .onnx).")
 @click.option("--instances", type=click.IntRange(1, 256), default=None,
-              help="instance_group count (KIND_CPU). Default: 2 from 4 physical cores up, else 1.")
+              help="instance_group count (KIND_CPU). Default: 2 from 4 physical cores up, else 1 (the cores of "
+                   "the machine running triton-add: run it where the model is served, or set both options).")
 @click.option("--threads", type=click.IntRange(1, 512), default=None,
               help="Runtime threads per instance. Default: the physical cores split between the instances.")
 @click.option("--max-batch", type=click.IntRange(1, 65536), default=256, show_default=True,
