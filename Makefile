@@ -9,7 +9,7 @@ WEIGHTS ?= $(or $(VGGC_WEIGHTS),../shared/models/vgg16_bn_cifar10.pt)
 DATA    ?= $(or $(VGGC_DATA),../shared/data/cifar10-jpeg)
 OUT     ?= artifacts
 
-.PHONY: install test test-fast demo bench lint clean
+.PHONY: install install-serve test test-fast demo bench lint clean
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[cpu,dev]'
 	touch $@
 
-test: install
+# The serving tests (tests/test_serve.py, marker `serve`) start the tritonserver of the serve extra; install-serve
+# brings the extra and, as root, the system libpython3.X it needs (else those tests skip with the reason).
+install-serve: $(VENV)/.installed-serve
+
+$(VENV)/.installed-serve: $(VENV)/.installed scripts/install_serve.sh
+	@bash scripts/install_serve.sh $(BIN)/python $@
+
+test: install install-serve
 	$(BIN)/python -m pytest -q
 
 test-fast: install

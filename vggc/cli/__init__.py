@@ -25,6 +25,9 @@ COMMANDS = {
     "engine": "engine",
     "bench": "bench",
     "pipeline": "pipeline",
+    "serve": "serve",
+    "triton_add": "triton-add",
+    "loadtest": "loadtest",
 }
 
 

@@ -23,7 +23,9 @@ back with ``google.protobuf.text_format`` against Triton's own ``ModelConfig`` p
 (``tritonclient.grpc.model_config_pb2``), so a config Triton would refuse is refused here too.
 
 A ``tensorrt_plan`` model only loads in a Triton whose TensorRT version built the engine (the
-same check ``vggc`` does at run time); see docs/gpu.md.
+same check ``vggc`` does at run time); see docs/gpu.md. A CPU model for Triton's python backend (an
+OpenVINO IR or ONNX run by OpenVINO / ONNX Runtime inside Triton) is written by
+:mod:`vggc.export.triton_python` (``vggc triton-add``); :mod:`vggc.serve` serves a repository.
 """
 
 from __future__ import annotations
@@ -249,8 +251,13 @@ def _engine_io(engine: Path) -> dict:
             "gpu": (man.get("build_environment") or {}).get("gpu")}
 
 
-def _write_model_dir(repo: Path, name: str, config: dict, model_src: Path, model_file: str, settings: dict) -> Path:
-    """Assemble ``repo/name`` in a temporary directory, then swap it in."""
+def _write_model_dir(repo: Path, name: str, config: dict, model_src: Path, model_file: str, settings: dict,
+                     extra_files: dict | None = None, check=None) -> Path:
+    """Assemble ``repo/name`` in a temporary directory, then swap it in; return the model directory.
+
+    ``model_src`` is copied to ``1/<model_file>``, each ``extra_files`` entry (path in the model
+    directory -> source file) beside it; ``check(tmp_dir)`` runs on the assembled directory before
+    the swap (it raises to refuse it)."""
     final = repo / name
     if final.exists() and not final.is_dir():
         raise InputError(f"--triton {repo}: {final} exists and is not a directory")
@@ -259,13 +266,18 @@ def _write_model_dir(repo: Path, name: str, config: dict, model_src: Path, model
     try:
         (tmp / "1").mkdir()
         shutil.copyfile(model_src, tmp / "1" / model_file)
+        for rel, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / rel)
         cfg = tmp / "config.pbtxt"
         text = to_pbtxt(config)
         checked = schema_check(text)
         cfg.write_text(text)
         write_manifest(cfg, kind="triton-model", inputs={"model": model_src}, settings=settings,
-                       extra={"model": name, "platform": config["platform"], "model_file": f"1/{model_file}",
-                              "max_batch_size": config["max_batch_size"], "schema_check": checked})
+                       extra={"model": name, "platform": config.get("platform") or f"backend {config['backend']}",
+                              "model_file": f"1/{model_file}", "max_batch_size": config["max_batch_size"],
+                              "schema_check": checked})
+        if check is not None:
+            check(tmp)
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".old-{name}-", dir=repo))
             os.replace(final, old / name)
