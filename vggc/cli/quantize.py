@@ -51,6 +51,10 @@ def _mb(n: int | None) -> str:
               help="Seed for the calibration subset and the --eval-limit subset.")
 @click.option("--opset", type=int, default=None,
               help="ONNX opset of the export (onnxruntime backend only; 18..23, default 18).")
+@click.option("--fp32-onnx", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="FILE",
+              help="--backend onnxruntime/openvino: quantize this FP32 ONNX (written by `vggc export` from the same "
+                   "WEIGHTS; checked against its manifest FILE.json: source SHA-256, FP32, preprocessing, opset) "
+                   "instead of exporting WEIGHTS again. The manifest records that it was reused.")
 @click.option("--eval-limit", type=click.IntRange(1), default=None,
               help="Evaluate on a class-balanced subset of this many test images (default: all 10,000).")
 @click.option("--no-eval", is_flag=True,
@@ -87,7 +91,7 @@ def _mb(n: int | None) -> str:
               help="Print one JSON object: path, size_bytes, fp32_size_bytes, size_ratio, quantized_conv, "
                    "quantized_linear, top1, fp32_top1, delta_pt, retention (fractions 0-1), notes, ...")
 def command(weights, mode, backend, data, out, calib_size, calib_method, per_channel, reduce_range, seed, opset,
-            eval_limit, no_eval, eval_backend, preset, fast_bias_correction, batch_size, max_drop, max_fp32_layers,
+            fp32_onnx, eval_limit, no_eval, eval_backend, preset, fast_bias_correction, batch_size, max_drop, max_fp32_layers,
             mean, std, input_size, threads, as_json):
     """Quantize WEIGHTS (a state_dict .pt) to INT8 and evaluate it next to the FP32 source.
 
@@ -102,7 +106,7 @@ def command(weights, mode, backend, data, out, calib_size, calib_method, per_cha
     from vggc.progress import tqdm_progress
 
     check_settings(mode=mode, backend=backend, out=out, data=data, calib_size=calib_size, calib_method=calib_method,
-                   per_channel=per_channel, opset=opset, weights=weights, preset=preset)
+                   per_channel=per_channel, opset=opset, weights=weights, preset=preset, fp32_onnx=fp32_onnx)
     n_threads = set_threads(threads)
     eb = None if eval_backend == "auto" else eval_backend
     res = quantize(weights, mode=mode, backend=backend, out=out, data=data, calib_size=calib_size,
@@ -110,7 +114,7 @@ def command(weights, mode, backend, data, out, calib_size, calib_method, per_cha
                    opset=opset, eval_limit=eval_limit, evaluate=not no_eval, eval_batch_size=batch_size,
                    threads=n_threads, mean=mean, std=std, input_size=input_size, eval_backend=eb,
                    preset=preset, fast_bias_correction=fast_bias_correction, max_drop=max_drop,
-                   max_fp32_layers=max_fp32_layers, progress=tqdm_progress)
+                   max_fp32_layers=max_fp32_layers, fp32_onnx=fp32_onnx, progress=tqdm_progress)
     if as_json:
         emit_json(res)
         return

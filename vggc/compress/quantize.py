@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -72,7 +71,8 @@ def resolve_reduce_range(reduce_range: bool | None) -> bool:
 
 
 def check_settings(*, mode: str, backend: str, out, data, calib_size: int, calib_method: str | None,
-                   per_channel: bool, opset: int | None, weights=None, preset: str = "performance") -> str:
+                   per_channel: bool, opset: int | None, weights=None, preset: str = "performance",
+                   fp32_onnx=None) -> str:
     """Validate the options that need no data; return the calibration method to use. One-line
     :class:`InputError` for every bad combination (the CLI calls this before any heavy work)."""
     if mode not in MODES:
@@ -104,6 +104,11 @@ def check_settings(*, mode: str, backend: str, out, data, calib_size: int, calib
         from vggc.export.onnx import check_opset
 
         check_opset(opset)
+    if fp32_onnx is not None:
+        if backend == "torch":
+            raise InputError("--fp32-onnx applies to --backend onnxruntime/openvino (torch quantizes the state_dict)")
+        if not Path(fp32_onnx).is_file():
+            raise InputError(f"--fp32-onnx {fp32_onnx}: no such file")
     if backend == "torch" and mode == "static" and not per_channel:
         raise InputError("--per-tensor: the torch backend's X86 Inductor int8 lowering handles per-channel "
                          "weights only (per-tensor weights would run as float convolutions); use "
@@ -140,19 +145,79 @@ def _evaluate_runner(runner, data, preprocess, eval_limit, seed, batch_size, pro
         runner.close()
 
 
-# FP32 source accuracy per (source SHA-256, data, preprocess, subset): the pipeline and the tests quantize
-# one source several ways in one process; its FP32 evaluation is the same every time.
-_FP32_EVAL_CACHE: dict[tuple, object] = {}
-
-
-def _evaluate_source(model, source_sha, data, preprocess, eval_limit, seed, batch_size, progress):
+def _evaluate_source(model, data, preprocess, eval_limit, seed, batch_size, progress):
+    """Return the FP32 source's :class:`~vggc.evaluate.EvalResult` on the evaluation images."""
     from vggc.runtime import TorchRunner
 
-    key = (source_sha, str(Path(data).resolve()), json.dumps(preprocess.to_dict(), sort_keys=True), eval_limit, seed)
-    if key not in _FP32_EVAL_CACHE:
-        _FP32_EVAL_CACHE[key] = _evaluate_runner(TorchRunner(copy.deepcopy(model), "cpu", None, None), data,
-                                                 preprocess, eval_limit, seed, batch_size, progress)
-    return _FP32_EVAL_CACHE[key]
+    return _evaluate_runner(TorchRunner(copy.deepcopy(model), "cpu", None, None), data, preprocess, eval_limit, seed,
+                            batch_size, progress)
+
+
+def check_fp32_onnx(fp32_onnx, *, source_sha: str, preprocess, opset: int | None) -> dict:
+    """Check that ``fp32_onnx`` is vggc's FP32 ONNX export of the same weights (its manifest
+    ``<file>.json``: source SHA-256, FP32, preprocess, and ``opset`` when one was asked); return
+    ``{"path", "name", "sha256", "opset", "size_bytes"}``. One-line :class:`InputError` otherwise."""
+    from vggc.artifacts import read_json_object
+
+    path = Path(fp32_onnx)
+    what = f"--fp32-onnx {path}"
+    if not path.is_file():
+        raise InputError(f"{what}: no such file")
+    if path.suffix.lower() != ".onnx":
+        raise InputError(f"{what}: expected an .onnx file")
+    man_file = manifest_path(path)
+    if not man_file.is_file():
+        raise InputError(f"{what}: no manifest {man_file.name} beside it (pass a file written by vggc export)")
+    man = read_json_object(man_file, "manifest JSON")
+    sha = sha256_file(path)
+    if man.get("kind") != "onnx" or man.get("sha256") != sha:
+        raise InputError(f"{what}: its manifest {man_file.name} does not describe this file (stale or not vggc export's)")
+    got_source = ((man.get("inputs") or {}).get("source") or {}).get("sha256")
+    if got_source != source_sha:
+        raise InputError(f"{what}: exported from other weights (source sha256 {str(got_source)[:12]}, "
+                         f"weights {source_sha[:12]})")
+    if man.get("precision") != "fp32":
+        raise InputError(f"{what}: precision {man.get('precision')}, expected fp32")
+    if man.get("preprocess") != preprocess.to_dict():
+        raise InputError(f"{what}: exported with other preprocessing (mean/std/input size) than this quantization's")
+    file_opset = man.get("opset")
+    if opset is not None and file_opset != opset:
+        raise InputError(f"{what}: opset {file_opset}, but --opset {opset} was asked")
+    return {"path": str(path), "name": path.name, "sha256": sha, "opset": file_opset, "size_bytes": path.stat().st_size}
+
+
+def check_reference(reference: dict, *, data, eval_limit: int | None, seed: int, progress: Progress = no_progress
+                    ) -> float:
+    """Check that ``reference`` (the FP32 source's ``top1``, ``n``, ``eval_limit``, ``seed`` on the
+    evaluation images, computed elsewhere) was measured on this quantization's evaluation images;
+    return its ``top1``. One-line :class:`InputError` otherwise."""
+    from vggc.data import limit_split, load_split
+
+    if not isinstance(reference, dict) or not {"top1", "n", "eval_limit", "seed"} <= set(reference):
+        raise InputError("reference: needs top1, n, eval_limit and seed (the FP32 source on the evaluation images)")
+    if reference["eval_limit"] != eval_limit or reference["seed"] != seed:
+        raise InputError(f"reference: measured with eval_limit {reference['eval_limit']}, seed {reference['seed']}; "
+                         f"this quantization evaluates with eval_limit {eval_limit}, seed {seed}")
+    n = len(limit_split(load_split(data, "test", progress=progress), eval_limit, seed))
+    if reference["n"] != n:
+        raise InputError(f"reference: measured on {reference['n']} images, the evaluation split has {n}")
+    top1 = reference["top1"]
+    if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 1:
+        raise InputError(f"reference: top1 {top1!r} is not a fraction in 0..1")
+    return float(top1)
+
+
+class _Fp32Top1:
+    """The FP32 source's top-1 on the evaluation images: ``reference``'s when given, else measured
+    once (on first use) and kept."""
+
+    def __init__(self, reference_top1: float | None, measure):
+        self._top1, self._measure = reference_top1, measure
+
+    def __call__(self) -> float:
+        if self._top1 is None:
+            self._top1 = self._measure().top1
+        return self._top1
 
 
 def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: int = 1000,
@@ -162,6 +227,7 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
              threads: int | None = None, mean=None, std=None, input_size=None, eval_backend: str | None = None,
              preset: str = "performance", fast_bias_correction: bool = True,
              max_drop: float | None = None, max_fp32_layers: int | None = None,
+             fp32_onnx: str | Path | None = None, reference: dict | None = None,
              progress: Progress = no_progress) -> dict:
     """Quantize the state_dict ``weights`` to INT8 and write ``out`` (+ ``out.json``); return the facts.
 
@@ -181,6 +247,12 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     torch trials run the eager INT8 program, the written file is evaluated as usual); the manifest's
     ``quantization.budget`` lists what stayed FP32, why, and the backend it was checked on, and
     ``quantization.fp32_nodes`` the layers kept FP32 (ONNX node names; torch module names for torch).
+    ``fp32_onnx`` (onnxruntime/openvino): vggc export's FP32 ONNX of the same ``weights`` (checked
+    against its manifest by :func:`check_fp32_onnx`), quantized instead of exporting again; the
+    manifest's ``inputs.fp32_onnx`` and ``settings.fp32_onnx`` record it. ``reference``: the FP32
+    source's ``{"top1", "n", "eval_limit", "seed"}`` on the same evaluation images, measured elsewhere
+    (the pipeline's ``source_eval``; :func:`check_reference`): the budget's baseline and ``fp32_top1``
+    without evaluating the source again.
 
     Returned keys: ``path``, ``manifest``, ``mode``, ``backend``, ``precision`` (``int8``), ``format``,
     ``size_bytes``, ``fp32_size_bytes``, ``size_ratio``, ``calib_size``, ``calib_method``, ``seed``,
@@ -194,7 +266,7 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
 
     method = check_settings(mode=mode, backend=backend, out=out, data=data, calib_size=calib_size,
                             calib_method=calib_method, per_channel=per_channel, opset=opset, weights=weights,
-                            preset=preset)
+                            preset=preset, fp32_onnx=fp32_onnx)
     if eval_backend not in (None, "auto", *EVAL_BACKENDS[backend]):
         raise InputError(f"--eval-backend {eval_backend}: --backend {backend} files run on "
                          f"{', '.join(EVAL_BACKENDS[backend])}")
@@ -233,11 +305,21 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     if backend == "openvino":
         settings.update({"preset": preset, "fast_bias_correction": fast_bias_correction})
     source_sha = sha256_file(weights)
+    reused = None
+    if fp32_onnx is not None:
+        reused = check_fp32_onnx(fp32_onnx, source_sha=source_sha, preprocess=pre, opset=opset)
+        settings["fp32_onnx"] = {"name": reused["name"], "sha256": reused["sha256"]}
+        opset = reused["opset"]
+    ref_top1 = None
+    if reference is not None and (do_eval or max_drop is not None):
+        ref_top1 = check_reference(reference, data=data, eval_limit=eval_limit, seed=seed, progress=progress)
+        settings["fp32_reference"] = {"top1": ref_top1, "n": reference["n"]}
+    fp32_top1 = _Fp32Top1(ref_top1, lambda: _evaluate_source(model, data, pre, eval_limit, seed, eval_batch_size,
+                                                             progress))
     budget = None
     if max_drop is not None:
         settings.update({"max_drop_pt": max_drop, "max_fp32_layers": max_fp32_layers})
-        fp32_res = _evaluate_source(model, source_sha, data, pre, eval_limit, seed, eval_batch_size, progress)
-        budget = budget_search(fp32_res.top1, max_drop, max_fp32_layers, data, pre, eval_limit, seed,
+        budget = budget_search(fp32_top1(), max_drop, max_fp32_layers, data, pre, eval_limit, seed,
                                eval_batch_size, progress)
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(out))
@@ -249,7 +331,7 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
             q_facts, fp32_size = quantize_ir(model, tmp, tmp_bin, batches=batches, preset=preset,
                                              fast_bias_correction=fast_bias_correction, per_channel=per_channel,
                                              reduce_range=rr, preprocess=pre, opset=opset, progress=progress,
-                                             budget=budget, threads=threads)
+                                             budget=budget, threads=threads, fp32_onnx=reused and reused["path"])
             settings["opset"] = q_facts["opset"]
         elif backend == "onnxruntime":
             from vggc.compress.quantize_ort import quantize_to_file
@@ -257,7 +339,8 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
             q_facts, fp32_size = quantize_to_file(model, tmp, mode=mode, batches=batches, method=method,
                                                   per_channel=per_channel, reduce_range=rr, percentile=percentile,
                                                   opset=opset, preprocess=pre, arch=lm.name, progress=progress,
-                                                  budget=budget, threads=threads)
+                                                  budget=budget, threads=threads,
+                                                  fp32_onnx=reused and reused["path"])
             settings["opset"] = q_facts["opset"]
         else:
             from vggc.compress.quantize_torch import quantize_to_file
@@ -269,20 +352,16 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
         if do_eval:
             runner, used_backend = _open_for_eval(tmp, backend, pre, eval_batch_size, threads, eval_backend, tmp_bin)
             eval_res = _evaluate_runner(runner, data, pre, eval_limit, seed, eval_batch_size, progress)
-    fp32_res = None
-    if do_eval:
-        fp32_res = _evaluate_source(model, source_sha, data, pre, eval_limit, seed, eval_batch_size, progress)
-        if q_facts.get("budget"):  # torch trials run eagerly; the file may be evaluated compiled
-            notes.extend(filter(None, [final_budget_note(q_facts["budget"], eval_res.top1, fp32_res.top1,
-                                                         used_backend)]))
+    if do_eval and q_facts.get("budget"):  # torch trials run eagerly; the file may be evaluated compiled
+        notes.extend(filter(None, [final_budget_note(q_facts["budget"], eval_res.top1, fp32_top1(), used_backend)]))
 
     size = out.stat().st_size + (out.with_suffix(".bin").stat().st_size if backend == "openvino" else 0)
     metrics: dict = {"size_bytes": size, "fp32_size_bytes": fp32_size, "size_ratio": size / fp32_size,
                      "quantize_seconds": round(quantize_seconds, 2)}
     if eval_res is not None:
-        metrics.update({"top1": eval_res.top1, "fp32_top1": fp32_res.top1,
-                        "delta_pt": round(100 * (eval_res.top1 - fp32_res.top1), 3),
-                        "retention": eval_res.top1 / fp32_res.top1 if fp32_res.top1 else None,
+        metrics.update({"top1": eval_res.top1, "fp32_top1": fp32_top1(),
+                        "delta_pt": round(100 * (eval_res.top1 - fp32_top1()), 3),
+                        "retention": eval_res.top1 / fp32_top1() if fp32_top1() else None,
                         "eval_n": eval_res.n, "eval_split": "test", "eval_backend": used_backend,
                         "per_class": eval_res.per_class})
     fmt = {"onnxruntime": "onnx", "torch": "pt2", "openvino": "openvino-ir"}[backend]
@@ -302,7 +381,7 @@ def quantize(weights, *, mode: str, backend: str, out, data=None, calib_size: in
     else:
         extra.update({"dynamic_batch": True, "load": "import torchao; torch.export.load(path).module()",
                       "fast_backend": "torch-int8-compiled"})
-    inputs = {"source": weights}
+    inputs = {"source": weights, **({"fp32_onnx": reused["path"]} if reused else {})}
     if data and mode == "static":
         extra["calibration"]["data"] = str(data)
     write_manifest_or_remove(out, also=(out.with_suffix(".bin"),) if backend == "openvino" else (),

@@ -240,9 +240,10 @@ def require_ort() -> None:
 
 
 def quantize_to_file(model: nn.Module, tmp: Path, *, mode, batches, method, per_channel, reduce_range, percentile,
-                     opset, preprocess, arch, progress, budget=None, threads=None) -> tuple[dict, int]:
-    """Export ``model`` to FP32 ONNX, quantize it (``mode`` static/dynamic) and write the INT8 ONNX to
-    ``tmp``; return ``(facts, FP32 ONNX size in bytes)``. ``budget`` (static only): the
+                     opset, preprocess, arch, progress, budget=None, threads=None, fp32_onnx=None) -> tuple[dict, int]:
+    """Export ``model`` to FP32 ONNX (or use ``fp32_onnx``, an already checked FP32 export of it),
+    quantize it (``mode`` static/dynamic) and write the INT8 ONNX to ``tmp``; return ``(facts, FP32
+    ONNX size in bytes)``. ``budget`` (static only): the
     :func:`vggc.compress.quantize_budget.budget_search` runner that picks the nodes kept FP32
     (``facts["budget"]``)."""
     from vggc.compress.quantize_budget import ort_trials
@@ -251,8 +252,9 @@ def quantize_to_file(model: nn.Module, tmp: Path, *, mode, batches, method, per_
     require_ort()
     opset = opset or DEFAULT_OPSET
     with tempfile.TemporaryDirectory(prefix="vggc-quant-") as d:
-        fp32 = export_fp32(model, Path(d) / "fp32.onnx", input_size=preprocess.input_size, opset=opset,
-                           preprocess=preprocess)
+        fp32 = Path(fp32_onnx) if fp32_onnx else export_fp32(model, Path(d) / "fp32.onnx",
+                                                             input_size=preprocess.input_size, opset=opset,
+                                                             preprocess=preprocess)
         fp32_size = fp32.stat().st_size
         pre_path = preprocess_for_quant(fp32, Path(d) / "pre.onnx")
         q_path = Path(d) / "int8.onnx"

@@ -133,12 +133,13 @@ class NncfSettings:
 
 def quantize_ir(model: torch.nn.Module, xml: Path, weights: Path, *, batches: Sequence[torch.Tensor], preset: str,
                 fast_bias_correction: bool, per_channel: bool, reduce_range: bool, preprocess, opset: int | None,
-                progress, fp32_nodes: Sequence[str] = (), budget=None, threads: int | None = None
-                ) -> tuple[dict, int]:
+                progress, fp32_nodes: Sequence[str] = (), budget=None, threads: int | None = None,
+                fp32_onnx: Path | None = None) -> tuple[dict, int]:
     """NNCF-quantize ``model`` and write its IR to ``xml`` and ``weights`` (the caller's atomic temp
     paths); return ``(facts, size of the FP32 ONNX in bytes)``. ``fp32_nodes``: ONNX node names of the
     FP32 export kept FP32; ``budget``: the :func:`vggc.compress.quantize_budget.budget_search` runner
-    that chooses them instead (``facts["budget"]``)."""
+    that chooses them instead (``facts["budget"]``). ``fp32_onnx``: an already checked FP32 ONNX export
+    of ``model``, read instead of exporting again."""
     import openvino as ov
 
     from vggc.export.onnx import DEFAULT_OPSET, export_onnx
@@ -149,8 +150,10 @@ def quantize_ir(model: torch.nn.Module, xml: Path, weights: Path, *, batches: Se
                             per_channel=per_channel, reduce_range=reduce_range)
     nncf = nncf_run.nncf
     with tempfile.TemporaryDirectory(prefix="vggc-nncf-") as d:
-        fp32 = export_onnx(model, Path(d) / "fp32.onnx", input_size=preprocess.input_size,
-                           opset=opset or DEFAULT_OPSET, fp16=False, preprocess=preprocess)
+        fp32 = Path(fp32_onnx) if fp32_onnx else export_onnx(model, Path(d) / "fp32.onnx",
+                                                             input_size=preprocess.input_size,
+                                                             opset=opset or DEFAULT_OPSET, fp16=False,
+                                                             preprocess=preprocess)
         fp32_size = fp32.stat().st_size
         ov_model = read_model(fp32)
         chosen = None
