@@ -51,7 +51,7 @@ def _unnumbered(xml) -> str:
 
 def _no_source_eval(monkeypatch):
     """Make the FP32 source's evaluation raise: a given reference must replace it."""
-    import vggc.compress.quantize as core
+    import vggc.compress.quantize.core as core
 
     def boom(*a, **k):
         raise AssertionError("evaluated the FP32 source again")

@@ -5,9 +5,27 @@ from __future__ import annotations
 
 import click
 
+from vggc import formats
 from vggc.cli.common import data_option, emit_json, preprocess_options, set_threads, threads_option
-from vggc.compress.quantize import BACKENDS, CALIB_METHODS, MODES
-from vggc.compress.quantize_ov import PRESETS
+from vggc.compress.quantize import CALIB_METHODS, MODES
+from vggc.compress.quantize.backend_openvino import PRESETS
+
+
+class _TableChoice(click.Choice):
+    """A :class:`click.Choice` whose choices are read from the format table (:mod:`vggc.formats`) each
+    time, so a backend registered after this module was imported is offered too."""
+
+    def __init__(self, choices_of, **kw):
+        self._choices_of = choices_of
+        super().__init__(tuple(choices_of()), **kw)
+
+    @property
+    def choices(self):
+        return tuple(self._choices_of())
+
+    @choices.setter
+    def choices(self, _value) -> None:  # click.Choice.__init__ assigns it
+        pass
 
 
 def _mb(n: int | None) -> str:
@@ -21,7 +39,7 @@ def _mb(n: int | None) -> str:
                    "(needs --data); the mode that makes convolutions faster. dynamic: int8 weights, activations "
                    "quantized at run time, Linear layers ONLY (convs stay FP32: on a CIFAR VGG16 size and speed "
                    "barely change).")
-@click.option("--backend", type=click.Choice(BACKENDS), required=True,
+@click.option("--backend", type=_TableChoice(formats.quantize_backends), required=True,
               help="onnxruntime: exports ONNX (opset 18, dynamic batch) and writes a QDQ .onnx (static: "
                    "symmetric S8S8, also the input of `vggc engine --precision int8`; runs as QLinearConv). "
                    "torch: torchao PT2E (static, X86InductorQuantizer) or quantize_ (dynamic) saved as a "
@@ -60,8 +78,7 @@ def _mb(n: int | None) -> str:
 @click.option("--no-eval", is_flag=True,
               help="Skip the test-set evaluation of the INT8 file and the FP32 source (done by default "
                    "when --data is given).")
-@click.option("--eval-backend", type=click.Choice(["auto", "onnxruntime-cpu", "torch-int8-compiled",
-                                                   "torch-int8-eager", "openvino-cpu"]), default="auto",
+@click.option("--eval-backend", type=_TableChoice(lambda: ["auto", *formats.quantize_eval_backends()]), default="auto",
               show_default=True,
               help="Backend for the evaluation. auto: onnxruntime-cpu for .onnx; openvino-cpu for .xml; "
                    "torch-int8-compiled for .pt2 "
@@ -145,5 +162,5 @@ def command(weights, mode, backend, data, out, calib_size, calib_method, per_cha
     for note in res["notes"]:
         if note.startswith(("dynamic", "--max-drop")):
             click.echo(f"  NOTE: {note}")
-    if backend == "torch":
+    if backend == "torch":  # the one backend whose evaluation backend is chosen
         click.echo(f"  run fast with: vggc eval {res['path']} --backend torch-int8-compiled --data DIR")
