@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from vggc import formats
 from vggc.runtime import (
     FILE_PRECISION,
     Backend,
@@ -43,7 +44,7 @@ FORMAT = "pt2"
 
 
 def _is_pt2(path: Path) -> bool:
-    return path.suffix.lower() == ".pt2" and path.is_file()
+    return path.suffix.lower() in formats.get(FORMAT).suffixes and path.is_file()
 
 
 def describe_pt2(path: Path) -> ModelFile:

@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vggc import formats
 from vggc.errors import InputError, UnavailableError, VggcError, first_line
 
 PRESETS = ("performance", "mixed")
@@ -258,7 +259,7 @@ def manifest_extra(out: Path, facts: dict) -> dict:
     """Return the IR manifest's own keys: its ``.bin`` (name, SHA-256, size), how to load it."""
     from vggc.artifacts import sha256_file
 
-    bin_path = out.with_suffix(".bin")
+    bin_path = formats.get("openvino-ir").companion_paths(out)[0]
     return {"dynamic_batch": True, "weights_file": {"name": bin_path.name, "sha256": sha256_file(bin_path),
                                                     "size_bytes": bin_path.stat().st_size},
             "load": "openvino.Core().read_model(path)", "fast_backend": "openvino-cpu"}

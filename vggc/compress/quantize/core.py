@@ -130,7 +130,7 @@ def check_fp32_onnx(fp32_onnx, *, source_sha: str, preprocess, opset: int | None
     what = f"--fp32-onnx {path}"
     if not path.is_file():
         raise InputError(f"{what}: no such file")
-    if path.suffix.lower() != ".onnx":
+    if path.suffix.lower() not in formats.get("onnx").suffixes:
         raise InputError(f"{what}: expected an .onnx file")
     man_file = manifest_path(path)
     if not man_file.is_file():
