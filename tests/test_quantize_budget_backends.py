@@ -193,7 +193,8 @@ def test_search_ort_keeps_its_signature(outlier, tmp_path):
     it keeps layers FP32 until the budget fits."""
     from vggc.compress.quantize import backend_ort as qo
     from vggc.compress.quantize import calibration_batches
-    from vggc.compress.quantize.budget import quantizable_nodes, search_ort
+    from vggc.compress.quantize.backend_ort import search_ort
+    from vggc.compress.quantize.budget import quantizable_nodes
     from vggc.data import limit_split, load_split, resolve_preprocess
     from vggc.evaluate import evaluate
     from vggc.export.ort_backend import open_onnx_cpu

@@ -31,10 +31,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vggc.compress.quantize.budget import Trials
 
 from vggc import formats
 from vggc.errors import InputError, UnavailableError, VggcError, first_line
@@ -159,8 +162,6 @@ def quantize_ir(model: torch.nn.Module, xml: Path, weights: Path, *, batches: Se
         ov_model = read_model(fp32)
         chosen = None
         if budget is not None:
-            from vggc.compress.quantize.budget import ov_trials
-
             chosen = budget(ov_trials(fp32, ov_model, nncf_run, Path(d), threads, preprocess.input_size),
                             [b.float().numpy() for b in batches])
             fp32_nodes = chosen.excluded
@@ -185,6 +186,27 @@ def quantize_ir(model: torch.nn.Module, xml: Path, weights: Path, *, batches: Se
         shutil.copyfile(saved, xml)
         shutil.copyfile(saved.with_suffix(".bin"), weights)
     return facts, fp32_size
+
+
+def ov_trials(fp32_onnx: Path, ov_model, nncf_run, workdir: Path, threads: int | None, input_size: int
+              ) -> "Trials":
+    """Return the NNCF :class:`Trials` of vggc's FP32 ONNX export ``fp32_onnx`` (read as ``ov_model``):
+    layers are its ONNX node names; each trial runs ``nncf_run`` (a
+    :class:`vggc.compress.quantize.backend_openvino.NncfSettings`) with them in ``nncf.IgnoredScope``, saves the IR
+    in ``workdir`` and opens it on ``openvino-cpu``."""
+    import openvino as ov
+
+    from vggc.compress.quantize.budget import TRIAL_BACKENDS, Trials, quantizable_nodes
+    from vggc.export.openvino_backend import open_openvino
+
+    xml = Path(workdir) / "candidate.xml"
+
+    def open_with(excluded: list[str]):
+        ov.save_model(nncf_run.quantize(ov_model.clone(), excluded), str(xml), compress_to_fp16=False)
+        return open_openvino(xml, threads=threads, input_size=input_size)
+
+    return Trials(quantizable_nodes(fp32_onnx), open_with,
+                  lambda: open_openvino(fp32_onnx, threads=threads, input_size=input_size), TRIAL_BACKENDS["openvino"])
 
 
 @contextlib.contextmanager

@@ -28,11 +28,14 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vggc.compress.quantize.budget import BudgetResult, Trials
 
 from vggc.errors import UnavailableError, VggcError, first_line
 from vggc.limits import CALIB_METHODS
@@ -239,6 +242,48 @@ def require_ort() -> None:
 
 
 
+# ----------------------------------------------------------------------------- budget trials (--max-drop)
+
+class _OrtRunner:
+    """An ONNX Runtime CPU session that remembers the file it runs (for path-based evaluators)."""
+
+    def __init__(self, path: Path, threads: int | None):
+        from vggc.export.ort_backend import open_onnx_cpu
+
+        self.path, self._runner = Path(path), open_onnx_cpu(path, threads=threads)
+        self.predict = self._runner.predict
+
+    def close(self) -> None:
+        self._runner.close()
+
+
+def ort_trials(pre_path: Path, quantize: Callable[[Path, list[str]], None], workdir: Path,
+               threads: int | None = None) -> "Trials":
+    """Return the ONNX Runtime :class:`Trials` of a pre-processed FP32 ONNX model: ``quantize(out,
+    excluded)`` writes a QDQ model of ``pre_path`` keeping ``excluded`` (node names) in FP32, run on
+    ``onnxruntime-cpu`` from ``workdir/candidate.onnx``."""
+    from vggc.compress.quantize.budget import ORT_TRIAL_BACKEND, Trials, quantizable_nodes
+
+    candidate = Path(workdir) / "candidate.onnx"
+
+    def open_with(excluded: list[str]) -> _OrtRunner:
+        quantize(candidate, excluded)
+        return _OrtRunner(candidate, threads)
+
+    return Trials(quantizable_nodes(pre_path), open_with, lambda: _OrtRunner(pre_path, threads), ORT_TRIAL_BACKEND)
+
+
+def search_ort(pre_path: Path, arrays: Sequence[np.ndarray], *, quantize: Callable[[Path, list[str]], None],
+               top1_of: Callable[[Path], float], fp32_top1: float, max_drop_pt: float, workdir: Path,
+               threads: int | None = None, max_layers: int | None = None, progress=None) -> BudgetResult:
+    """:func:`search` with :func:`ort_trials`; ``top1_of(path)`` evaluates a QDQ file on the evaluation
+    images. Returns a :class:`~vggc.compress.quantize.budget.BudgetResult`."""
+    from vggc.compress.quantize.budget import search
+
+    return search(ort_trials(pre_path, quantize, workdir, threads), arrays, top1_of=lambda r: top1_of(r.path),
+                  fp32_top1=fp32_top1, max_drop_pt=max_drop_pt, max_layers=max_layers, progress=progress)
+
+
 def quantize_to_file(model: nn.Module, tmp: Path, *, mode, batches, method, per_channel, reduce_range, percentile,
                      opset, preprocess, arch, progress, budget=None, threads=None, fp32_onnx=None) -> tuple[dict, int]:
     """Export ``model`` to FP32 ONNX (or use ``fp32_onnx``, an already checked FP32 export of it),
@@ -246,7 +291,6 @@ def quantize_to_file(model: nn.Module, tmp: Path, *, mode, batches, method, per_
     ONNX size in bytes)``. ``budget`` (static only): the
     :func:`vggc.compress.quantize.budget.budget_search` runner that picks the nodes kept FP32
     (``facts["budget"]``)."""
-    from vggc.compress.quantize.budget import ort_trials
     from vggc.export.onnx import DEFAULT_OPSET
 
     require_ort()

@@ -14,17 +14,17 @@ How it decides, in two measured stages (one algorithm, :func:`search`, for every
 
 The evaluation images are the ones ``vggc quantize`` reports top-1 on (the test split, or its
 ``--eval-limit`` subset); the manifest records that the budget was checked on them and on which
-backend (:data:`TRIAL_BACKENDS`, the format table's ``trial_backend``). Each backend supplies a :class:`Trials` (how to quantize with some
-layers kept FP32, and how to run the result):
+backend (:data:`TRIAL_BACKENDS`: the format table's ``trial_backend``). Each backend's module
+supplies a :class:`Trials` (how to quantize with some layers kept FP32, and how to run the result):
 
 * ``onnxruntime``: ``nodes_to_exclude`` (ONNX node names), trials on ``onnxruntime-cpu``
-  (:func:`search_ort`);
+  (:func:`vggc.compress.quantize.backend_ort.ort_trials`);
 * ``torch``: ``X86InductorQuantizer.set_module_name_qconfig(name, None)`` (torch module names such
   as ``features.0``), trials on the *eager* converted PT2E program (``torch-int8-eager``: a compile
   per trial would cost about a minute each); the written ``.pt2`` is then evaluated as usual
-  (:mod:`vggc.compress.quantize.backend_torch`);
+  (:func:`vggc.compress.quantize.backend_torch.torch_trials`);
 * ``openvino``: ``nncf.IgnoredScope`` (ONNX node names of vggc's FP32 export), trials on
-  ``openvino-cpu`` (:mod:`vggc.compress.quantize.backend_openvino`).
+  ``openvino-cpu`` (:func:`vggc.compress.quantize.backend_openvino.ov_trials`).
 """
 
 from __future__ import annotations
@@ -185,33 +185,6 @@ def search(trials: Trials, arrays: Sequence[np.ndarray], *, top1_of: Callable[[o
     return res
 
 
-class _OrtRunner:
-    """An ONNX Runtime CPU session that remembers the file it runs (for path-based evaluators)."""
-
-    def __init__(self, path: Path, threads: int | None):
-        from vggc.export.ort_backend import open_onnx_cpu
-
-        self.path, self._runner = Path(path), open_onnx_cpu(path, threads=threads)
-        self.predict = self._runner.predict
-
-    def close(self) -> None:
-        self._runner.close()
-
-
-def ort_trials(pre_path: Path, quantize: Callable[[Path, list[str]], None], workdir: Path,
-               threads: int | None = None) -> Trials:
-    """Return the ONNX Runtime :class:`Trials` of a pre-processed FP32 ONNX model: ``quantize(out,
-    excluded)`` writes a QDQ model of ``pre_path`` keeping ``excluded`` (node names) in FP32, run on
-    ``onnxruntime-cpu`` from ``workdir/candidate.onnx``."""
-    candidate = Path(workdir) / "candidate.onnx"
-
-    def open_with(excluded: list[str]) -> _OrtRunner:
-        quantize(candidate, excluded)
-        return _OrtRunner(candidate, threads)
-
-    return Trials(quantizable_nodes(pre_path), open_with, lambda: _OrtRunner(pre_path, threads), ORT_TRIAL_BACKEND)
-
-
 class _EagerRunner:
     """A graph module (a converted Q/DQ reference program, or the FP32 model) run eagerly on the CPU."""
 
@@ -224,34 +197,6 @@ class _EagerRunner:
 
     def close(self) -> None:
         self.module = None
-
-
-def ov_trials(fp32_onnx: Path, ov_model, nncf_run, workdir: Path, threads: int | None, input_size: int) -> Trials:
-    """Return the NNCF :class:`Trials` of vggc's FP32 ONNX export ``fp32_onnx`` (read as ``ov_model``):
-    layers are its ONNX node names; each trial runs ``nncf_run`` (a
-    :class:`vggc.compress.quantize.backend_openvino.NncfSettings`) with them in ``nncf.IgnoredScope``, saves the IR
-    in ``workdir`` and opens it on ``openvino-cpu``."""
-    import openvino as ov
-
-    from vggc.export.openvino_backend import open_openvino
-
-    xml = Path(workdir) / "candidate.xml"
-
-    def open_with(excluded: list[str]):
-        ov.save_model(nncf_run.quantize(ov_model.clone(), excluded), str(xml), compress_to_fp16=False)
-        return open_openvino(xml, threads=threads, input_size=input_size)
-
-    return Trials(quantizable_nodes(fp32_onnx), open_with,
-                  lambda: open_openvino(fp32_onnx, threads=threads, input_size=input_size), TRIAL_BACKENDS["openvino"])
-
-
-def search_ort(pre_path: Path, arrays: Sequence[np.ndarray], *, quantize: Callable[[Path, list[str]], None],
-               top1_of: Callable[[Path], float], fp32_top1: float, max_drop_pt: float, workdir: Path,
-               threads: int | None = None, max_layers: int | None = None, progress=None) -> BudgetResult:
-    """:func:`search` with :func:`ort_trials`; ``top1_of(path)`` evaluates a QDQ file on the evaluation
-    images. Returns a :class:`BudgetResult`."""
-    return search(ort_trials(pre_path, quantize, workdir, threads), arrays, top1_of=lambda r: top1_of(r.path),
-                  fp32_top1=fp32_top1, max_drop_pt=max_drop_pt, max_layers=max_layers, progress=progress)
 
 
 def check_budget_settings(max_drop, *, mode, backend, data, evaluate, max_fp32_layers) -> None:
