@@ -118,6 +118,8 @@ def command(weights, mode, backend, data, out, calib_size, calib_method, per_cha
       vggc quantize model.pt --mode static --backend torch --data cifar10/ --out model-int8.pt2
       vggc eval model-int8.pt2 --data cifar10/ --backend torch-int8-compiled
       vggc quantize model.pt --mode static --backend openvino --data cifar10/ --out model-int8.xml
+      vggc export model.pt --data cifar10/ --out model.onnx
+      vggc quantize model.pt --mode static --backend onnxruntime --data cifar10/ --out model-int8.onnx --fp32-onnx model.onnx
     """
     from vggc.compress.quantize import check_settings, quantize
     from vggc.progress import tqdm_progress
