@@ -26,12 +26,13 @@ def test_full_preset_builds_one_branch_per_target_and_old_names_expand():
     steps = {s.name: s for s in build_steps(Path("w.pt"), Path("d"), full)}
     for tag in ("50", "25", "12_5"):
         prune = steps[f"prune{tag}"]
-        assert prune.deps == ["prune_scan", "int8_ov_static"]  # one scan; the INT8 OpenVINO teacher
+        # one scan; the INT8 OpenVINO teacher; the unpruned model's FP32 reference (not evaluated again)
+        assert prune.deps == ["prune_scan", "int8_ov_static", "source_eval"]
         assert prune.settings["kd"]["teacher_backend"] == "openvino-cpu" and prune.settings["stop"]["margin_pt"] > 0
         for q in ("ort", "torch", "ov"):
             assert steps[f"pruned{tag}_int8_{q}_static"].deps == [f"prune{tag}"]
             assert steps[f"pruned{tag}_int8_{q}_static"].settings["max_fp32_layers"] == full.max_fp32_layers
-    assert steps["int8_ort_static"].deps == ["source_eval"] and steps["distill"].deps == ["int8_ov_static"]
+    assert steps["int8_ort_static"].deps == ["source_eval"] and steps["distill"].deps == ["int8_ov_static", "source_eval"]
     log: list[str] = []
     assert expand(["prune", "onnx_fp32"], list(steps.values()), log.append) == [
         "prune50", "prune25", "prune12_5", "onnx_fp32"]
@@ -199,3 +200,42 @@ def test_int8_step_that_misses_the_budget_writes_plain_int8_and_says_so(tmp_path
     assert any(m.startswith("-- int8_ort_static: --max-drop 0.25: INT8 still loses") for m in log)
     row = next(r for r in res["rows"] if r["model"] == "tiny_int8_ort_static.onnx" and r["status"] == "ok")
     assert row["rebuild"] == [step["metrics"]["command"]]  # the rebuild command is the plain one that ran
+
+
+def test_pipeline_commands_are_relative_to_out_and_the_work_is_counted(tmp_path, monkeypatch):
+    """Inputs given relative stay relative in the recorded commands, files under --out are $OUT/...
+    (pipeline.json says what OUT was), every command parses with the real CLI once OUT is set, and
+    each step's work is recorded: the unpruned model is evaluated in FP32 once (source_eval), the
+    prune step takes its top-1 from there, each ONNX export counts one FP32 export."""
+    import click
+    from test_pipeline import _tiny_setup
+
+    from vggc.cli import main
+    from vggc.pipeline.commands import command_args
+
+    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    log: list[str] = []
+    res = pipeline.run_pipeline("tiny.pt", "data", preset="tiny", out_dir="run", only=["prune", "pruned_onnx"],
+                                log=log.append)
+    doc = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert doc["out_as_given"] == "run"
+    steps = {s["name"]: s for s in doc["steps"]}
+    assert steps["source_eval"]["work"]["fp32_source_evals"] == 1
+    assert steps["prune50"]["status"] == "ok" and steps["prune50"]["work"]["fp32_source_evals"] == 0
+    assert steps["pruned50_onnx"]["work"]["fp32_exports"] == 1
+    assert doc["work"]["fp32_exports"] == sum(s["work"].get("fp32_exports", 0) for s in doc["steps"])
+    assert doc["step_seconds"] == pytest.approx(sum(s["seconds"] for s in doc["steps"]), abs=0.05)
+    assert any(m.startswith("-- pruned50_onnx: done in") and m.endswith("(1 FP32 export)") for m in log)
+    commands = [s["metrics"]["command"] for s in doc["steps"] if "command" in s["metrics"]]
+    assert len(commands) >= 3
+    for cmd in commands:
+        assert str(tmp_path) not in cmd and '"$OUT/' in cmd, cmd
+        args = command_args(cmd, out="run")
+        name = shlex.split(cmd)[1]
+        sub = main.get_command(click.Context(main), name)
+        params = sub.make_context(name, args).params  # the files it names exist once OUT=run
+        if name == "prune":
+            assert params["weights"] == "tiny.pt" and params["data"] == "data"
+    row = next(r for r in res["rows"] if r["model"] == "tiny_pruned50.onnx")
+    assert [shlex.split(c)[1] for c in row["rebuild"]] == ["quantize", "prune", "export"]
