@@ -425,7 +425,7 @@ def trio(tmp_path_factory):
 
 
 def test_eager_onnxruntime_and_compiled_pt2_agree_in_one_run(trio):
-    from vggc.compress.pt2_backend import _compiled_reason
+    from vggc.export.pt2_backend import _compiled_reason
 
     if _compiled_reason():
         pytest.skip(_compiled_reason())

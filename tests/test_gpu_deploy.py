@@ -165,7 +165,7 @@ def test_one_qdq_file_for_cpu_and_tensorrt(tiny_files):
     the outputs agree. This is why vggc writes one static QDQ file for both."""
     from onnxruntime.quantization import QuantType
 
-    from vggc.compress.quantize_ort import optimized_op_types
+    from vggc.compress.quantize.backend_ort import optimized_op_types
 
     common = {"activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8, "per_channel": True}
     fbias = _qdq(tiny_files, "q_fbias_pc", **common,

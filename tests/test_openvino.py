@@ -274,7 +274,7 @@ def test_nncf_is_imported_with_telemetry_off():
     import subprocess
     import sys
 
-    code = ("import sys; from vggc.compress.quantize_ov import import_nncf; import_nncf(); "
+    code = ("import sys; from vggc.compress.quantize.backend_openvino import import_nncf; import_nncf(); "
             "import nncf.telemetry.wrapper as w; assert 'pytest' not in sys.modules; "
             "print(isinstance(w.telemetry, w.NNCFTelemetryStub))")
     env = {k: v for k, v in os.environ.items() if k not in ("NNCF_CI", "NNCF_DEV")}

@@ -493,11 +493,12 @@ def test_automatic_settings_enter_the_keys_resolved(tmp_path, monkeypatch):
     """reduce_range and training precision are 'auto' in the stages; the steps' keys hold what they
     resolve to on this CPU, so a run on a CPU that resolves them otherwise does not reuse them."""
     import vggc.compress.quantize as quantize
+    import vggc.compress.quantize.core as quantize_core
     import vggc.cpu
     from vggc.pipeline import PRESETS, build_steps
 
     def keyed(vnni: bool, bf16: bool) -> dict:
-        monkeypatch.setattr(quantize, "has_vnni", lambda: vnni)
+        monkeypatch.setattr(quantize_core, "has_vnni", lambda: vnni)
         monkeypatch.setattr(vggc.cpu, "has_native_bf16", lambda: bf16)
         return {s.name: s.settings for s in build_steps(tmp_path / "w.pt", tmp_path, PRESETS["quick"])}
 

@@ -179,7 +179,7 @@ def test_int8_step_that_misses_the_budget_writes_plain_int8_and_says_so(tmp_path
     from test_pipeline import _tiny_setup
 
     import vggc.compress.quantize as q
-    from vggc.compress.quantize_budget import BudgetNotMetError
+    from vggc.compress.quantize import BudgetNotMetError
 
     pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch)
     real, calls = q.quantize, []

@@ -62,7 +62,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, args, pattern)
 
 
 def test_failure_midway_leaves_nothing(tiny, tmp_path, monkeypatch):
-    from vggc.compress import quantize_ort
+    from vggc.compress.quantize import backend_ort as quantize_ort
     from vggc.compress.quantize import quantize
 
     def boom(*a, **k):
@@ -153,8 +153,8 @@ def test_torch_static_pt2_reloads_in_fresh_process(tiny, tmp_path):
 
 
 def test_torch_static_compiled_uses_onednn_int8_kernels(tiny, tmp_path):
-    from vggc.compress.pt2_backend import _compiled_reason, open_pt2
     from vggc.compress.quantize import quantize
+    from vggc.export.pt2_backend import _compiled_reason, open_pt2
 
     if _compiled_reason():
         pytest.skip(_compiled_reason())
@@ -230,7 +230,7 @@ def test_reference_static_int8_keeps_accuracy(ref_weights, cifar_dir, tmp_path, 
 
 
 def test_percentile_observer_clips_outliers():
-    from vggc.compress.quantize_torch import _percentile_observer_cls, static_quantization_config
+    from vggc.compress.quantize.backend_torch import _percentile_observer_cls, static_quantization_config
 
     obs = _percentile_observer_cls()(dtype=torch.quint8, quant_min=0, quant_max=255, percentile=99.0)
     x = torch.rand(100_000, generator=torch.Generator().manual_seed(0))

@@ -13,7 +13,7 @@ from conftest import assert_one_line_error, make_imagefolder, make_tiny_vgg
 from conftest import run_cli as run
 
 from vggc.artifacts import save_state_dict
-from vggc.compress.quantize_budget import final_budget_note, kl_to_reference, quantizable_nodes, select_exclusions
+from vggc.compress.quantize.budget import final_budget_note, kl_to_reference, quantizable_nodes, select_exclusions
 from vggc.errors import InputError, VggcError
 
 
@@ -63,7 +63,7 @@ def test_kl_is_zero_for_identical_logits_and_positive_otherwise():
 def test_excluded_node_stays_fp32(tiny, tmp_path):
     """ORT's nodes_to_exclude (what --max-drop relies on) leaves that Conv's weight FP32 and
     quantizes the other convs."""
-    from vggc.compress import quantize_ort as qo
+    from vggc.compress.quantize import backend_ort as qo
     from vggc.models import load_weights
 
     model = load_weights(tiny["weights"]).model
@@ -140,7 +140,7 @@ def test_reference_model_budget_holds_torch_openvino(ref_weights, cifar_dir, tmp
     """The same zero-drop budget on the PT2E and NNCF backends: the trials (eager INT8 for torch,
     openvino-cpu) meet it, and the manifest names the trial backend."""
     from vggc.compress.quantize import quantize
-    from vggc.compress.quantize_budget import TRIAL_BACKENDS
+    from vggc.compress.quantize.budget import TRIAL_BACKENDS
 
     res = quantize(ref_weights, mode="static", backend=backend, out=tmp_path / f"q{ext}", data=cifar_dir,
                    calib_size=200, eval_limit=500, max_drop=0.0, max_fp32_layers=3,

@@ -57,7 +57,7 @@ def _layer_ops(gm):
 
 def _input_is_rounded(op) -> bool:
     """True if a quantize/dequantize op lies on the op's input path back to the previous layer's output."""
-    from vggc.compress.pt2e_fp32 import PASS_THROUGH_OPS
+    from vggc.compress.quantize.pt2e_fp32 import PASS_THROUGH_OPS
 
     src = op.args[0]
     while isinstance(src, torch.fx.Node) and src.op == "call_function":
@@ -81,8 +81,8 @@ def test_torch_excluded_module_stays_fp32(outlier, name):
     float weight and an input no Q/DQ touched (behind a max-pool, behind conv+ReLU, behind
     avgpool+flatten); every other layer keeps int8 weights and inputs. Without the exclusion the
     same op's input and weight are Q/DQ'd."""
-    from vggc.compress import quantize_torch as qt
-    from vggc.compress.pt2e_fp32 import quantizable_modules
+    from vggc.compress.quantize import backend_torch as qt
+    from vggc.compress.quantize.pt2e_fp32 import quantizable_modules
 
     model = outlier["model"]
     x = torch.randn(8, 3, 32, 32)
@@ -107,8 +107,8 @@ def test_openvino_ignored_node_stays_fp32(outlier, tmp_path):
     input and with float weights; the other layers are quantized."""
     import openvino as ov
 
-    from vggc.compress.quantize_budget import quantizable_nodes
-    from vggc.compress.quantize_ov import count_fake_quantized, quantize_ir
+    from vggc.compress.quantize.backend_openvino import count_fake_quantized, quantize_ir
+    from vggc.compress.quantize.budget import quantizable_nodes
     from vggc.data import resolve_preprocess
     from vggc.export.onnx import export_onnx
 
@@ -156,7 +156,7 @@ def test_budget_search_keeps_the_outlier_layer_fp32(outlier, tmp_path, backend, 
     b = res["budget"]
     layer = "features.4" if backend == "torch" else b["ranking"][0]["node"]
     if backend == "openvino":
-        from vggc.compress.quantize_budget import quantizable_nodes
+        from vggc.compress.quantize.budget import quantizable_nodes
         from vggc.export.onnx import export_onnx
 
         onnx_nodes = quantizable_nodes(export_onnx(outlier["model"], tmp_path / "f.onnx", input_size=32,
@@ -191,9 +191,9 @@ def test_search_ort_keeps_its_signature(outlier, tmp_path):
     """``search_ort`` (the ONNX Runtime entry point, now :func:`search` with ORT trials) still takes a
     pre-processed model, a file-writing ``quantize`` and a path-based ``top1_of``; on the outlier model
     it keeps layers FP32 until the budget fits."""
-    from vggc.compress import quantize_ort as qo
+    from vggc.compress.quantize import backend_ort as qo
     from vggc.compress.quantize import calibration_batches
-    from vggc.compress.quantize_budget import quantizable_nodes, search_ort
+    from vggc.compress.quantize.budget import quantizable_nodes, search_ort
     from vggc.data import limit_split, load_split, resolve_preprocess
     from vggc.evaluate import evaluate
     from vggc.export.ort_backend import open_onnx_cpu

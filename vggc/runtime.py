@@ -261,7 +261,7 @@ register_backend(Backend("torch-compile", "fp32", ("state_dict",), "cpu",
 
 # Modules that register more formats/backends when imported. Each must import cleanly without
 # its optional dependency (it reports unavailability through ``Backend.available``).
-PLUGINS: list[str] = ["vggc.export.ort_backend", "vggc.export.gpu_backends", "vggc.compress.pt2_backend",
+PLUGINS: list[str] = ["vggc.export.ort_backend", "vggc.export.gpu_backends", "vggc.export.pt2_backend",
                       "vggc.export.openvino_backend"]
 _plugins_loaded = False
 

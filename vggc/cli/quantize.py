@@ -5,9 +5,27 @@ from __future__ import annotations
 
 import click
 
+from vggc import formats
 from vggc.cli.common import data_option, emit_json, preprocess_options, set_threads, threads_option
-from vggc.compress.quantize import BACKENDS, CALIB_METHODS, MODES
-from vggc.compress.quantize_ov import PRESETS
+from vggc.compress.quantize import CALIB_METHODS, MODES
+from vggc.compress.quantize.backend_openvino import PRESETS
+
+
+class _TableChoice(click.Choice):
+    """A :class:`click.Choice` whose choices are read from the format table (:mod:`vggc.formats`) each
+    time, so a backend registered after this module was imported is offered too."""
+
+    def __init__(self, choices_of, **kw):
+        self._choices_of = choices_of
+        super().__init__(tuple(choices_of()), **kw)
+
+    @property
+    def choices(self):
+        return tuple(self._choices_of())
+
+    @choices.setter
+    def choices(self, _value) -> None:  # click.Choice.__init__ assigns it
+        pass
 
 
 def _mb(n: int | None) -> str:
@@ -21,7 +39,7 @@ def _mb(n: int | None) -> str:
                    "(needs --data); the mode that makes convolutions faster. dynamic: int8 weights, activations "
                    "quantized at run time, Linear layers ONLY (convs stay FP32: on a CIFAR VGG16 size and speed "
                    "barely change).")
-@click.option("--backend", type=click.Choice(BACKENDS), required=True,
+@click.option("--backend", type=_TableChoice(formats.quantize_backends), required=True,
               help="onnxruntime: exports ONNX (opset 18, dynamic batch) and writes a QDQ .onnx (static: "
                    "symmetric S8S8, also the input of `vggc engine --precision int8`; runs as QLinearConv). "
                    "torch: torchao PT2E (static, X86InductorQuantizer) or quantize_ (dynamic) saved as a "
@@ -51,13 +69,16 @@ def _mb(n: int | None) -> str:
               help="Seed for the calibration subset and the --eval-limit subset.")
 @click.option("--opset", type=int, default=None,
               help="ONNX opset of the export (onnxruntime backend only; 18..23, default 18).")
+@click.option("--fp32-onnx", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="FILE",
+              help="--backend onnxruntime/openvino: quantize this FP32 ONNX (written by `vggc export` from the same "
+                   "WEIGHTS; checked against its manifest FILE.json: source SHA-256, FP32, preprocessing, opset) "
+                   "instead of exporting WEIGHTS again. The manifest records that it was reused.")
 @click.option("--eval-limit", type=click.IntRange(1), default=None,
               help="Evaluate on a class-balanced subset of this many test images (default: all 10,000).")
 @click.option("--no-eval", is_flag=True,
               help="Skip the test-set evaluation of the INT8 file and the FP32 source (done by default "
                    "when --data is given).")
-@click.option("--eval-backend", type=click.Choice(["auto", "onnxruntime-cpu", "torch-int8-compiled",
-                                                   "torch-int8-eager", "openvino-cpu"]), default="auto",
+@click.option("--eval-backend", type=_TableChoice(lambda: ["auto", *formats.quantize_eval_backends()]), default="auto",
               show_default=True,
               help="Backend for the evaluation. auto: onnxruntime-cpu for .onnx; openvino-cpu for .xml; "
                    "torch-int8-compiled for .pt2 "
@@ -87,7 +108,7 @@ def _mb(n: int | None) -> str:
               help="Print one JSON object: path, size_bytes, fp32_size_bytes, size_ratio, quantized_conv, "
                    "quantized_linear, top1, fp32_top1, delta_pt, retention (fractions 0-1), notes, ...")
 def command(weights, mode, backend, data, out, calib_size, calib_method, per_channel, reduce_range, seed, opset,
-            eval_limit, no_eval, eval_backend, preset, fast_bias_correction, batch_size, max_drop, max_fp32_layers,
+            fp32_onnx, eval_limit, no_eval, eval_backend, preset, fast_bias_correction, batch_size, max_drop, max_fp32_layers,
             mean, std, input_size, threads, as_json):
     """Quantize WEIGHTS (a state_dict .pt) to INT8 and evaluate it next to the FP32 source.
 
@@ -102,7 +123,7 @@ def command(weights, mode, backend, data, out, calib_size, calib_method, per_cha
     from vggc.progress import tqdm_progress
 
     check_settings(mode=mode, backend=backend, out=out, data=data, calib_size=calib_size, calib_method=calib_method,
-                   per_channel=per_channel, opset=opset, weights=weights, preset=preset)
+                   per_channel=per_channel, opset=opset, weights=weights, preset=preset, fp32_onnx=fp32_onnx)
     n_threads = set_threads(threads)
     eb = None if eval_backend == "auto" else eval_backend
     res = quantize(weights, mode=mode, backend=backend, out=out, data=data, calib_size=calib_size,
@@ -110,7 +131,7 @@ def command(weights, mode, backend, data, out, calib_size, calib_method, per_cha
                    opset=opset, eval_limit=eval_limit, evaluate=not no_eval, eval_batch_size=batch_size,
                    threads=n_threads, mean=mean, std=std, input_size=input_size, eval_backend=eb,
                    preset=preset, fast_bias_correction=fast_bias_correction, max_drop=max_drop,
-                   max_fp32_layers=max_fp32_layers, progress=tqdm_progress)
+                   max_fp32_layers=max_fp32_layers, fp32_onnx=fp32_onnx, progress=tqdm_progress)
     if as_json:
         emit_json(res)
         return
@@ -141,5 +162,5 @@ def command(weights, mode, backend, data, out, calib_size, calib_method, per_cha
     for note in res["notes"]:
         if note.startswith(("dynamic", "--max-drop")):
             click.echo(f"  NOTE: {note}")
-    if backend == "torch":
+    if backend == "torch":  # the one backend whose evaluation backend is chosen
         click.echo(f"  run fast with: vggc eval {res['path']} --backend torch-int8-compiled --data DIR")

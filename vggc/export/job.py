@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vggc import formats
 from vggc.artifacts import check_out_path
 from vggc.errors import InputError
 from vggc.progress import Progress, no_progress
 
-# --format choice -> output suffixes; a later TensorRT/Triton stage adds its entries here.
-FORMATS = {"onnx": (".onnx",)}
+# --format choice -> output suffixes (from the format table, vggc.formats)
+FORMATS = {"onnx": formats.get("onnx").suffixes}
 
 
 def export_file(weights: str, out: str | None, *, fmt: str = "onnx", data: str | None = None, opset: int = 18,

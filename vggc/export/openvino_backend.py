@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vggc import formats
 from vggc.artifacts import read_manifest
 from vggc.cpu import has_native_bf16
 from vggc.errors import ModelFormatError, UnavailableError, first_line
@@ -75,13 +76,13 @@ def ov_version() -> str:
 # ----------------------------------------------------------------------------- IR files
 
 def _is_ir(path: Path) -> bool:
-    return path.suffix.lower() == ".xml" and path.is_file()
+    return path.suffix.lower() in formats.get(FORMAT).suffixes and path.is_file()
 
 
 def ir_files(xml: str | Path) -> tuple[Path, Path]:
     """Return ``(xml, bin)`` of an IR; raise :class:`ModelFormatError` if the ``.bin`` is missing."""
     xml = Path(xml)
-    weights = xml.with_suffix(".bin")
+    weights = formats.get(FORMAT).companion_paths(xml)[0]
     if not weights.is_file():
         raise ModelFormatError(f"{xml}: OpenVINO IR weights file {weights.name} is missing beside it")
     return xml, weights

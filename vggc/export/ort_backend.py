@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vggc import formats
 from vggc.errors import ModelFormatError, UnavailableError, first_line
 from vggc.runtime import (
     FILE_PRECISION,
@@ -54,7 +55,7 @@ _WEIGHT_TYPES = {_FLOAT, _UINT8, _INT8, _FLOAT16, _BFLOAT16}
 # ----------------------------------------------------------------------------- reading .onnx files
 
 def _is_onnx(path: Path) -> bool:
-    return path.suffix.lower() == ".onnx" and path.is_file()
+    return path.suffix.lower() in formats.get("onnx").suffixes and path.is_file()
 
 
 def load_onnx(path: str | Path, load_external_data: bool = False):

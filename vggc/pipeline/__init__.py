@@ -48,11 +48,13 @@ def _rebuild_commands(steps: list[Step], results: list[StepResult]) -> dict[str,
 
 
 def _unavailable_row(step: Step, result: StepResult, batch: int) -> dict:
-    """A bench row for a variant whose step did not produce a file (Ultralytics-style)."""
-    fmt = {".onnx": "onnx", ".pt2": "pt2", ".pt": "state_dict", ".engine": "tensorrt-engine", ".xml": "openvino-ir"}
-    suffix = Path(step.outputs[0]).suffix
-    backend = {"tensorrt-engine": "tensorrt", "openvino-ir": "openvino-cpu"}.get(fmt.get(suffix, ""), "-")
-    return {"model": Path(step.outputs[0]).name, "path": "", "format": fmt.get(suffix), "backend": backend,
+    """A bench row for a variant whose step did not produce a file (Ultralytics-style); its format and
+    backend come from the format table (:meth:`vggc.formats.Format.unavailable_row`)."""
+    from vggc import formats
+
+    fmt = formats.by_suffix(Path(step.outputs[0]).suffix)
+    known = fmt.unavailable_row() if fmt else {"format": None, "backend": "-"}
+    return {"model": Path(step.outputs[0]).name, "path": "", "format": known["format"], "backend": known["backend"],
             "precision": step.settings.get("precision") or ("int8" if "int8" in step.name else "-"),
             "status": result.status.removeprefix("unavailable: "), "top1": None, "delta_pt": None, "latency_p50_ms": None,
             "latency_p90_ms": None, "throughput": None, "speedup": None, "batch": batch, "size_mb": None,

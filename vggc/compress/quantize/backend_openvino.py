@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vggc import formats
 from vggc.errors import InputError, UnavailableError, VggcError, first_line
 
 PRESETS = ("performance", "mixed")
@@ -133,12 +134,13 @@ class NncfSettings:
 
 def quantize_ir(model: torch.nn.Module, xml: Path, weights: Path, *, batches: Sequence[torch.Tensor], preset: str,
                 fast_bias_correction: bool, per_channel: bool, reduce_range: bool, preprocess, opset: int | None,
-                progress, fp32_nodes: Sequence[str] = (), budget=None, threads: int | None = None
-                ) -> tuple[dict, int]:
+                progress, fp32_nodes: Sequence[str] = (), budget=None, threads: int | None = None,
+                fp32_onnx: Path | None = None) -> tuple[dict, int]:
     """NNCF-quantize ``model`` and write its IR to ``xml`` and ``weights`` (the caller's atomic temp
     paths); return ``(facts, size of the FP32 ONNX in bytes)``. ``fp32_nodes``: ONNX node names of the
-    FP32 export kept FP32; ``budget``: the :func:`vggc.compress.quantize_budget.budget_search` runner
-    that chooses them instead (``facts["budget"]``)."""
+    FP32 export kept FP32; ``budget``: the :func:`vggc.compress.quantize.budget.budget_search` runner
+    that chooses them instead (``facts["budget"]``). ``fp32_onnx``: an already checked FP32 ONNX export
+    of ``model``, read instead of exporting again."""
     import openvino as ov
 
     from vggc.export.onnx import DEFAULT_OPSET, export_onnx
@@ -149,13 +151,15 @@ def quantize_ir(model: torch.nn.Module, xml: Path, weights: Path, *, batches: Se
                             per_channel=per_channel, reduce_range=reduce_range)
     nncf = nncf_run.nncf
     with tempfile.TemporaryDirectory(prefix="vggc-nncf-") as d:
-        fp32 = export_onnx(model, Path(d) / "fp32.onnx", input_size=preprocess.input_size,
-                           opset=opset or DEFAULT_OPSET, fp16=False, preprocess=preprocess)
+        fp32 = Path(fp32_onnx) if fp32_onnx else export_onnx(model, Path(d) / "fp32.onnx",
+                                                             input_size=preprocess.input_size,
+                                                             opset=opset or DEFAULT_OPSET, fp16=False,
+                                                             preprocess=preprocess)
         fp32_size = fp32.stat().st_size
         ov_model = read_model(fp32)
         chosen = None
         if budget is not None:
-            from vggc.compress.quantize_budget import ov_trials
+            from vggc.compress.quantize.budget import ov_trials
 
             chosen = budget(ov_trials(fp32, ov_model, nncf_run, Path(d), threads, preprocess.input_size),
                             [b.float().numpy() for b in batches])
@@ -218,6 +222,57 @@ def count_fake_quantized(model) -> dict:
         if kind and op.get_input_size() > 1 and _int8_weights(op.input_value(1).get_node()):
             counts[kind] += 1
     return counts
+
+
+# ----------------------------------------------------------------------------- the backend interface
+# (vggc.compress.quantize.backend; the format record is vggc.formats' "openvino-ir")
+
+def reason() -> str | None:
+    """Return why NNCF + OpenVINO quantization cannot run here, or ``None``."""
+    return nncf_reason()
+
+
+def check(*, mode: str, calib_method: str | None, per_channel: bool, preset: str) -> None:
+    """One-line :class:`InputError` for the options ``--backend openvino`` does not take."""
+    check_ov_settings(mode=mode, preset=preset, calib_method=calib_method)
+
+
+def write(job, tmp: Path, companions: list[Path]) -> tuple[dict, int]:
+    """Write the IR of ``job`` to ``tmp`` (``.xml``) and ``companions[0]`` (its ``.bin``); return
+    ``(facts, FP32 ONNX size in bytes)``."""
+    return quantize_ir(job.model, tmp, companions[0], batches=job.batches, preset=job.preset,
+                       fast_bias_correction=job.fast_bias_correction, per_channel=job.per_channel,
+                       reduce_range=job.reduce_range, preprocess=job.preprocess, opset=job.opset,
+                       progress=job.progress, budget=job.budget, threads=job.threads, fp32_onnx=job.fp32_onnx)
+
+
+def open_for_eval(path: Path, companions: list[Path], *, preprocess, batch_size: int, threads: int | None,
+                  which: str | None = None):
+    """Return ``(runner, "openvino-cpu")`` for the just-written IR (``companions[0]``: its ``.bin``)."""
+    from vggc.export.openvino_backend import open_openvino
+
+    return (open_openvino(path, weights=companions[0], threads=threads, input_size=preprocess.input_size),
+            "openvino-cpu")
+
+
+def manifest_extra(out: Path, facts: dict) -> dict:
+    """Return the IR manifest's own keys: its ``.bin`` (name, SHA-256, size), how to load it."""
+    from vggc.artifacts import sha256_file
+
+    bin_path = formats.get("openvino-ir").companion_paths(out)[0]
+    return {"dynamic_batch": True, "weights_file": {"name": bin_path.name, "sha256": sha256_file(bin_path),
+                                                    "size_bytes": bin_path.stat().st_size},
+            "load": "openvino.Core().read_model(path)", "fast_backend": "openvino-cpu"}
+
+
+def settings_extra(job) -> dict:
+    """Return the NNCF settings recorded in the manifest."""
+    return {"preset": job.preset, "fast_bias_correction": job.fast_bias_correction}
+
+
+def notes(job) -> list[str]:
+    """The OpenVINO backend adds no notes of its own."""
+    return []
 
 
 __all__ = ["DYNAMIC_NOT_OFFERED", "PRESETS", "NncfSettings", "check_ov_settings", "count_fake_quantized",

@@ -240,19 +240,21 @@ def require_ort() -> None:
 
 
 def quantize_to_file(model: nn.Module, tmp: Path, *, mode, batches, method, per_channel, reduce_range, percentile,
-                     opset, preprocess, arch, progress, budget=None, threads=None) -> tuple[dict, int]:
-    """Export ``model`` to FP32 ONNX, quantize it (``mode`` static/dynamic) and write the INT8 ONNX to
-    ``tmp``; return ``(facts, FP32 ONNX size in bytes)``. ``budget`` (static only): the
-    :func:`vggc.compress.quantize_budget.budget_search` runner that picks the nodes kept FP32
+                     opset, preprocess, arch, progress, budget=None, threads=None, fp32_onnx=None) -> tuple[dict, int]:
+    """Export ``model`` to FP32 ONNX (or use ``fp32_onnx``, an already checked FP32 export of it),
+    quantize it (``mode`` static/dynamic) and write the INT8 ONNX to ``tmp``; return ``(facts, FP32
+    ONNX size in bytes)``. ``budget`` (static only): the
+    :func:`vggc.compress.quantize.budget.budget_search` runner that picks the nodes kept FP32
     (``facts["budget"]``)."""
-    from vggc.compress.quantize_budget import ort_trials
+    from vggc.compress.quantize.budget import ort_trials
     from vggc.export.onnx import DEFAULT_OPSET
 
     require_ort()
     opset = opset or DEFAULT_OPSET
     with tempfile.TemporaryDirectory(prefix="vggc-quant-") as d:
-        fp32 = export_fp32(model, Path(d) / "fp32.onnx", input_size=preprocess.input_size, opset=opset,
-                           preprocess=preprocess)
+        fp32 = Path(fp32_onnx) if fp32_onnx else export_fp32(model, Path(d) / "fp32.onnx",
+                                                             input_size=preprocess.input_size, opset=opset,
+                                                             preprocess=preprocess)
         fp32_size = fp32.stat().st_size
         pre_path = preprocess_for_quant(fp32, Path(d) / "pre.onnx")
         q_path = Path(d) / "int8.onnx"
@@ -282,6 +284,54 @@ def quantize_to_file(model: nn.Module, tmp: Path, *, mode, batches, method, per_
         facts["opset"] = opset
         tmp.write_bytes(q_path.read_bytes())
     return facts, fp32_size
+
+
+# ----------------------------------------------------------------------------- the backend interface
+# (vggc.compress.quantize.backend; the format record is vggc.formats' "onnx")
+
+def reason() -> str | None:
+    """Return why ONNX Runtime quantization cannot run here, or ``None``."""
+    return ort_reason()
+
+
+def check(*, mode: str, calib_method: str | None, per_channel: bool, preset: str) -> None:
+    """``--backend onnxruntime`` takes every shared option (the calibration methods are checked by the core)."""
+
+
+def write(job, tmp: Path, companions: list[Path]) -> tuple[dict, int]:
+    """Write the INT8 ONNX of ``job`` to ``tmp``; return ``(facts, FP32 ONNX size in bytes)``."""
+    return quantize_to_file(job.model, tmp, mode=job.mode, batches=job.batches, method=job.method,
+                            per_channel=job.per_channel, reduce_range=job.reduce_range, percentile=job.percentile,
+                            opset=job.opset, preprocess=job.preprocess, arch=job.arch, progress=job.progress,
+                            budget=job.budget, threads=job.threads, fp32_onnx=job.fp32_onnx)
+
+
+def open_for_eval(path: Path, companions: list[Path], *, preprocess, batch_size: int, threads: int | None,
+                  which: str | None = None):
+    """Return ``(runner, "onnxruntime-cpu")`` for the just-written file."""
+    from vggc.export.ort_backend import open_onnx_cpu
+
+    return open_onnx_cpu(path, threads=threads), "onnxruntime-cpu"
+
+
+def manifest_extra(out: Path, facts: dict) -> dict:
+    """Return the INT8 ONNX manifest's own keys (the graph's input/output names and opset)."""
+    from vggc.export.onnx import INPUT_NAME, OUTPUT_NAME
+
+    return {"input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "opset": facts["opset"], "dynamic_batch": True}
+
+
+def settings_extra(job) -> dict:
+    """The ONNX Runtime backend adds no settings of its own (``opset`` comes from the written facts)."""
+    return {}
+
+
+def notes(job) -> list[str]:
+    """Return what dynamic mode leaves out with ONNX Runtime."""
+    if job.mode != "dynamic":
+        return []
+    return ["ONNX Runtime dynamic mode quantizes MatMul/Gemm only: its ConvInteger kernel is "
+            "~5x slower than FP32 Conv on CPU"]
 
 
 __all__ = ["CALIB_METHODS", "count_quantized_ops", "export_fp32", "optimized_op_types", "ort_reason",

@@ -3,7 +3,7 @@ backends for :mod:`vggc.runtime`.
 
 Format ``pt2`` (``*.pt2``): preprocessing, params, MACs, arch and precision from the manifest
 ``<file>.pt2.json``; without one, CIFAR-10 preprocessing and a precision read from the serialized
-graph. Files are checked before loading (:func:`vggc.compress.quantize_torch.check_pt2_archive`):
+graph. Files are checked before loading (:func:`vggc.compress.quantize.pt2_file.check_pt2_archive`):
 nothing in them is unpickled.
 
 Backends (``precision="file"``: a row reports the file's precision, ``int8`` for vggc's files):
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from vggc import formats
 from vggc.runtime import (
     FILE_PRECISION,
     Backend,
@@ -43,12 +44,12 @@ FORMAT = "pt2"
 
 
 def _is_pt2(path: Path) -> bool:
-    return path.suffix.lower() == ".pt2" and path.is_file()
+    return path.suffix.lower() in formats.get(FORMAT).suffixes and path.is_file()
 
 
 def describe_pt2(path: Path) -> ModelFile:
     """Return the :class:`ModelFile` of a ``.pt2`` program (see the module docstring)."""
-    from vggc.compress.quantize_torch import check_pt2_archive, pt2_graph_precision
+    from vggc.compress.quantize.pt2_file import check_pt2_archive, pt2_graph_precision
 
     path = Path(path)
     check_pt2_archive(path)
@@ -66,7 +67,7 @@ class Pt2Runner(Runner):
 
     def __init__(self, path: Path, *, compiled: bool, input_size: int = 32, warmup_batches: tuple[int, ...] = (1,),
                  in_channels: int = 3):
-        from vggc.compress.quantize_torch import load_pt2, register_inductor_int8_passes
+        from vggc.compress.quantize.pt2_file import load_pt2, register_inductor_int8_passes
 
         self.module = load_pt2(path).module()
         self.compiled = compiled
@@ -114,7 +115,7 @@ class Pt2Runner(Runner):
 
 
 def _reason() -> str | None:
-    from vggc.compress.quantize_torch import torchao_reason
+    from vggc.compress.quantize.pt2_file import torchao_reason
 
     return torchao_reason()
 

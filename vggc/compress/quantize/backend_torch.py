@@ -10,7 +10,7 @@
   conv/linear ("reference" Q/DQ form): run as is (eager) it *simulates* INT8 in float and is slower
   than FP32; ``torch.compile`` with Inductor *freezing* pattern-matches each Q/DQ/conv group into
   oneDNN ``qconv_pointwise`` / ``qlinear_pointwise`` kernels, the fast path
-  (:mod:`vggc.compress.pt2_backend`).
+  (:mod:`vggc.export.pt2_backend`).
 * **dynamic** (:func:`quantize_dynamic_torchao`): ``torchao.quantization.quantize_`` with
   :class:`Int8DynamicActivationInt8WeightConfig`, which only replaces ``nn.Linear`` weights (int8
   per row; activations quantized per token at run time). Convolutions stay FP32, so on a CIFAR VGG16
@@ -28,67 +28,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
-import json
-import logging
-import warnings
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vggc.compress.quantize_budget import Trials
+    from vggc.compress.quantize.budget import Trials
 from torch import nn
 
-from vggc.compress.pt2e_fp32 import check_fp32_modules, pass_through_modules
-from vggc.errors import ModelFormatError, UnavailableError, VggcError, first_line
+from vggc.compress.quantize.pt2_file import _require_torchao, save_pt2, torchao_reason
+from vggc.compress.quantize.pt2e_fp32 import check_fp32_modules, pass_through_modules
+from vggc.errors import InputError, UnavailableError, VggcError, first_line
 from vggc.limits import MAX_BATCH
 
 DEFAULT_PERCENTILE = 99.999
-
-
-def import_torchao() -> None:
-    """Import torchao (registers its ops and the ``quantized_decomposed`` ops) without the pytree
-    deprecation warning it logs on import with torch 2.14."""
-    lg = logging.getLogger("torch.utils._pytree")
-    level = lg.level
-    lg.setLevel(logging.ERROR)
-    try:
-        import torchao  # noqa: F401
-        import torchao.quantization.pt2e  # noqa: F401
-    finally:
-        lg.setLevel(level)
-
-
-def torchao_reason() -> str | None:
-    """Return why torchao's PT2E quantization cannot run here, or ``None``."""
-    try:
-        import_torchao()
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: F401
-    except Exception as err:  # noqa: BLE001 - any import failure means unavailable
-        return f"torchao not importable ({first_line(err, 120)})"
-    return None
-
-
-def _require_torchao() -> None:
-    reason = torchao_reason()
-    if reason:
-        raise UnavailableError(f"torch quantization: {reason}; pip install torchao")
-
-
-def register_inductor_int8_passes() -> None:
-    """Import torchao's X86 quantizer module, which registers the Inductor passes that turn Q/DQ
-    conv/linear groups into oneDNN int8 kernels. Without this import a loaded program compiles
-    to float convolutions with separate quantize/dequantize kernels (slower than FP32)."""
-    import_torchao()
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
-
-    # torch 2.14's int8 conv lowering calls torch.tensor(tensor) and warns once per compile; the
-    # warning is about Inductor's own code, not the user's, so it is hidden (narrow filter)
-    warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning,
-                            module=r"torch\._inductor\.mkldnn_lowerings")
 
 
 # ----------------------------------------------------------------------------- observers
@@ -236,7 +190,7 @@ def quantize_static_pt2e(model: nn.Module, batches: Iterable[torch.Tensor], exam
     """Return ``(exported_program, facts)``: ``model`` statically quantized with PT2E + X86InductorQuantizer,
     calibrated on ``batches`` (normalised float tensors), re-exported with a dynamic batch. The conv/linear
     modules named in ``fp32_modules`` (e.g. ``features.0``) stay FP32 (``facts["fp32_nodes"]``), with the
-    pooling modules feeding them (``facts["fp32_pass_through"]``, :mod:`vggc.compress.pt2e_fp32`)."""
+    pooling modules feeding them (``facts["fp32_pass_through"]``, :mod:`vggc.compress.quantize.pt2e_fp32`)."""
     _require_torchao()
     model = model.eval().float().cpu()
     fp32_modules = check_fp32_modules(model, fp32_modules)
@@ -258,8 +212,8 @@ def torch_trials(model, batches: Sequence[torch.Tensor], example: torch.Tensor, 
     program eagerly (``torch-int8-eager``: no compile per trial)."""
     import copy
 
-    from vggc.compress.pt2e_fp32 import check_fp32_modules, quantizable_modules
-    from vggc.compress.quantize_budget import TRIAL_BACKENDS, Trials, _EagerRunner
+    from vggc.compress.quantize.budget import TRIAL_BACKENDS, Trials, _EagerRunner
+    from vggc.compress.quantize.pt2e_fp32 import check_fp32_modules, quantizable_modules
 
     model = model.eval().float().cpu()
     gm = export_module(model, example)
@@ -277,7 +231,7 @@ def quantize_to_file(model: nn.Module, tmp: Path, *, mode, batches, method, redu
                      weights: Path, progress, budget=None) -> tuple[dict, int]:
     """Quantize a copy of ``model`` (``mode`` static/dynamic) and save the ``.pt2`` program to ``tmp``;
     return ``(facts, size of the FP32 weights file)``. ``budget`` (static only): the
-    :func:`vggc.compress.quantize_budget.budget_search` runner that picks the modules kept FP32."""
+    :func:`vggc.compress.quantize.budget.budget_search` runner that picks the modules kept FP32."""
     import copy
 
     model = copy.deepcopy(model)
@@ -316,81 +270,55 @@ def quantize_dynamic_torchao(model: nn.Module, example: torch.Tensor):
     return ep, {"quantized_layers": {"conv": 0, "linear": n_linear}, "float_layers": {"conv": n_conv}}
 
 
-def save_pt2(ep, path: str | Path) -> Path:
-    """``torch.export.save`` to ``path`` (the caller makes it atomic); return ``path``."""
-    try:
-        torch.export.save(ep, str(path))
-    except Exception as err:  # noqa: BLE001
-        first = first_line(err, 200)
-        raise VggcError(f"torch.export.save failed: {first}") from None
-    return Path(path)
+# ----------------------------------------------------------------------------- the backend interface
+# (vggc.compress.quantize.backend; the format record is vggc.formats' "pt2")
+
+def reason() -> str | None:
+    """Return why torch (torchao PT2E) quantization cannot run here, or ``None``."""
+    return torchao_reason()
 
 
-# ----------------------------------------------------------------------------- safe loading
-
-def check_pt2_archive(path: str | Path) -> None:
-    """Refuse ``.pt2`` archives that ``torch.export.load`` would unpickle with ``weights_only=False``.
-
-    ``torch.export.load`` reads tensors marked ``use_pickle`` (tensor subclasses), custom/opaque
-    objects and a ``sample_inputs`` file that fails ``weights_only=True`` with full pickle, i.e.
-    arbitrary code. vggc writes none of those; this check raises :class:`ModelFormatError` for a
-    file that has them (or is not a PT2 archive) before anything is unpickled.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ModelFormatError(f"{path}: file is empty")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            if not any(n.endswith("/archive_format") or n == "archive_format" for n in names):
-                raise ModelFormatError(f"{path}: not a torch.export PT2 archive")
-            for name in names:
-                if name.endswith(("_weights_config.json", "_constants_config.json")):
-                    cfg = json.loads(zf.read(name)).get("config", {})
-                    for fqn, meta in cfg.items():
-                        pname = str(meta.get("path_name", ""))
-                        if meta.get("use_pickle") or pname.startswith(("custom_obj", "opaque_obj")):
-                            raise ModelFormatError(
-                                f"{path}: holds a pickled object ({fqn}); vggc loads only plain-tensor PT2 "
-                                "programs (unpickling can run arbitrary code)")
-                elif "/sample_inputs/" in name and name.endswith(".pt"):
-                    try:
-                        torch.load(io.BytesIO(zf.read(name)), weights_only=True)
-                    except Exception:  # noqa: BLE001
-                        raise ModelFormatError(
-                            f"{path}: its sample inputs need full unpickling; refusing to load it") from None
-    except zipfile.BadZipFile:
-        raise ModelFormatError(f"{path}: truncated or not a PT2 (zip) archive") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelFormatError(f"{path}: unreadable PT2 archive ({err})") from None
+def check(*, mode: str, calib_method: str | None, per_channel: bool, preset: str) -> None:
+    """One-line :class:`InputError` for the options ``--backend torch`` does not take."""
+    if mode == "static" and not per_channel:
+        raise InputError("--per-tensor: the torch backend's X86 Inductor int8 lowering handles per-channel "
+                         "weights only (per-tensor weights would run as float convolutions); use "
+                         "--per-channel or --backend onnxruntime")
 
 
-def load_pt2(path: str | Path):
-    """Return the ``ExportedProgram`` in ``path`` after :func:`check_pt2_archive` (imports torchao
-    first so its custom ops resolve)."""
-    check_pt2_archive(path)
-    with contextlib.suppress(ImportError):
-        import_torchao()  # registers torchao::* and quantized_decomposed::* ops used by the graphs
-    try:
-        return torch.export.load(str(path))
-    except Exception as err:  # noqa: BLE001
-        first = first_line(err, 200)
-        raise ModelFormatError(f"{path}: torch.export.load failed ({first})") from None
+def write(job, tmp: Path, companions: list[Path]) -> tuple[dict, int]:
+    """Write the ``.pt2`` program of ``job`` to ``tmp``; return ``(facts, size of the FP32 weights file)``."""
+    return quantize_to_file(job.model, tmp, mode=job.mode, batches=job.batches, method=job.method,
+                            reduce_range=job.reduce_range, percentile=job.percentile, example=job.example,
+                            weights=job.weights, progress=job.progress, budget=job.budget)
 
 
-def pt2_graph_precision(path: str | Path) -> str:
-    """``int8`` if the archive's serialized graph has quantize ops or ``_int_mm``, else ``fp32``
-    (reads the graph JSON only; nothing is unpickled)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for name in zf.namelist():
-                if "/models/" in name and name.endswith(".json"):
-                    text = zf.read(name).decode("utf-8", "replace")
-                    if any(k in text for k in ("quantize_per_tensor", "quantize_affine", "_int_mm",
-                                               "dequantize_per_channel")):
-                        return "int8"
-    except (zipfile.BadZipFile, OSError):
-        pass
-    return "fp32"
+def open_for_eval(path: Path, companions: list[Path], *, preprocess, batch_size: int, threads: int | None,
+                  which: str | None = None):
+    """Return ``(runner, backend)``: the just-written ``.pt2`` on ``which``, or compiled where a C++
+    compiler exists and eager otherwise (``which`` None/``auto``)."""
+    from vggc.export.pt2_backend import _compiled_reason, open_pt2
+
+    if which == "torch-int8-compiled":
+        why = _compiled_reason()
+        if why:
+            raise UnavailableError(f"torch-int8-compiled: {why}")
+    compiled = which == "torch-int8-compiled" or (which in (None, "auto") and _compiled_reason() is None)
+    runner = open_pt2(path, compiled=compiled, input_size=preprocess.input_size, warmup_batches=(batch_size,))
+    return runner, "torch-int8-compiled" if compiled else "torch-int8-eager"
+
+
+def manifest_extra(out: Path, facts: dict) -> dict:
+    """Return the ``.pt2`` manifest's own keys."""
+    return {"dynamic_batch": True, "load": "import torchao; torch.export.load(path).module()",
+            "fast_backend": "torch-int8-compiled"}
+
+
+def settings_extra(job) -> dict:
+    """The torch backend adds no settings of its own."""
+    return {}
+
+
+def notes(job) -> list[str]:
+    """The torch backend adds no notes of its own."""
+    return []
