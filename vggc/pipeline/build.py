@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
-from vggc.compress.quantize_budget import TRIAL_BACKENDS, BudgetNotMetError
+from vggc.compress.quantize import TRIAL_BACKENDS, BudgetNotMetError
 from vggc.errors import first_line
 from vggc.pipeline import commands as cmds
 from vggc.pipeline.presets import Preset
@@ -252,16 +252,21 @@ def _budget_options(b: Build, ctx: StepContext, src: str | None, aware: bool) ->
                   "eval_limit": p.eval_limit}
 
 
-def _run_quant(b: Build, ctx: StepContext, src: str | None, mode: str, backend: str, reduce_range: bool) -> dict:
+def _run_quant(b: Build, ctx: StepContext, src: str | None, mode: str, backend: str, reduce_range: bool,
+               onnx: str | None) -> dict:
     from vggc.compress.quantize import quantize
 
     p = b.preset
     source = b.weights if src is None else ctx.dep(src)
-    left, extra = _budget_options(b, ctx, src, _aware(mode, backend))
+    aware = _aware(mode, backend)
+    left, extra = _budget_options(b, ctx, src, aware)
+    fp32_onnx = ctx.dep(onnx) if onnx else None  # the FP32 export step's file: not exported again
+    reference = _reference(b, ctx, src) if aware else None  # the FP32 top-1: not evaluated again
 
     def run_quantize(options: dict) -> dict:
         return quantize(source, mode=mode, backend=backend, data=b.data_s, calib_size=p.calib_size, seed=b.seed,
-                        out=ctx.output(), threads=b.threads, progress=b.progress,
+                        out=ctx.output(), threads=b.threads, progress=b.progress, fp32_onnx=fp32_onnx,
+                        reference=reference,
                         **({"evaluate": False} | options))  # else the bench measures accuracy, once
 
     missed = None
@@ -282,12 +287,17 @@ def _run_quant(b: Build, ctx: StepContext, src: str | None, mode: str, backend: 
                                          backend=backend, calib_size=p.calib_size, seed=b.seed,
                                          reduce_range=reduce_range, max_drop=extra.get("max_drop"),
                                          max_fp32_layers=extra.get("max_fp32_layers"),
-                                         eval_limit=extra.get("eval_limit"))
+                                         eval_limit=extra.get("eval_limit"),
+                                         fp32_onnx=ctx.shell(fp32_onnx) if fp32_onnx else None)
     return facts
 
 
-def quant_step(b: Build, name: str, src: str | None, out: str, mode: str, backend: str) -> Step:
-    """INT8 quantization of ``src``'s model (``None``: the source state_dict) on ``backend``."""
+def quant_step(b: Build, name: str, src: str | None, out: str, mode: str, backend: str,
+               onnx: str | None = None) -> Step:
+    """INT8 quantization of ``src``'s model (``None``: the source state_dict) on ``backend``;
+    ``onnx``: the step whose FP32 ONNX export of the same model ONNX Runtime and NNCF quantize
+    (instead of exporting it again). An accuracy-aware step takes the FP32 top-1 from
+    ``source_eval`` (the unpruned model) or the prune step's manifest (a pruned one)."""
     from vggc.compress.quantize import resolve_reduce_range
 
     p = b.preset
@@ -301,8 +311,9 @@ def quant_step(b: Build, name: str, src: str | None, out: str, mode: str, backen
     outs = [out, str(Path(out).with_suffix(".bin"))] if backend == "openvino" else [out]
     what = "NNCF, OpenVINO IR" if backend == "openvino" else backend
     splits = ("train", "test") if aware else ("train",) if mode == "static" else ()
-    return Step(name, outs, lambda ctx: _run_quant(b, ctx, src, mode, backend, reduce_range),
-                deps=[src or SOURCE_EVAL] if (src or aware) else [], inputs=[] if src else [b.weights],
+    deps = ([src or SOURCE_EVAL] if (src or aware) else []) + ([onnx] if onnx else [])
+    return Step(name, outs, lambda ctx: _run_quant(b, ctx, src, mode, backend, reduce_range, onnx),
+                deps=deps, inputs=[] if src else [b.weights],
                 settings=settings, label=f"{mode} INT8 ({what})", **b.reads(*splits))
 
 
@@ -381,16 +392,16 @@ def prune_step(b: Build, target: float, scan_steps: list[Step]) -> Step:
 def frontier_steps(b: Build, target: float, scan_steps: list[Step]) -> list[Step]:
     """One target of the frontier: the pruned model, its ONNX export and its INT8 copies."""
     tag, stem = target_tag(target), b.stem
-    src = f"prune{tag}"
+    src, onnx = f"prune{tag}", f"pruned{tag}_onnx"
     return [
         prune_step(b, target, scan_steps),
-        export_step(b, f"pruned{tag}_onnx", src, f"{stem}_pruned{tag}.onnx", fp16=False),
+        export_step(b, onnx, src, f"{stem}_pruned{tag}.onnx", fp16=False),
         quant_step(b, f"pruned{tag}_int8_ort_static", src, f"{stem}_pruned{tag}_int8_ort_static.onnx",
-                   "static", "onnxruntime"),
+                   "static", "onnxruntime", onnx=onnx),
         quant_step(b, f"pruned{tag}_int8_torch_static", src, f"{stem}_pruned{tag}_int8_torch_static.pt2",
                    "static", "torch"),
         quant_step(b, f"pruned{tag}_int8_ov_static", src, f"{stem}_pruned{tag}_int8_ov_static.xml",
-                   "static", "openvino"),
+                   "static", "openvino", onnx=onnx),
     ]
 
 
@@ -468,11 +479,13 @@ def build_steps(weights: str | os.PathLike, data: str | os.PathLike, preset: Pre
         source_eval_step(b),
         export_step(b, "onnx_fp32", None, f"{stem}.onnx", fp16=False),
         export_step(b, "onnx_fp16", None, f"{stem}_fp16.onnx", fp16=True),
-        quant_step(b, "int8_ort_dynamic", None, f"{stem}_int8_ort_dynamic.onnx", "dynamic", "onnxruntime"),
-        quant_step(b, "int8_ort_static", None, f"{stem}_int8_ort_static.onnx", "static", "onnxruntime"),
+        quant_step(b, "int8_ort_dynamic", None, f"{stem}_int8_ort_dynamic.onnx", "dynamic", "onnxruntime",
+                   onnx="onnx_fp32"),
+        quant_step(b, "int8_ort_static", None, f"{stem}_int8_ort_static.onnx", "static", "onnxruntime",
+                   onnx="onnx_fp32"),
         quant_step(b, "int8_torch_dynamic", None, f"{stem}_int8_torch_dynamic.pt2", "dynamic", "torch"),
         quant_step(b, "int8_torch_static", None, f"{stem}_int8_torch_static.pt2", "static", "torch"),
-        quant_step(b, TEACHER_STEP, None, f"{stem}_int8_ov_static.xml", "static", "openvino"),
+        quant_step(b, TEACHER_STEP, None, f"{stem}_int8_ov_static.xml", "static", "openvino", onnx="onnx_fp32"),
         *scan_steps,
         *frontier,
         distill_step(b),

@@ -52,9 +52,9 @@ def export_cmd(src: Path, out: Path, data: Path, *, fp16: bool, parity_limit: in
 
 def quantize_cmd(src: Path, out: Path, data: Path, *, mode: str, backend: str, calib_size: int, seed: int,
                  reduce_range: bool, max_drop: float | None = None, max_fp32_layers: int | None = None,
-                 eval_limit: int | None = None) -> str:
+                 eval_limit: int | None = None, fp32_onnx: str | Path | None = None) -> str:
     static = mode == "static"
-    return _cmd("vggc", "quantize", src, "--mode", mode, "--backend", backend,
+    return _cmd("vggc", "quantize", src, "--mode", mode, "--backend", backend, *_opt("--fp32-onnx", fp32_onnx),
                 *(("--data", data, "--calib-size", calib_size) if static else ()), "--seed", seed,
                 "--reduce-range" if reduce_range else "--full-range",
                 *(("--max-drop", f"{max_drop:.4f}", *_opt("--max-fp32-layers", max_fp32_layers),
