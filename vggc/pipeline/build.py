@@ -12,7 +12,13 @@ stay within it (``vggc quantize --max-drop``).
 Step names carry the target in percent (``prune50``, ``pruned25_int8_ov_static``, ``prune12_5``);
 :func:`family` maps them to the name without it (``prune``, ``pruned_int8_ov_static``: the names
 of the single-target pipeline, still accepted by ``--only`` and ``Preset.skip``). Each step returns
-its equivalent ``vggc`` command (:mod:`vggc.pipeline.commands`) in its metrics as ``command``.
+its equivalent ``vggc`` command (:mod:`vggc.pipeline.commands`; files under ``--out`` as ``$OUT/...``,
+the source weights and data as the user gave them) in its metrics as ``command``.
+
+Each artifact is made once and passed on: ``source_eval`` evaluates the unpruned model in FP32 once
+(top-1 and per-image predictions, :mod:`vggc.reference`) for every budget, prune and teacher check;
+ONNX Runtime and NNCF quantize the FP32 ONNX file of the ``onnx_fp32`` / ``pruned<T>_onnx`` step.
+Step factories are module-level functions of a :class:`Build` (what every step needs).
 """
 
 from __future__ import annotations
