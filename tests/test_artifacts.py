@@ -22,3 +22,32 @@ def test_manifest_written_keeps_the_artifact(tmp_path):
     art.write_text("model")
     path = write_manifest_or_remove(art, kind="onnx", inputs={}, settings={"a": 1})
     assert path == manifest_path(art) and art.exists() and read_manifest(art)["settings"] == {"a": 1}
+
+
+def test_sha256_file_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    """An unchanged file is not read again; a file rewritten in place (same size, even with its old
+    mtime put back) or replaced by a rename gets its new digest."""
+    import builtins
+    import hashlib
+    import os
+    import time
+
+    from vggc.artifacts import sha256_file
+
+    f = tmp_path / "m.bin"
+    f.write_bytes(b"a" * 100)
+    st = os.stat(f)
+    first = sha256_file(f)
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k))
+    assert sha256_file(f) == first and sha256_file(str(f)) == first and opened == []
+    monkeypatch.setattr(builtins, "open", real_open)
+    time.sleep(0.01)  # a later write: the ctime moves even on a kernel with coarse timestamps
+    f.write_bytes(b"b" * 100)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: the ctime still moves
+    assert sha256_file(f) == hashlib.sha256(b"b" * 100).hexdigest() != first
+    new = tmp_path / "new.bin"
+    new.write_bytes(b"c" * 100)
+    os.replace(new, f)
+    assert sha256_file(f) == hashlib.sha256(b"c" * 100).hexdigest()

@@ -119,3 +119,42 @@ def test_real_test_split(test_split):
     assert len(test_split) == 10_000
     assert list(torch.bincount(test_split.labels)) == [1000] * 10
     assert test_split.classes[0] == "airplane"
+
+
+def test_load_split_is_kept_in_memory_and_a_changed_file_is_read_again(tmp_path, monkeypatch):
+    """A second load_split of the same split lists no file and decodes nothing; an image added (or
+    replaced by a rename) is seen at once, one edited in place once split_fingerprint (every
+    pipeline run, every step key) has listed the files; a changed python batch file too."""
+    import os
+
+    import vggc.data as data_mod
+    from vggc.data import clear_split_memo, split_fingerprint
+
+    monkeypatch.setenv("VGGC_CACHE", str(tmp_path / "cache"))
+    clear_split_memo()
+    root = make_imagefolder(tmp_path / "d", per_class=2, classes=2)
+    listings = []
+    real_listing = data_mod._listing_key
+    monkeypatch.setattr(data_mod, "_listing_key", lambda *a: listings.append(a) or real_listing(*a))
+    a = load_split(root, "train")
+    b = load_split(root, "train")
+    assert len(listings) == 1 and torch.equal(a.images, b.images) and len(b) == 4
+    c0 = root / "train" / "class00"
+    (c0 / "0009.png").write_bytes((c0 / "0000.png").read_bytes())  # one image added
+    assert len(load_split(root, "train")) == 5 and len(listings) == 2
+    from torchvision.io import write_png
+
+    write_png(torch.zeros(3, 32, 32, dtype=torch.uint8), str(c0 / "0000.png"))  # edited in place
+    os.utime(c0 / "0000.png", ns=(1, 1))
+    split_fingerprint(root, "train")
+    after = load_split(root, "train")
+    assert int(after.images[0].sum()) == 0 and not torch.equal(after.images[0], a.images[0])
+
+    croot, _ = _write_cifar_py(tmp_path / "cifar", n_test=20)
+    first = load_split(croot, "test")
+    rng = np.random.default_rng(1)
+    batch = {b"data": rng.integers(0, 256, (30, 3072), dtype=np.uint8), b"labels": list(range(10)) * 3}
+    (croot / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(batch))
+    second = load_split(croot, "test")
+    assert len(first) == 20 and len(second) == 30
+    assert torch.equal(second.images[0].flatten(), torch.from_numpy(batch[b"data"][0]))

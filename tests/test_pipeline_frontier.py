@@ -26,12 +26,16 @@ def test_full_preset_builds_one_branch_per_target_and_old_names_expand():
     steps = {s.name: s for s in build_steps(Path("w.pt"), Path("d"), full)}
     for tag in ("50", "25", "12_5"):
         prune = steps[f"prune{tag}"]
-        assert prune.deps == ["prune_scan", "int8_ov_static"]  # one scan; the INT8 OpenVINO teacher
+        # one scan; the INT8 OpenVINO teacher; the unpruned model's FP32 reference (not evaluated again)
+        assert prune.deps == ["prune_scan", "int8_ov_static", "source_eval"]
         assert prune.settings["kd"]["teacher_backend"] == "openvino-cpu" and prune.settings["stop"]["margin_pt"] > 0
-        for q in ("ort", "torch", "ov"):
-            assert steps[f"pruned{tag}_int8_{q}_static"].deps == [f"prune{tag}"]
+        for q in ("ort", "torch", "ov"):  # ONNX Runtime and NNCF quantize the pruned model's FP32 ONNX export
+            assert steps[f"pruned{tag}_int8_{q}_static"].deps == [f"prune{tag}"] + (
+                [f"pruned{tag}_onnx"] if q != "torch" else [])
             assert steps[f"pruned{tag}_int8_{q}_static"].settings["max_fp32_layers"] == full.max_fp32_layers
-    assert steps["int8_ort_static"].deps == ["source_eval"] and steps["distill"].deps == ["int8_ov_static"]
+    assert steps["int8_ort_static"].deps == ["source_eval", "onnx_fp32"] == steps["int8_ov_static"].deps
+    assert steps["int8_ort_dynamic"].deps == ["onnx_fp32"] and steps["int8_torch_static"].deps == ["source_eval"]
+    assert steps["distill"].deps == ["int8_ov_static", "source_eval"]
     log: list[str] = []
     assert expand(["prune", "onnx_fp32"], list(steps.values()), log.append) == [
         "prune50", "prune25", "prune12_5", "onnx_fp32"]
@@ -79,9 +83,10 @@ def test_recorded_commands_parse_with_the_real_cli(tmp_path):
             p["stop_drop"], p["sensitivity"], p["bn_recalib"]) == (0.25, 5, 0.9, str(t), "openvino-cpu", 5.88,
                                                                     str(scan), 500)
     q = _parse(main, c.quantize_cmd(w, tmp_path / "q.xml", d, mode="static", backend="openvino", calib_size=1000,
-                                    seed=0, reduce_range=False, max_drop=0.53, max_fp32_layers=4, eval_limit=None))
-    assert (q["backend"], q["max_drop"], q["max_fp32_layers"], q["reduce_range"], q["no_eval"]) == (
-        "openvino", 0.53, 4, False, False)
+                                    seed=0, reduce_range=False, max_drop=0.53, max_fp32_layers=4, eval_limit=None,
+                                    fp32_onnx=t))
+    assert (q["backend"], q["max_drop"], q["max_fp32_layers"], q["reduce_range"], q["no_eval"], q["fp32_onnx"]) == (
+        "openvino", 0.53, 4, False, False, str(t))
     q = _parse(main, c.quantize_cmd(w, tmp_path / "q.onnx", d, mode="static", backend="onnxruntime",
                                     calib_size=128, seed=0, reduce_range=True))
     assert q["max_drop"] is None and q["no_eval"] and q["reduce_range"] is True
@@ -198,4 +203,49 @@ def test_int8_step_that_misses_the_budget_writes_plain_int8_and_says_so(tmp_path
     assert step["metrics"]["budget_note"].endswith("wrote plain INT8") and "--max-drop" not in step["metrics"]["command"]
     assert any(m.startswith("-- int8_ort_static: --max-drop 0.25: INT8 still loses") for m in log)
     row = next(r for r in res["rows"] if r["model"] == "tiny_int8_ort_static.onnx" and r["status"] == "ok")
-    assert row["rebuild"] == [step["metrics"]["command"]]  # the rebuild command is the plain one that ran
+    # the rebuild commands: the FP32 ONNX export it quantized, then the plain quantization that ran
+    export = {s["name"]: s for s in res["steps"]}["onnx_fp32"]["metrics"]["command"]
+    assert row["rebuild"] == [export, step["metrics"]["command"]]
+
+
+def test_pipeline_commands_are_relative_to_out_and_the_work_is_counted(tmp_path, monkeypatch):
+    """Inputs given relative stay relative in the recorded commands, files under --out are $OUT/...
+    (pipeline.json says what OUT was), every command parses with the real CLI once OUT is set, and
+    each step's work is recorded: the unpruned model is evaluated in FP32 once (source_eval), the
+    prune step and the INT8 teacher take its top-1 from there, each FP32 ONNX file is exported once."""
+    import click
+    from test_pipeline import _tiny_setup
+
+    from vggc.cli import main
+    from vggc.pipeline.commands import command_args
+
+    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    log: list[str] = []
+    res = pipeline.run_pipeline("tiny.pt", "data", preset="tiny", out_dir="run", only=["prune", "pruned_onnx"],
+                                log=log.append)
+    doc = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert doc["out_as_given"] == "run"
+    steps = {s["name"]: s for s in doc["steps"]}
+    assert steps["source_eval"]["work"]["fp32_source_evals"] == 1
+    assert steps["prune50"]["status"] == "ok" and steps["prune50"]["work"]["fp32_source_evals"] == 0
+    assert steps["pruned50_onnx"]["work"]["fp32_exports"] == 1 == steps["onnx_fp32"]["work"]["fp32_exports"]
+    assert steps["int8_ov_static"]["work"]["fp32_exports"] == 0  # NNCF quantized onnx_fp32's file
+    assert doc["work"]["fp32_exports"] == 2 and doc["work"]["fp32_source_evals"] == 1
+    assert doc["work"]["fp32_exports"] == sum(s["work"].get("fp32_exports", 0) for s in doc["steps"])
+    assert doc["step_seconds"] == pytest.approx(sum(s["seconds"] for s in doc["steps"]), abs=0.05)
+    assert any(m.startswith("-- pruned50_onnx: done in") and m.endswith("(1 FP32 export)") for m in log)
+    commands = [s["metrics"]["command"] for s in doc["steps"] if "command" in s["metrics"]]
+    assert len(commands) >= 3
+    for cmd in commands:
+        assert str(tmp_path) not in cmd and '"$OUT/' in cmd, cmd
+        args = command_args(cmd, out="run")
+        name = shlex.split(cmd)[1]
+        sub = main.get_command(click.Context(main), name)
+        params = sub.make_context(name, args).params  # the files it names exist once OUT=run
+        if name == "prune":
+            assert params["weights"] == "tiny.pt" and params["data"] == "data"
+    row = next(r for r in res["rows"] if r["model"] == "tiny_pruned50.onnx")
+    # the teacher: the unpruned model's FP32 ONNX export, then its INT8 IR from it
+    assert [shlex.split(c)[1] for c in row["rebuild"]] == ["export", "quantize", "prune", "export"]
+    assert '--fp32-onnx "$OUT/tiny.onnx"' in row["rebuild"][1]

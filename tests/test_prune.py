@@ -634,3 +634,30 @@ def test_bn_recalib_is_recorded_and_zero_turns_it_off(tmp_path):
     a, b = torch.load(tmp_path / "on.pt", weights_only=True), torch.load(tmp_path / "off.pt", weights_only=True)
     assert torch.equal(a["features.0.weight"], b["features.0.weight"])  # same filters kept, weights untouched
     assert not torch.equal(a["features.1.running_mean"], b["features.1.running_mean"])
+
+
+def test_a_given_reference_replaces_the_source_evaluation(tmp_path):
+    """``reference=`` (the pipeline's source_eval record): ``top1_source`` is taken from it and the
+    source is not evaluated again; a record of other images is refused."""
+    from vggc import work
+    from vggc.data import limit_split, load_split
+    from vggc.reference import evaluate_source, reference_doc
+
+    data = make_imagefolder(tmp_path / "data", per_class=4)
+    w = tmp_path / "tiny.pt"
+    torch.save(wide_vgg().state_dict(), w)
+    spec = PruneSpec(target_macs=0.5, round_to=4)
+    before = work.snapshot()
+    plain = prune_file(w, data, tmp_path / "a.pt", spec, eval_limit=20, bn_recalib=0)
+    assert work.since(before)["fp32_source_evals"] == 1
+    test = limit_split(load_split(data, "test"), 20, 0)
+    model = model_from_state_dict(torch.load(w, weights_only=True))[0]
+    ref = reference_doc(evaluate_source(model, test, Preprocess()), test, eval_limit=20, seed=0)
+    ref["top1"] = 0.123456  # what the record says is what is used (nothing re-evaluated)
+    before = work.snapshot()
+    given = prune_file(w, data, tmp_path / "b.pt", spec, eval_limit=20, bn_recalib=0, reference=ref)
+    assert work.since(before)["fp32_source_evals"] == 0
+    assert given["top1_source"] == 0.123456 and given["top1"] == plain["top1"]
+    with pytest.raises(InputError, match="other evaluation images|on 20 images"):
+        prune_file(w, data, tmp_path / "c.pt", spec, eval_limit=10, bn_recalib=0, reference=ref)
+    assert not (tmp_path / "c.pt").exists()

@@ -19,14 +19,30 @@ from typing import Any, Iterator
 
 from vggc.errors import InputError, ModelFormatError, first_line
 
+# digests of files already hashed in this process: (resolved path, size, mtime_ns, inode, ctime_ns) -> hex
+_DIGESTS: dict[tuple, str] = {}
+_DIGESTS_SIZE = 4096
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Return the hex SHA-256 of a file's bytes."""
+    """Return the hex SHA-256 of a file's bytes.
+
+    Remembered per (resolved path, size, mtime_ns, inode, ctime_ns): a file hashed again unchanged
+    (the pipeline keys, markers and manifests name the same model files many times) is not read
+    again; a rewritten or replaced file is."""
+    p = Path(path)
+    st = os.stat(p)
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(p, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    if len(_DIGESTS) >= _DIGESTS_SIZE:
+        _DIGESTS.clear()
+    _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def sha256_json(obj: Any) -> str:

@@ -192,9 +192,45 @@ def _listing_key(kind: str, path: Path, split: str) -> str:
 def split_fingerprint(root: str | os.PathLike, split: str) -> str:
     """Return a fingerprint of one split as it would be read now: its layout, resolved path and
     every file's name, size and mtime (the decode cache's key). A changed, added or removed image
-    changes it."""
+    changes it (and drops a :func:`load_split` memo of the split it contradicts)."""
     kind, path = detect_layout(Path(root))
-    return _listing_key(kind, path, split)
+    key = _listing_key(kind, path, split)
+    memo_key = (kind, str(path.resolve()), split)
+    if memo_key in _MEMO and _MEMO[memo_key][1] != key:
+        del _MEMO[memo_key]
+    return key
+
+
+# In-process memo of decoded splits: (kind, resolved path, split) -> (directory signature, listing key, Split).
+# Listing every file (one stat each: ~2 s for the 50,000 training images) and loading the decode cache
+# (~0.5 s) on every call is what it saves; a few splits at most are kept (the newest).
+_MEMO: dict[tuple[str, str, str], tuple[tuple, str, Split]] = {}
+_MEMO_SIZE = 4
+
+
+def _dir_signature(kind: str, path: Path, split: str) -> tuple:
+    """Return what :func:`load_split`'s memo is checked against without a stat per image: for an
+    ImageFolder each class directory's (name, mtime_ns, inode) and its sorted file names (an image
+    added, removed or replaced by a rename changes it), for python batches each batch file's (name,
+    size, mtime_ns, inode). Editing an image in place is seen by the next :func:`split_fingerprint`
+    (every pipeline run and step key lists every file), which drops the memo."""
+    out = []
+    if kind == "imagefolder":
+        base = path / split
+        for cdir in sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.name):
+            st = cdir.stat()
+            names = hashlib.sha256("\n".join(sorted(os.listdir(cdir))).encode()).hexdigest()
+            out.append((cdir.name, st.st_mtime_ns, st.st_ino, names))
+    else:
+        for f in sorted(path.iterdir()):
+            st = f.stat()
+            out.append((f.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
+def clear_split_memo() -> None:
+    """Forget every split :func:`load_split` keeps in memory (the next call reads the files again)."""
+    _MEMO.clear()
 
 
 def load_split(root: str | os.PathLike, split: str = "test", *, download: bool = False,
@@ -202,7 +238,10 @@ def load_split(root: str | os.PathLike, split: str = "test", *, download: bool =
     """Return one split of CIFAR-10 (``"train"`` or ``"test"``) as uint8 tensors.
 
     ``download=True`` fetches CIFAR-10 through torchvision into ``root`` first (internet needed).
-    Decoded splits are cached; the cache key covers every file's name, size and mtime.
+    Decoded splits are cached on disk; the cache key covers every file's name, size and mtime.
+    With ``use_cache`` a split is also kept in memory for the next call, checked against its
+    directories (:func:`_dir_signature`) rather than a stat of every image; the tensors are shared,
+    so a caller must not modify them in place.
     """
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -213,12 +252,40 @@ def load_split(root: str | os.PathLike, split: str = "test", *, download: bool =
         except DataError:
             download_cifar10(root)
     kind, path = detect_layout(root)
+    memo_key = (kind, str(path.resolve()), split)
+    signature = _dir_signature(kind, path, split) if use_cache else None
+    hit = _MEMO.get(memo_key) if use_cache else None
+    if hit is not None and hit[0] == signature:
+        _MEMO[memo_key] = _MEMO.pop(memo_key)  # the newest
+        return _shared(hit[2])
+    data = _load_split_files(kind, path, split, use_cache, progress)
+    if use_cache:
+        _MEMO.pop(memo_key, None)
+        _MEMO[memo_key] = (signature, data.name_key, data.split)
+        while len(_MEMO) > _MEMO_SIZE:
+            del _MEMO[next(iter(_MEMO))]
+    return _shared(data.split)
+
+
+def _shared(split: Split) -> Split:
+    """A new :class:`Split` on the memo's tensors (callers never modify images in place)."""
+    return Split(split.images, split.labels, split.classes, split.name)
+
+
+@dataclass
+class _Loaded:
+    split: Split
+    name_key: str  # the listing key it was read under
+
+
+def _load_split_files(kind: str, path: Path, split: str, use_cache: bool, progress: Progress) -> _Loaded:
+    """Read one split from the decode cache, else decode it from its files (and cache it)."""
     key = _listing_key(kind, path, split)
     cfile = cache_dir() / f"{split}-{key}.pt"
     if use_cache and cfile.is_file():
         try:
             blob = torch.load(cfile, weights_only=True)
-            return Split(blob["images"], blob["labels"], tuple(json.loads(blob["classes"])), split)
+            return _Loaded(Split(blob["images"], blob["labels"], tuple(json.loads(blob["classes"])), split), key)
         except Exception:  # noqa: BLE001 - a broken cache entry is rebuilt
             pass
     if kind == "cifar-py":
@@ -234,7 +301,7 @@ def load_split(root: str | os.PathLike, split: str = "test", *, download: bool =
                             "classes": json.dumps(list(data.classes))}, tmp)
         except OSError:
             pass  # a read-only cache directory only costs speed
-    return data
+    return _Loaded(data, key)
 
 
 def balanced_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:

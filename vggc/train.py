@@ -218,112 +218,39 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
     precision = resolve_precision(cfg.precision, device)
     rank, world = _dist()
     torch.manual_seed(cfg.seed + rank)
-    loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
-
     model = model.to(device, memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise InputError("nothing to train: every parameter is frozen")
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    per_rank = math.ceil(len(train) / world)
-    steps_per_epoch = per_rank // cfg.batch_size
+    opt = _make_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(train) / world) // cfg.batch_size
     sched = _make_scheduler(opt, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-
-    start_epoch, history, partial = 0, [], None
     ckpt_path = Path(checkpoint) if checkpoint else None
-    # mid-epoch checkpoints: single process only (each rank's augmentation RNG would need saving)
-    every_s = (checkpoint_minutes * 60.0 if (checkpoint_minutes is not None and world == 1 and ckpt_path is not None)
-               else None)
-
-    def save(epochs_done: int, part: dict | None = None) -> None:
-        with atomic_path(ckpt_path) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                        "epoch": epochs_done, "rng": torch.get_rng_state(), "history": history,
-                        "config": asdict(cfg), "run_key": run_key, "partial": part}, tmp)
+    loop = _Loop(model=model, net=model, train=train, preprocess=preprocess, cfg=cfg,
+                 loss_fn=loss_fn or cross_entropy_loss(cfg.label_smoothing), opt=opt, sched=sched, scaler=scaler,
+                 device=device, autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision),
+                 rank=rank, world=world, steps_per_epoch=steps_per_epoch, progress=progress, ckpt_path=ckpt_path,
+                 run_key=run_key,
+                 # mid-epoch checkpoints: single process only (each rank's augmentation RNG would need saving)
+                 every_s=(checkpoint_minutes * 60.0 if (checkpoint_minutes is not None and world == 1
+                                                        and ckpt_path is not None) else None))
+    start_epoch, partial = 0, None
     if resume:
-        if ckpt_path is None or not ckpt_path.is_file():
-            raise InputError(f"--resume: no checkpoint at {ckpt_path}")
-        ckpt = load_checkpoint(ckpt_path)
-        check_same_run(ckpt, cfg, model, ckpt_path, run_key)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if "scaler" in ckpt and precision == "fp16":
-            scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"])
-        start_epoch, history = int(ckpt["epoch"]), list(ckpt.get("history", []))
-        partial = ckpt.get("partial")  # written within an epoch: that epoch's progress so far
-
-    net = model
+        start_epoch, partial = _restore(loop, precision)
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    frozen_bn = _frozen_bn_modules(model)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        loop.net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                       else None)
+    loop.frozen_bn = _frozen_bn_modules(model)
     t_start = time.perf_counter()
     stopped = None
-    if stop_check is not None and history and partial is None and start_epoch < cfg.epochs:
-        stopped = stop_check(history[-1])
+    if stop_check is not None and loop.history and partial is None and start_epoch < cfg.epochs:
+        stopped = stop_check(loop.history[-1])
         if stopped:
             model.eval()
 
     for epoch in range(start_epoch, cfg.epochs if not stopped else start_epoch):
-        t0, c0 = time.perf_counter(), time.process_time()
-        net.train()
-        for m in frozen_bn:
-            m.eval()
-        order = epoch_order(len(train), cfg.seed, epoch, rank, world)[: steps_per_epoch * cfg.batch_size]
-        aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank)
-        sums: dict[str, float] = {}
-        first, spent, spent_cpu = 0, 0.0, 0.0
-        if partial is not None and epoch == start_epoch:  # resume inside this epoch
-            first, sums = int(partial["step"]), dict(partial["sums"])
-            spent, spent_cpu = float(partial["seconds"]), float(partial["cpu_seconds"])
-            aug_gen.set_state(partial["aug_rng"])
-        batches = order.view(steps_per_epoch, cfg.batch_size)
-        bar = progress(batches[first:], total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       **({"initial": first} if first else {}))
-        last_save = time.perf_counter()
-        for step, idx in enumerate(bar, start=first):
-            images = train.images[idx]
-            if cfg.augment:
-                images = augment_batch(images, aug_gen)
-            x = preprocess(images).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            y = train.labels[idx].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                enabled=autocast_dtype is not None):
-                loss, parts = loss_fn(net, x, y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1} step {step}; "
-                                         "lower --lr")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            for k, v in {"loss": loss.detach(), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            if hasattr(bar, "set_postfix") and (step % 10 == 0 or step == steps_per_epoch - 1):
-                bar.set_postfix({k: f"{v / (step + 1):.3f}" for k, v in sums.items()}, refresh=False)
-            if (every_s is not None and step < steps_per_epoch - 1
-                    and time.perf_counter() - last_save >= every_s):
-                save(epoch, {"step": step + 1, "sums": sums, "aug_rng": aug_gen.get_state(),
-                             "seconds": spent + time.perf_counter() - t0,
-                             "cpu_seconds": spent_cpu + time.process_time() - c0})
-                last_save = time.perf_counter()
-        seconds = spent + time.perf_counter() - t0
-        record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
-                  "seconds": round(seconds, 2), "cpu_seconds": round(spent_cpu + time.process_time() - c0, 2),
-                  "images_per_s": round(steps_per_epoch * cfg.batch_size * world / seconds, 1),
-                  **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}}
-        history.append(record)
+        record = _run_epoch(loop, epoch, partial if epoch == start_epoch else None)
+        loop.history.append(record)
         if ckpt_path is not None and rank == 0:
-            save(epoch + 1)
+            loop.save(epoch + 1)
         if on_epoch:
             on_epoch(record)
         if stop_check is not None and epoch + 1 < cfg.epochs:
@@ -332,9 +259,127 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
                 record["stopped_early"] = stopped
                 break
     model.to("cpu").eval()
-    return TrainResult(epochs_run=len(history) - start_epoch, history=history,
+    return TrainResult(epochs_run=len(loop.history) - start_epoch, history=loop.history,
                        seconds=round(time.perf_counter() - t_start, 2), device=str(device),
                        precision=precision, resumed_from=start_epoch, stopped_early=stopped)
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Return SGD (Nesterov when momentum > 0) over the trainable parameters, no weight decay on
+    biases and norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise InputError("nothing to train: every parameter is frozen")
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+
+
+@dataclass
+class _Loop:
+    """The state of one :func:`fit`: what an epoch and a checkpoint need."""
+
+    model: nn.Module
+    net: nn.Module  # the model, or its DDP wrapper
+    train: Split
+    preprocess: Preprocess
+    cfg: TrainConfig
+    loss_fn: LossFn
+    opt: torch.optim.Optimizer
+    sched: object
+    scaler: object
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    rank: int
+    world: int
+    steps_per_epoch: int
+    progress: Progress
+    ckpt_path: Path | None
+    run_key: str | None
+    every_s: float | None
+    frozen_bn: list = field(default_factory=list)
+    history: list = field(default_factory=list)
+
+    def save(self, epochs_done: int, part: dict | None = None) -> None:
+        """Write the checkpoint atomically (``part``: an epoch's progress so far)."""
+        with atomic_path(self.ckpt_path) as tmp:
+            torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                        "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+                        "epoch": epochs_done, "rng": torch.get_rng_state(), "history": self.history,
+                        "config": asdict(self.cfg), "run_key": self.run_key, "partial": part}, tmp)
+
+
+def _restore(loop: _Loop, precision: str) -> tuple[int, dict | None]:
+    """Load the checkpoint of the same run into the loop; return ``(epochs done, the partial
+    epoch's progress or None)``."""
+    ckpt_path = loop.ckpt_path
+    if ckpt_path is None or not ckpt_path.is_file():
+        raise InputError(f"--resume: no checkpoint at {ckpt_path}")
+    ckpt = load_checkpoint(ckpt_path)
+    check_same_run(ckpt, loop.cfg, loop.model, ckpt_path, loop.run_key)
+    loop.model.load_state_dict(ckpt["model"])
+    loop.opt.load_state_dict(ckpt["optimizer"])
+    loop.sched.load_state_dict(ckpt["scheduler"])
+    if "scaler" in ckpt and precision == "fp16":
+        loop.scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"])
+    loop.history = list(ckpt.get("history", []))
+    return int(ckpt["epoch"]), ckpt.get("partial")  # partial: written within an epoch, its progress so far
+
+
+def _run_epoch(loop: _Loop, epoch: int, partial: dict | None) -> dict:
+    """Train one epoch (from ``partial``'s step when resuming inside it); return its record."""
+    cfg, steps_per_epoch, device = loop.cfg, loop.steps_per_epoch, loop.device
+    t0, c0 = time.perf_counter(), time.process_time()
+    loop.net.train()
+    for m in loop.frozen_bn:
+        m.eval()
+    order = epoch_order(len(loop.train), cfg.seed, epoch, loop.rank, loop.world)[: steps_per_epoch * cfg.batch_size]
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + loop.rank)
+    sums: dict[str, float] = {}
+    first, spent, spent_cpu = 0, 0.0, 0.0
+    if partial is not None:  # resume inside this epoch
+        first, sums = int(partial["step"]), dict(partial["sums"])
+        spent, spent_cpu = float(partial["seconds"]), float(partial["cpu_seconds"])
+        aug_gen.set_state(partial["aug_rng"])
+    batches = order.view(steps_per_epoch, cfg.batch_size)
+    bar = loop.progress(batches[first:], total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                        **({"initial": first} if first else {}))
+    last_save = time.perf_counter()
+    for step, idx in enumerate(bar, start=first):
+        images = loop.train.images[idx]
+        if cfg.augment:
+            images = augment_batch(images, aug_gen)
+        x = loop.preprocess(images).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = loop.train.labels[idx].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=loop.autocast_dtype or torch.float32,
+                            enabled=loop.autocast_dtype is not None):
+            loss, parts = loop.loss_fn(loop.net, x, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1} step {step}; "
+                                     "lower --lr")
+        loop.opt.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
+        loop.scaler.step(loop.opt)
+        loop.scaler.update()
+        loop.sched.step()
+        for k, v in {"loss": loss.detach(), **parts}.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        if hasattr(bar, "set_postfix") and (step % 10 == 0 or step == steps_per_epoch - 1):
+            bar.set_postfix({k: f"{v / (step + 1):.3f}" for k, v in sums.items()}, refresh=False)
+        if (loop.every_s is not None and step < steps_per_epoch - 1
+                and time.perf_counter() - last_save >= loop.every_s):
+            loop.save(epoch, {"step": step + 1, "sums": sums, "aug_rng": aug_gen.get_state(),
+                              "seconds": spent + time.perf_counter() - t0,
+                              "cpu_seconds": spent_cpu + time.process_time() - c0})
+            last_save = time.perf_counter()
+    seconds = spent + time.perf_counter() - t0
+    return {"epoch": epoch + 1, "lr": loop.opt.param_groups[0]["lr"],
+            "seconds": round(seconds, 2), "cpu_seconds": round(spent_cpu + time.process_time() - c0, 2),
+            "images_per_s": round(steps_per_epoch * cfg.batch_size * loop.world / seconds, 1),
+            **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}}
 
 
 def freeze(model: nn.Module, what: str) -> nn.Module:

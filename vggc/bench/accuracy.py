@@ -17,7 +17,6 @@ image with the baseline (:mod:`vggc.bench.baseline`).
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import hashlib
 import json
@@ -31,6 +30,7 @@ from vggc.artifacts import sha256_file, write_json
 from vggc.data import Split
 from vggc.evaluate import evaluate
 from vggc.progress import Progress, no_progress
+from vggc.reference import pack_predictions, split_digest, unpack_predictions  # noqa: F401 - split_digest re-exported
 
 CACHE_NAME = "accuracy-cache.json"
 CACHE_VERSION = 2
@@ -44,16 +44,6 @@ def _files_digest(mf: runtime.ModelFile) -> str:
     for f in files:
         h.update(f"{Path(f).name}:{sha256_file(f)}\n".encode())
     return h.hexdigest()
-
-
-def _split_digest(split: Split) -> str:
-    h = hashlib.sha256()
-    h.update(split.images.contiguous().numpy().tobytes())
-    h.update(split.labels.contiguous().numpy().tobytes())
-    return h.hexdigest()[:24]
-
-
-split_digest = _split_digest
 
 
 def _fixed_batch(predict: Callable[[torch.Tensor], torch.Tensor], batch: int):
@@ -156,20 +146,6 @@ def changed_inputs(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _pack(pred: torch.Tensor) -> str:
-    return base64.b64encode(pred.to(torch.int16).numpy().astype("<i2").tobytes()).decode("ascii")
-
-
-def _unpack(text: str, n: int) -> torch.Tensor | None:
-    import numpy as np
-
-    try:
-        arr = np.frombuffer(base64.b64decode(text), dtype="<i2")
-    except (ValueError, TypeError):
-        return None
-    return torch.from_numpy(arr.astype("int64")) if arr.size == n else None
-
-
 def measure_accuracy(runner: runtime.Runner, mf: runtime.ModelFile, be: runtime.Backend, split: Split, *,
                      batch: int, threads: int, cache: AccuracyCache, data_digest: str,
                      progress: Progress = no_progress) -> tuple[float, bool, torch.Tensor, str | None]:
@@ -183,7 +159,7 @@ def measure_accuracy(runner: runtime.Runner, mf: runtime.ModelFile, be: runtime.
     inputs = accuracy_key_inputs(mf, be, n_images=len(split), data_digest=data_digest, batch=batch, threads=threads)
     key = accuracy_key(inputs)
     hit = cache.get(key)
-    pred = _unpack(hit.get("predictions", ""), len(split)) if isinstance(hit, dict) else None
+    pred = unpack_predictions(hit.get("predictions", ""), len(split)) if isinstance(hit, dict) else None
     if hit is not None and pred is not None:
         return float(hit["top1"]), True, pred, None
     old = cache.near(inputs)
@@ -194,5 +170,5 @@ def measure_accuracy(runner: runtime.Runner, mf: runtime.ModelFile, be: runtime.
                    progress=_labelled(progress, f"{mf.path.name} {be.key}"))
     cache.put(key, {"top1": res.top1, "correct": res.correct, "n": res.n, "model": mf.path.name,
                     "backend": be.key, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "inputs": inputs, "predictions": _pack(res.predictions)})
+                    "inputs": inputs, "predictions": pack_predictions(res.predictions)})
     return res.top1, False, res.predictions, why

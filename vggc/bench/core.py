@@ -88,7 +88,8 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
               progress: Progress = no_progress, out: str | os.PathLike | None = DEFAULT_OUT,
               use_cache: bool = True, plot: bool = True, command: str | None = None,
               timing: TimingPolicy | RoundsPolicy | None = None, seed: int = SUBSET_SEED,
-              log: Callable[[str], None] | None = None, max_drop_pt: float | None = None) -> BenchRows:
+              log: Callable[[str], None] | None = None, max_drop_pt: float | None = None,
+              extra_rows: Sequence[dict] = (), row_fields: dict[str, dict] | None = None) -> BenchRows:
     """Benchmark every model file on every selected backend that runs its format; return the rows.
 
     ``data``: a CIFAR-10 directory or an already loaded :class:`~vggc.data.Split` (test split).
@@ -104,25 +105,13 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
     and run under it); default: the process's current ``torch.get_num_threads()``; each row records
     the count its runner really used. ``max_drop_pt``: the top-1 budget in percentage points for
     ``within_budget`` and the recommended variant (default: 1 % of the baseline's top-1; see
-    :mod:`vggc.bench.baseline`).
+    :mod:`vggc.bench.baseline`). ``extra_rows``: rows measured elsewhere or not at all (the
+    pipeline's variants whose step did not produce a file) appended after the measured ones;
+    ``row_fields``: ``{model file name: fields}`` added to that file's rows (the pipeline's
+    ``rebuild`` commands). Both are in the outputs, which are written once.
     """
     log = log or (lambda _msg: None)
-    if batch < 1:
-        raise InputError(f"--batch {batch}: must be at least 1")
-    if limit is not None and limit < 1:
-        raise InputError(f"--limit {limit}: must be at least 1")
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads {threads}: must be at least 1")
-    if max_drop_pt is not None and not (0.0 <= max_drop_pt <= 100.0):
-        raise InputError(f"--max-drop {max_drop_pt}: must be between 0 and 100 percentage points")
-    paths = [Path(m) for m in models]
-    if not paths:
-        raise InputError("no model files given")
-    for p in paths:
-        if not p.exists():
-            raise InputError(f"{p}: no such file")
-        if p.is_dir():
-            raise InputError(f"{p}: is a directory, expected a model file")
+    paths = _check_args(models, batch=batch, limit=limit, threads=threads, max_drop_pt=max_drop_pt)
     selection = parse_backends(backends)
     base_path, base_backend = parse_baseline(baseline) if baseline else (None, None)
     if base_path is not None and not any(same_file(base_path, p) for p in paths):
@@ -139,86 +128,22 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
     policy = timing or timing_policy(quick=quick)
     threads = int(threads or torch.get_num_threads() or 1)
     cache = AccuracyCache(out_dir / CACHE_NAME if (out_dir is not None and use_cache) else None)
-    digest = split_digest(sub)
-
-    rows: list[dict] = []
-    predictions: list[torch.Tensor | None] = []  # per row: predicted class per image of ``sub``
-    not_default: dict[str, str] = {}
     load_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        described = []
-        for p in paths:
-            try:
-                described.append((p, runtime.describe(p), None))
-            except Exception as err:  # noqa: BLE001 - an unreadable file is one failed row
-                described.append((p, None, one_line(err)))
-        plan = []
-        for p, mf, err in described:
-            if mf is None:
-                plan.append((p, None, None, err))
-                continue
-            cands = runtime.backends_for(mf.format)
-            chosen, skipped = _choose(cands, selection)
-            for b in skipped:
-                why = (b.note() if callable(getattr(b, "note", None)) else None) or b.available() \
-                    or "not in the default set"
-                not_default.setdefault(b.key, why)
-            if base_backend and same_file(p, base_path) and base_backend not in [b.key for b in chosen]:
-                chosen += [b for b in cands if b.key == base_backend]
-            if not chosen:
-                what = "no registered backend runs" if not cands else "none of the selected backends runs"
-                plan.append((p, mf, None, f"{what} {mf.format} files"))
-            for b in chosen:
-                plan.append((p, mf, b, None))
-        interleave = isinstance(policy, RoundsPolicy)
-        waiting: list[tuple[int, OpenRow]] = []
-        for i, (p, mf, be, err) in enumerate(plan, 1):
-            if err is not None:
-                row = empty_row(mf, p, None, batch=batch, n_images=len(sub), quick=quick, threads=threads)
-                row["status"] = err
-                log(f"[{i}/{len(plan)}] {p.name}: {err}")
-                rows.append(row)
-                predictions.append(None)
-                continue
-            log(f"[{i}/{len(plan)}] {p.name} on {be.key} ...")
-            got = open_row(mf, be, sub, batch=batch, threads=threads, quick=quick, cache=cache, data_digest=digest,
-                           progress=progress)
-            if isinstance(got, dict):
-                log(f"[{i}/{len(plan)}] {p.name} on {be.key}: {got['status']}")
-                rows.append(got)
-                predictions.append(None)
-                continue
-            predictions.append(got.predictions)
-            if got.accuracy_why:
-                log(f"[{i}/{len(plan)}] {p.name} on {be.key}: {got.accuracy_why}")
-            log(f"[{i}/{len(plan)}] {p.name} on {be.key}: top-1 {100 * got.row['top1']:.2f}%")
-            if interleave:
-                waiting.append((len(rows), got))
-                rows.append(got.row)
-                continue
-            row = time_alone(got, policy)
-            rows.append(row)
-            log(f"[{i}/{len(plan)}] {p.name} on {be.key}: " + (f"{row['throughput']} img/s" if row["status"] == "ok"
-                                                                else row["status"]))
-        if waiting:
-            log(f"timing {len(waiting)} rows in {policy.rounds} interleaved rounds ...")
-            try:
-                timed = time_interleaved([o for _, o in waiting], policy, progress=progress)
-            finally:
-                for _, o in waiting:
-                    o.close()
-            for (k, _), row in zip(waiting, timed):
-                rows[k] = row
-                log(f"{row['model']} on {row['backend']}: " + (f"{row['throughput']} img/s" if row["status"] == "ok"
-                                                               else row["status"]))
+        plan, not_default = _plan(paths, selection, base_path, base_backend)
+        rows, predictions = _measure(plan, sub, policy, batch=batch, threads=threads, quick=quick, cache=cache,
+                                     progress=progress, log=log)
     finally:
         torch.set_num_threads(prev_threads)
 
     base = apply_baseline(rows, base_path, base_backend, predictions=predictions, labels=sub.labels,
                           max_drop_pt=max_drop_pt)
     budget = budget_pt(base, max_drop_pt)
+    rows.extend(dict(r) for r in extra_rows)
+    for row in rows:
+        row.update((row_fields or {}).get(row.get("model"), {}))
     result = BenchRows(rows)
     result.context = {
         "command": command,
@@ -247,6 +172,109 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
 
         result.context["outputs"] = {k: str(v) for k, v in write_outputs(result, out_dir, plot=plot).items()}
     return result
+
+
+def _check_args(models, *, batch: int, limit: int | None, threads: int | None,
+                max_drop_pt: float | None) -> list[Path]:
+    """Refuse bad bench arguments (one line each); return the model paths."""
+    if batch < 1:
+        raise InputError(f"--batch {batch}: must be at least 1")
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit {limit}: must be at least 1")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: must be at least 1")
+    if max_drop_pt is not None and not (0.0 <= max_drop_pt <= 100.0):
+        raise InputError(f"--max-drop {max_drop_pt}: must be between 0 and 100 percentage points")
+    paths = [Path(m) for m in models]
+    if not paths:
+        raise InputError("no model files given")
+    for p in paths:
+        if not p.exists():
+            raise InputError(f"{p}: no such file")
+        if p.is_dir():
+            raise InputError(f"{p}: is a directory, expected a model file")
+    return paths
+
+
+def _plan(paths: list[Path], selection, base_path, base_backend) -> tuple[list[tuple], dict[str, str]]:
+    """Return the rows to measure, ``[(path, model file or None, backend or None, error or None)]``,
+    and ``{backend: why it is not run by default}``."""
+    described = []
+    for p in paths:
+        try:
+            described.append((p, runtime.describe(p), None))
+        except Exception as err:  # noqa: BLE001 - an unreadable file is one failed row
+            described.append((p, None, one_line(err)))
+    plan, not_default = [], {}
+    for p, mf, err in described:
+        if mf is None:
+            plan.append((p, None, None, err))
+            continue
+        cands = runtime.backends_for(mf.format)
+        chosen, skipped = _choose(cands, selection)
+        for b in skipped:
+            why = (b.note() if callable(getattr(b, "note", None)) else None) or b.available() \
+                or "not in the default set"
+            not_default.setdefault(b.key, why)
+        if base_backend and same_file(p, base_path) and base_backend not in [b.key for b in chosen]:
+            chosen += [b for b in cands if b.key == base_backend]
+        if not chosen:
+            what = "no registered backend runs" if not cands else "none of the selected backends runs"
+            plan.append((p, mf, None, f"{what} {mf.format} files"))
+        for b in chosen:
+            plan.append((p, mf, b, None))
+    return plan, not_default
+
+
+def _measure(plan: list[tuple], sub: Split, policy, *, batch: int, threads: int, quick: bool,
+             cache: AccuracyCache, progress: Progress, log: Callable[[str], None]) -> tuple[list[dict], list]:
+    """Measure every planned row (accuracy, then timing alone or in interleaved rounds); return
+    ``(rows, per-row predictions on sub or None)``."""
+    digest = split_digest(sub)
+    rows: list[dict] = []
+    predictions: list[torch.Tensor | None] = []  # per row: predicted class per image of ``sub``
+    interleave = isinstance(policy, RoundsPolicy)
+    waiting: list[tuple[int, OpenRow]] = []
+    for i, (p, mf, be, err) in enumerate(plan, 1):
+        if err is not None:
+            row = empty_row(mf, p, None, batch=batch, n_images=len(sub), quick=quick, threads=threads)
+            row["status"] = err
+            log(f"[{i}/{len(plan)}] {p.name}: {err}")
+            rows.append(row)
+            predictions.append(None)
+            continue
+        log(f"[{i}/{len(plan)}] {p.name} on {be.key} ...")
+        got = open_row(mf, be, sub, batch=batch, threads=threads, quick=quick, cache=cache, data_digest=digest,
+                       progress=progress)
+        if isinstance(got, dict):
+            log(f"[{i}/{len(plan)}] {p.name} on {be.key}: {got['status']}")
+            rows.append(got)
+            predictions.append(None)
+            continue
+        predictions.append(got.predictions)
+        if got.accuracy_why:
+            log(f"[{i}/{len(plan)}] {p.name} on {be.key}: {got.accuracy_why}")
+        log(f"[{i}/{len(plan)}] {p.name} on {be.key}: top-1 {100 * got.row['top1']:.2f}%")
+        if interleave:
+            waiting.append((len(rows), got))
+            rows.append(got.row)
+            continue
+        row = time_alone(got, policy)
+        rows.append(row)
+        log(f"[{i}/{len(plan)}] {p.name} on {be.key}: " + (f"{row['throughput']} img/s" if row["status"] == "ok"
+                                                            else row["status"]))
+    if waiting:
+        log(f"timing {len(waiting)} rows in {policy.rounds} interleaved rounds ...")
+        try:
+            timed = time_interleaved([o for _, o in waiting], policy, progress=progress)
+        finally:
+            for _, o in waiting:
+                o.close()
+        for (k, _), row in zip(waiting, timed):
+            rows[k] = row
+            log(f"{row['model']} on {row['backend']}: " + (f"{row['throughput']} img/s" if row["status"] == "ok"
+                                                           else row["status"]))
+    return rows, predictions
 
 
 __all__ = ["CACHE_NAME", "CACHE_VERSION", "DEFAULT_OUT", "METRICS", "QUICK_IMAGES", "ROUND_TASK", "SUBSET_SEED",

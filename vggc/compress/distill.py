@@ -215,11 +215,26 @@ def _check_resume(ckpt: Path, run_file: Path, run: dict, student: nn.Module) -> 
     check_settings(run_file, run, ckpt)
 
 
+def _teacher_reference(teacher: nn.Module, test, pre: Preprocess, reference: dict | None,
+                       progress: Progress) -> tuple[float, torch.Tensor]:
+    """Return the FP32 teacher's ``(top1, predictions)`` on ``test``: from ``reference`` when it
+    has predictions (checked to be of these images), else evaluated here."""
+    from vggc.reference import evaluate_source, reference_result
+
+    if reference is not None:
+        top1, pred = reference_result(reference, test)
+        if pred is not None:
+            return top1, pred
+    res = evaluate_source(teacher, test, pre, progress=progress)
+    return res.top1, res.predictions
+
+
 def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: TrainConfig,
             kd: KDConfig, *, student: str = "mobilenet_v2", width_mult: float = 1.0, limit: int | None = None,
             eval_limit: int | None = None, do_eval: bool = True, resume: bool = False, download: bool = False,
             eval_threads: int | None = None, teacher_model: str | Path | None = None,
-            teacher_backend: str | None = None, progress: Progress = no_progress, on_epoch=None) -> dict:
+            teacher_backend: str | None = None, progress: Progress = no_progress, on_epoch=None,
+            reference: dict | None = None) -> dict:
     """Distil ``teacher_path`` into a fresh student; save its state_dict at ``out`` with a manifest.
 
     ``out.ckpt`` (+ ``out.ckpt.json``, the run's settings) hold fit's checkpoint (every epoch, every 10 minutes) until the run
@@ -230,7 +245,9 @@ def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: Tr
     forward pass from this model file (e.g. the INT8 OpenVINO IR of ``teacher_path``) on
     ``teacher_backend`` (:func:`vggc.compress.teacher.open_teacher`); ``teacher_path`` stays the
     reference the student is evaluated against, and the metrics' ``teacher_model`` say how the file
-    teacher compares with it. Returns the manifest's metrics (history, test top-1 of student and
+    teacher compares with it. ``reference``: the teacher's FP32 result on the same evaluation images
+    (a :func:`vggc.reference.reference_doc` record, e.g. the pipeline's ``source_eval``): the teacher is
+    not evaluated again (refused when it is of other images). Returns the manifest's metrics (history, test top-1 of student and
     teacher, agreement).
     """
     from vggc.models import count_macs, count_params, load_weights
@@ -275,14 +292,14 @@ def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: Tr
         teacher = loaded.model.eval()
         with torch.inference_mode():
             res = evaluate(lambda x: model(x), test, pre, progress=progress)
-            tres = evaluate(lambda x: teacher(x), test, pre, progress=progress)
-        metrics.update(top1=res.top1, n=res.n, teacher_top1=tres.top1,
-                       agreement=float((res.predictions == tres.predictions).float().mean()),
+        t_top1, t_pred = _teacher_reference(teacher, test, pre, reference, progress)
+        metrics.update(top1=res.top1, n=res.n, teacher_top1=t_top1,
+                       agreement=float((res.predictions == t_pred).float().mean()),
                        per_class=res.per_class)
         if file_teacher is not None:
             from vggc.compress.teacher import check_teacher
 
-            metrics["teacher_model"] = check_teacher(file_teacher, teacher, test, pre, tres.predictions)
+            metrics["teacher_model"] = check_teacher(file_teacher, teacher, test, pre, t_pred)
     if file_teacher is not None:
         file_teacher.close()
     save_state_dict(model.state_dict(), out)

@@ -73,13 +73,15 @@ def check_teacher(teacher: FileTeacher, reference: torch.nn.Module, split: "Spli
                   reference_predictions: torch.Tensor | None = None) -> dict:
     """Return ``{"top1", "reference_top1", "agreement", "n"}`` of ``teacher`` against ``reference``
     (the PyTorch teacher it stands in for) on ``split``; ``agreement`` is the fraction of images
-    where both predict the same class. ``reference_predictions`` skips re-running ``reference``."""
+    where both predict the same class. ``reference_predictions`` (e.g. from the ``source_eval``
+    step's :mod:`vggc.reference` record) skips re-running ``reference``."""
     from vggc.evaluate import evaluate
 
     res = evaluate(teacher.runner.predict, split, preprocess)
     if reference_predictions is None:
-        with torch.inference_mode():
-            ref = evaluate(lambda x: reference.eval()(x), split, preprocess)
+        from vggc.reference import evaluate_source
+
+        ref = evaluate_source(reference, split, preprocess)
         reference_predictions, ref_top1 = ref.predictions, ref.top1
     else:
         ref_top1 = float((reference_predictions == split.labels).double().mean())

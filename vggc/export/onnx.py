@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vggc import work
 from vggc.artifacts import atomic_path, manifest_path, write_manifest_or_remove
 from vggc.data import Preprocess, Split, iterate_batches
 from vggc.errors import InputError, VggcError, first_line
@@ -117,6 +118,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, input_size: int = 3
         proto = program.model_proto
     except Exception as err:  # noqa: BLE001 - the exporter raises many types; report one line
         raise VggcError(f"ONNX export failed: {first_line(err)}") from None
+    work.count("fp16_export" if fp16 else "fp32_export")  # what pipeline.json counts per step
     got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if got != opset:
         raise VggcError(f"ONNX export produced opset {got}, not the requested {opset}")

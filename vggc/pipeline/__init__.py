@@ -68,10 +68,14 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
                  prune_targets: tuple[float, ...] | None = None) -> dict:
     """Run every stage on ``weights`` and bench the results; return a summary dict.
 
+    ``weights``, ``data`` and ``out_dir`` as the user gave them: the recorded rebuild commands name
+    the inputs so and every file under ``out_dir`` as ``$OUT/<file>`` (``out_as_given`` in the summary
+    and in ``pipeline.json`` is what ``OUT`` stands for).
     ``threads`` (default: all cores) is the CPU thread count of every step, the bench included;
     it keys the bench's timings (another count re-times the bench, nothing else reruns).
-    The summary holds ``steps`` (name, status, seconds, ``why`` it ran or was reused and the
-    ``key_inputs`` it was keyed on), ``rows`` (the bench rows, including a row for each variant
+    The summary holds ``steps`` (name, status, seconds, ``why`` it ran or was reused, the
+    ``key_inputs`` it was keyed on and the ``work`` it did: FP32 exports, FP32 evaluations of a
+    source), ``work`` (the run's total), ``rows`` (the bench rows, including a row for each variant
     that could not be built), ``report`` (path of report.md), ``threads`` and timings.
     ``max_drop_pt``: the top-1 budget (``vggc bench --max-drop``; default 1 % of the baseline's) of the
     bench's answer, the accuracy-aware INT8 steps and the early stop of pruned targets.
@@ -84,6 +88,7 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
 
     if preset not in PRESETS:
         raise InputError(f"--preset {preset}: use one of {', '.join(PRESETS)}")
+    given = (os.fspath(weights), os.fspath(data))
     weights, data = Path(weights), Path(data)
     detect_layout(data)
     load_weights(weights)  # fail fast, one line, on a bad weights file
@@ -95,8 +100,24 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
         if any(not 0.0 < float(t) < 1.0 for t in prune_targets):
             raise InputError(f"--prune-targets {prune_targets}: each must be a fraction between 0 and 1")
         p = replace(p, prune_targets=tuple(float(t) for t in prune_targets))
-    out = Path(out_dir) if out_dir else Path("artifacts") / f"{weights.stem}-{preset}"
-    steps = build_steps(weights, data, p, seed=seed, threads=n_threads, progress=progress, max_drop_pt=max_drop_pt)
+    out_given = os.fspath(out_dir) if out_dir else str(Path("artifacts") / f"{weights.stem}-{preset}")
+    out = Path(out_given)
+    steps = build_steps(given[0], given[1], p, seed=seed, threads=n_threads, progress=progress,
+                        max_drop_pt=max_drop_pt)
+    steps, skipped = _select(steps, only, p, log)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        return _run(weights, data, p, preset, out, steps, skipped, seed=seed, force=force, threads=n_threads,
+                    progress=progress, log=log, max_drop_pt=max_drop_pt, given=(*given, out_given))
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _select(steps: list[Step], only: list[str] | None, p: Preset,
+            log: Callable[[str], None]) -> tuple[list[Step], list[Step]]:
+    """Return ``(steps to run, steps the preset skips)``: ``only`` (with their dependencies) when
+    given, without the preset's ``skip`` unless ``only`` names them."""
     if only:
         only = _expand_families(only, steps, log)
         unknown = sorted(set(only) - {s.name for s in steps})
@@ -113,26 +134,51 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
                     changed = True
         steps = [s for s in steps if s.name in keep]
     skipped = [s for s in steps if (s.name in p.skip or family(s.name) in p.skip) and not (only and s.name in only)]
-    steps = [s for s in steps if s not in skipped]
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
-    try:
-        return _run(weights, data, p, preset, out, steps, skipped, seed=seed, force=force, threads=n_threads,
-                    progress=progress, log=log, max_drop_pt=max_drop_pt)
-    finally:
-        torch.set_num_threads(prev_threads)
+    return [s for s in steps if s not in skipped], skipped
+
+
+def _bench_step(weights: Path, data: Path, p: Preset, out: Path, steps: list[Step], results: list[StepResult], *,
+                threads: int, progress: Progress, log: Callable[[str], None], max_drop_pt: float | None,
+                command: str, produced: dict) -> Step:
+    """The bench as a step: keyed by every model file it measures, its settings, the test split
+    and the timing environment (CPU, kernel flags, threads, libraries): another machine or thread
+    count re-times it (the bench's own accuracy cache keeps the accuracies that still hold). A row
+    for each variant whose step did not produce a file and each file's rebuild commands go into the
+    bench's outputs (written once); the rows it wrote are left in ``produced["rows"]``."""
+    from vggc import provenance
+    from vggc.bench.core import run_bench
+    from vggc.bench.timing import timing_policy
+
+    models = [weights] + [out / s.outputs[0] for s, r in zip(steps, results) if r.ok and s.model]
+    settings = {"quick": p.bench_quick, "limit": p.bench_limit, "batch": p.bench_batch,
+                "timing": timing_policy(quick=p.bench_quick).to_dict(), "models": [m.name for m in models],
+                "failed": {s.name: r.status for s, r in zip(steps, results) if not r.ok},
+                **({"max_drop_pt": max_drop_pt} if max_drop_pt is not None else {})}
+
+    def run(ctx: StepContext) -> dict:
+        extra = [_unavailable_row(s, r, p.bench_batch) for s, r in zip(steps, results) if not r.ok and s.model]
+        rebuild = {name: {"rebuild": cmds} for name, cmds in _rebuild_commands(steps, results).items()}
+        rows = run_bench(models, data, batch=p.bench_batch, quick=p.bench_quick, limit=p.bench_limit,
+                         baseline=weights, threads=threads, out=ctx.output().parent, progress=progress, log=log,
+                         max_drop_pt=max_drop_pt, command=command, extra_rows=extra, row_fields=rebuild)
+        produced["rows"] = rows
+        return {"rows": len(rows), "ok": sum(r.get("status") == "ok" for r in rows)}
+
+    return Step("bench", ["bench/results.json", "bench/report.md", "bench/answer.json"], run, inputs=models,
+                settings=settings, label=f"bench {len(models)} model files", data=data, splits=("test",),
+                environment=lambda: provenance.timing_environment(threads))
 
 
 def _run(weights: Path, data: Path, p: Preset, preset: str, out: Path, steps: list[Step], skipped: list[Step], *,
          seed: int, force: bool, threads: int, progress: Progress, log: Callable[[str], None],
-         max_drop_pt: float | None = None) -> dict:
-    """Run the steps and the bench under ``out`` (see :func:`run_pipeline`); return the summary."""
-    from vggc import provenance
+         max_drop_pt: float | None = None, given: tuple[str, str, str] | None = None) -> dict:
+    """Run the steps and the bench under ``out`` (see :func:`run_pipeline`); return the summary.
+    ``given``: ``(weights, data, out)`` as the user gave them."""
+    from vggc import work
     from vggc.artifacts import sha256_file, write_json
-    from vggc.bench.core import run_bench
-    from vggc.bench.report import write_outputs
-    from vggc.bench.timing import timing_policy
+    from vggc.bench.report import ordered
 
+    w_arg, d_arg, out_arg = given or (str(weights), str(data), str(out))
     with claim_out_dir(out) as stale:
         if stale:
             log(f"-- removed {len(stale)} temporary file(s) left by an interrupted run")
@@ -144,47 +190,29 @@ def _run(weights: Path, data: Path, p: Preset, preset: str, out: Path, steps: li
         for s in skipped:
             steps.append(s)
             results.append(StepResult(s.name, f"skipped: not in the {p.name} preset (use --preset full or --only)"))
-
-        # The bench is a step too: keyed by every model file it measures, its settings, the test split
-        # and the timing environment (CPU, kernel flags, threads, libraries): another machine or thread
-        # count re-times it (the bench's own accuracy cache keeps the accuracies that still hold).
-        models = [weights] + [out / s.outputs[0] for s, r in zip(steps, results) if r.ok and s.model]
-        bench_dir = out / "bench"
-        bench_settings = {"quick": p.bench_quick, "limit": p.bench_limit, "batch": p.bench_batch,
-                          "timing": timing_policy(quick=p.bench_quick).to_dict(),
-                          "models": [m.name for m in models],
-                          "failed": {s.name: r.status for s, r in zip(steps, results) if not r.ok},
-                          **({"max_drop_pt": max_drop_pt} if max_drop_pt is not None else {})}
-
-        def bench_run(ctx: StepContext) -> dict:
-            rows = run_bench(models, data, batch=p.bench_batch, quick=p.bench_quick, limit=p.bench_limit, baseline=weights,
-                             threads=threads, out=bench_dir, progress=progress, log=log, max_drop_pt=max_drop_pt,
-                             command=f"vggc pipeline {weights} --data {data} --preset {preset} --threads {threads}")
-            extra = [_unavailable_row(s, r, p.bench_batch) for s, r in zip(steps, results) if not r.ok and s.model]
-            rows.extend(extra)
-            rebuild = _rebuild_commands(steps, results)
-            for row in rows:
-                if row.get("model") in rebuild:
-                    row["rebuild"] = rebuild[row["model"]]
-            if extra or rebuild:
-                write_outputs(rows, bench_dir, plot=True)
-            return {"rows": len(rows), "ok": sum(r.get("status") == "ok" for r in rows)}
-
-        bench_step = Step("bench", ["bench/results.json", "bench/report.md", "bench/answer.json"], bench_run, inputs=models,
-                          settings=bench_settings, label=f"bench {len(models)} model files", data=data, splits=("test",),
-                          environment=lambda: provenance.timing_environment(threads))
+        produced: dict = {}
+        bench_step = _bench_step(weights, data, p, out, steps, results, threads=threads, progress=progress, log=log,
+                                 max_drop_pt=max_drop_pt, produced=produced,
+                                 command=f"vggc pipeline {w_arg} --data {d_arg} --preset {preset} --threads {threads}")
         bench_result = run_steps([bench_step], out, force=force, log=log)[0]
         results.append(bench_result)
-        rows = json.loads((bench_dir / "results.json").read_text()) if bench_result.ok else []
+        if "rows" in produced:  # measured now: the rows as results.json holds them (JSON values)
+            rows = json.loads(json.dumps([ordered(r) for r in produced["rows"]], default=str))
+        else:  # reused: the rows are the bench's output of the run that made it
+            rows = json.loads((out / "bench" / "results.json").read_text()) if bench_result.ok else []
+        total = work.total([r.work for r in results])
         summary = {
             "weights": str(weights), "weights_sha256": sha256_file(weights), "data": str(data),
-            "preset": asdict(p), "seed": seed, "threads": threads, "out": str(out),
+            "preset": asdict(p), "seed": seed, "threads": threads, "out": str(out), "out_as_given": out_arg,
             "steps": [r.to_dict() for r in results],
             "step_seconds": round(sum(r.seconds for r in results), 2),
             "wall_seconds": round(time.perf_counter() - t0, 2),
-            "report": str(bench_dir / "report.md"), "rows": rows,
+            "work": total,
+            "report": str(out / "bench" / "report.md"), "rows": rows,
         }
         write_json(out / "pipeline.json", {k: v for k, v in summary.items() if k != "rows"})
+        if any(total.get(k) for k in ("fp32_exports", "fp32_source_evals")):
+            log(f"-- work: {work.describe(total)}")
         return summary
 
 

@@ -2,7 +2,10 @@
 
 Each function returns one shell command (a string, arguments quoted with :func:`shlex.quote`)
 that calls the same library function with the same settings as the step, so a user can rebuild a
-recommended variant from the source state_dict without the pipeline. ``tests/test_pipeline_frontier``
+recommended variant from the source state_dict without the pipeline. Files under the run's
+``--out`` are written ``$OUT/<file>`` (:func:`under_out`) and the source weights and data as the
+user gave them, so the commands run in any checkout once ``OUT=<a directory>`` is set
+(``pipeline.json`` records the ``--out`` of the run as ``out_as_given``). ``tests/test_pipeline_frontier``
 parses every command a pipeline writes with the real Click commands, so an option renamed in the
 CLI and not here fails a test. :func:`rebuild_chain` orders a file's commands from the source on.
 """
@@ -13,14 +16,28 @@ import shlex
 from pathlib import Path
 from typing import Iterable
 
+OUT_VAR = "OUT"  # the run directory in a recorded command: ``$OUT/<file>``, set once by whoever pastes them
+_OUT_PREFIX = f"${OUT_VAR}/"
+
+
+def under_out(rel: str | Path) -> str:
+    """Return ``$OUT/<rel>``: a file under the run directory as a rebuild command names it."""
+    return _OUT_PREFIX + Path(rel).as_posix()
+
+
+def _quote(part) -> str:
+    """Quote one argument for a POSIX shell; ``$OUT/...`` stays expandable (``"$OUT/x.pt"``)."""
+    text = str(part)
+    if not text.startswith(_OUT_PREFIX):
+        return shlex.quote(text)
+    rest = text[len(_OUT_PREFIX):]
+    if rest and shlex.quote(rest) == rest:  # nothing to quote in the file name
+        return f'"{_OUT_PREFIX}{rest}"'
+    return f'"${OUT_VAR}"/{shlex.quote(rest)}'
+
 
 def _cmd(*parts) -> str:
-    out = []
-    for p in parts:
-        if p is None or p is False:
-            continue
-        out.append(shlex.quote(str(p)))
-    return " ".join(out)
+    return " ".join(_quote(p) for p in parts if p is not None and p is not False)
 
 
 def _opt(flag: str, value) -> tuple:
@@ -35,9 +52,9 @@ def export_cmd(src: Path, out: Path, data: Path, *, fp16: bool, parity_limit: in
 
 def quantize_cmd(src: Path, out: Path, data: Path, *, mode: str, backend: str, calib_size: int, seed: int,
                  reduce_range: bool, max_drop: float | None = None, max_fp32_layers: int | None = None,
-                 eval_limit: int | None = None) -> str:
+                 eval_limit: int | None = None, fp32_onnx: str | Path | None = None) -> str:
     static = mode == "static"
-    return _cmd("vggc", "quantize", src, "--mode", mode, "--backend", backend,
+    return _cmd("vggc", "quantize", src, "--mode", mode, "--backend", backend, *_opt("--fp32-onnx", fp32_onnx),
                 *(("--data", data, "--calib-size", calib_size) if static else ()), "--seed", seed,
                 "--reduce-range" if reduce_range else "--full-range",
                 *(("--max-drop", f"{max_drop:.4f}", *_opt("--max-fp32-layers", max_fp32_layers),
@@ -88,11 +105,14 @@ def rebuild_chain(name: str, deps: dict[str, list[str]], commands: dict[str, str
     return [commands[n] for n in seen if commands.get(n)]
 
 
-def command_args(command: str) -> list[str]:
-    """Return the arguments after ``vggc <command>`` of one rebuild command (for checks)."""
+def command_args(command: str, out: str | Path | None = None) -> list[str]:
+    """Return the arguments after ``vggc <command>`` of one rebuild command (for checks), with
+    ``$OUT`` replaced by ``out`` when given (as the shell would with ``OUT=<out>``)."""
     parts = shlex.split(command)
     if parts[:1] != ["vggc"] or len(parts) < 2:
         raise ValueError(f"not a vggc command: {command}")
+    if out is not None:
+        parts = [f"{out}/{p[len(_OUT_PREFIX):]}" if p.startswith(_OUT_PREFIX) else p for p in parts]
     return parts[2:]
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from vggc import provenance
+from vggc import provenance, work
 from vggc.artifacts import remove_stale_temps, sha256_file, write_json
 from vggc.errors import InputError, UnavailableError, VggcError, first_line
 from vggc.pipeline.keys import describe_changes, key_inputs, key_of
@@ -70,6 +70,16 @@ class StepContext:
     def dep(self, name: str, i: int = 0) -> Path:
         return self.paths[name][i]
 
+    def shell(self, path: str | Path) -> str:
+        """Return ``path`` as a rebuild command writes it: ``$OUT/<path relative to the run
+        directory>`` for a file under it (:func:`vggc.pipeline.commands.under_out`), else as given."""
+        from vggc.pipeline.commands import under_out
+
+        try:
+            return under_out(Path(path).relative_to(self.out_dir))
+        except ValueError:
+            return str(path)
+
 
 @dataclass
 class StepResult:
@@ -84,6 +94,7 @@ class StepResult:
     metrics: dict = field(default_factory=dict)
     why: str = ""
     key_inputs: dict = field(default_factory=dict)
+    work: dict = field(default_factory=dict)  # the expensive work it did (vggc.work.since); {} when it did not run
 
     @property
     def ok(self) -> bool:
@@ -91,7 +102,8 @@ class StepResult:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 2),
-                "outputs": self.outputs, "metrics": self.metrics, "why": self.why, "key_inputs": self.key_inputs}
+                "outputs": self.outputs, "metrics": self.metrics, "why": self.why, "key_inputs": self.key_inputs,
+                "work": self.work}
 
 
 def _marker(out_dir: Path, name: str) -> Path:
@@ -228,32 +240,38 @@ def run_steps(steps: list[Step], out_dir: Path, *, force: bool = False,
         log(f"-- {step.name}: {why}")
         write_json(_last_inputs(out_dir, step.name), inputs)
         _marker(out_dir, step.name).unlink(missing_ok=True)
-        t0 = time.perf_counter()
-        try:
-            metrics = step.run(StepContext(out_dir, paths, step)) or {}
-            missing = [o for o in step.outputs if not (out_dir / o).is_file()]
-            if missing:
-                raise VggcError(f"step wrote no {', '.join(missing)}")
-        except KeyboardInterrupt:
-            raise
-        except UnavailableError as err:
-            results[step.name] = StepResult(step.name, f"unavailable: {err}", time.perf_counter() - t0, why=why,
-                                            key_inputs=inputs)
-            log(f"-- {step.name}: unavailable ({err})")
-            continue
-        except Exception as err:  # noqa: BLE001 - a failed step is reported, the rest go on
-            first = first_line(err, 300)
-            results[step.name] = StepResult(step.name, f"failed: {first}", time.perf_counter() - t0,
-                                            metrics={"traceback": traceback.format_exc(limit=4)}, why=why,
-                                            key_inputs=inputs)
-            log(f"!! {step.name} failed: {first}")
-            continue
-        seconds = time.perf_counter() - t0
-        write_json(_marker(out_dir, step.name), {
-            "key": key, "step": step.name, "settings": step.settings, "key_inputs": inputs, "why": why,
-            "seconds": round(seconds, 2), "outputs": {o: sha256_file(out_dir / o) for o in step.outputs},
-            "metrics": metrics})
-        _last_inputs(out_dir, step.name).unlink(missing_ok=True)
-        results[step.name] = StepResult(step.name, "ok", seconds, step.outputs, metrics, why=why, key_inputs=inputs)
-        log(f"-- {step.name}: done in {seconds:.0f} s")
+        results[step.name] = _run_one(step, out_dir, paths, key, inputs, why, log)
     return [results[s.name] for s in steps]
+
+
+def _run_one(step: Step, out_dir: Path, paths: dict[str, list[Path]], key: str, inputs: dict, why: str,
+             log: Callable[[str], None]) -> StepResult:
+    """Run one step that is not reusable; write its marker when it succeeds; return its result
+    (with the seconds it took and the work it did, :mod:`vggc.work`)."""
+    t0, before = time.perf_counter(), work.snapshot()
+    try:
+        metrics = step.run(StepContext(out_dir, paths, step)) or {}
+        missing = [o for o in step.outputs if not (out_dir / o).is_file()]
+        if missing:
+            raise VggcError(f"step wrote no {', '.join(missing)}")
+    except KeyboardInterrupt:
+        raise
+    except UnavailableError as err:
+        log(f"-- {step.name}: unavailable ({err})")
+        return StepResult(step.name, f"unavailable: {err}", time.perf_counter() - t0, why=why, key_inputs=inputs,
+                          work=work.since(before))
+    except Exception as err:  # noqa: BLE001 - a failed step is reported, the rest go on
+        first = first_line(err, 300)
+        log(f"!! {step.name} failed: {first}")
+        return StepResult(step.name, f"failed: {first}", time.perf_counter() - t0,
+                          metrics={"traceback": traceback.format_exc(limit=4)}, why=why, key_inputs=inputs,
+                          work=work.since(before))
+    seconds, done = time.perf_counter() - t0, work.since(before)
+    write_json(_marker(out_dir, step.name), {
+        "key": key, "step": step.name, "settings": step.settings, "key_inputs": inputs, "why": why,
+        "seconds": round(seconds, 2), "work": done,
+        "outputs": {o: sha256_file(out_dir / o) for o in step.outputs}, "metrics": metrics})
+    _last_inputs(out_dir, step.name).unlink(missing_ok=True)
+    words = work.describe(done)
+    log(f"-- {step.name}: done in {seconds:.0f} s" + (f" ({words})" if words else ""))
+    return StepResult(step.name, "ok", seconds, step.outputs, metrics, why=why, key_inputs=inputs, work=done)

@@ -102,6 +102,46 @@ def _bind_stop(stop_check, model: nn.Module):
     return check
 
 
+def _resume(run: PruneRun, work, settings: dict, key: str, model: nn.Module) -> tuple[nn.Module, int]:
+    """Continue a killed :func:`prune_and_finetune` (``--resume``): load the state after its last
+    finished step into ``run``, or check the settings of a first step's fit checkpoint; return
+    ``(model to go on from, steps done)``. Refuses (one line) when there is nothing to resume or
+    it belongs to other settings."""
+    from vggc.models import model_from_state_dict
+
+    if work is None:
+        raise InputError("--resume needs a work path for checkpoints")
+    state_path, ckpt_of = _state_paths(Path(work))
+    if state_path.is_file():
+        check_settings(settings_file(work), settings, state_path)
+        st = _read_state(state_path, key)
+        model, _, _ = model_from_state_dict(st["model"])
+        start = int(st["step"])
+        run.steps = list(st["steps"])
+        run.finetune_seconds = float(st["finetune_seconds"])
+        run.finetune_cpu_seconds = float(st["finetune_cpu_seconds"])
+        run.resumed_from_step = start
+        return model, start
+    if ckpt_of(1).is_file():
+        check_settings(settings_file(work), settings, ckpt_of(1))
+        return model, 0
+    raise InputError(f"--resume: nothing to resume, no {state_path.name} or {ckpt_of(1).name} "
+                     f"beside {Path(work).name}")
+
+
+def _record_fit(run: PruneRun, rec: dict, res) -> None:
+    """Add one step's fine-tune (a :class:`vggc.train.TrainResult`) to its record and the run's totals."""
+    if res.stopped_early:
+        rec["stopped_early"] = run.stopped_early = res.stopped_early
+    # summed over the epoch records, so epochs done before a kill (restored on resume) count too
+    wall = sum(h["seconds"] for h in res.history)
+    cpu = sum(h.get("cpu_seconds", 0.0) for h in res.history)
+    run.finetune_seconds += wall
+    run.finetune_cpu_seconds += cpu
+    rec.update(finetune_seconds=round(wall, 2), finetune_cpu_seconds=round(cpu, 2),
+               precision=res.precision, history=res.history, resumed_from_epoch=res.resumed_from)
+
+
 def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | None", preprocess: "Preprocess",
                        train_cfg: "TrainConfig | None", finetune_epochs: int = 0,
                        table: "SensitivityTable | None" = None, work: str | Path | None = None,
@@ -135,7 +175,6 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
     Returns ``(pruned model, PruneRun)``; the model is on CPU in eval mode.
     """
     from vggc.artifacts import atomic_path
-    from vggc.models import model_from_state_dict
 
     if finetune_epochs > 0 and (train is None or train_cfg is None):
         raise InputError("fine-tuning needs training data and a TrainConfig")
@@ -156,22 +195,7 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
     run = PruneRun(plan=plan)
     start = 0
     if resume:
-        if state_path is None:
-            raise InputError("--resume needs a work path for checkpoints")
-        if state_path.is_file():
-            check_settings(settings_file(work), settings, state_path)
-            st = _read_state(state_path, key)
-            model, _, _ = model_from_state_dict(st["model"])
-            start = int(st["step"])
-            run.steps = list(st["steps"])
-            run.finetune_seconds = float(st["finetune_seconds"])
-            run.finetune_cpu_seconds = float(st["finetune_cpu_seconds"])
-            run.resumed_from_step = start
-        elif ckpt_of(1).is_file():
-            check_settings(settings_file(work), settings, ckpt_of(1))
-        else:
-            raise InputError(f"--resume: nothing to resume, no {state_path.name} or {ckpt_of(1).name} "
-                             f"beside {Path(work).name}")
+        model, start = _resume(run, work, settings, key, model)
     elif work is not None and finetune_epochs > 0:
         write_settings(settings_file(work), settings)
 
@@ -193,15 +217,7 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
             res = fit(model.train(), train, preprocess, cfg, loss_fn=loss_fn, checkpoint=ckpt, resume=resume_fit,
                       progress=progress, on_epoch=on_epoch, run_key=key,
                       stop_check=_bind_stop(stop_check, model) if k == spec.steps else None)
-            if res.stopped_early:
-                rec["stopped_early"] = run.stopped_early = res.stopped_early
-            # summed over the epoch records, so epochs done before a kill (restored on resume) count too
-            wall = sum(h["seconds"] for h in res.history)
-            cpu = sum(h.get("cpu_seconds", 0.0) for h in res.history)
-            run.finetune_seconds += wall
-            run.finetune_cpu_seconds += cpu
-            rec.update(finetune_seconds=round(wall, 2), finetune_cpu_seconds=round(cpu, 2),
-                       precision=res.precision, history=res.history, resumed_from_epoch=res.resumed_from)
+            _record_fit(run, rec, res)
         model = model.eval()
         if evaluate_step is not None and k < spec.steps:
             rec["top1"] = evaluate_step(model)

@@ -97,6 +97,24 @@ def save_options(save_params, x, min_batch: int, max_batch: int) -> dict:
     return save_kw
 
 
+def _check_torch_trt_args(weights: Path, out: Path, precision: str, min_batch: int, opt_batch: int, max_batch: int,
+                          workspace_gib: float, timing_cache):
+    """Refuse bad :func:`build_torch_tensorrt` arguments (one line each, before any GPU work); return
+    the checked timing cache path (or ``None``)."""
+    if not weights.is_file():
+        raise InputError(f"{weights}: no such file")
+    _check_out(out, ENGINE_SUFFIXES + TORCH_TRT_SUFFIXES, weights)
+    if precision == "int8":
+        raise InputError("--builder torch-tensorrt --precision int8: needs a ModelOpt-quantized model; build INT8 "
+                         "engines from the QDQ ONNX with --builder tensorrt")
+    if precision != "fp16":
+        raise InputError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
+    check_batch_range(min_batch, opt_batch, max_batch)
+    if not 0 < float(workspace_gib) <= 1024:
+        raise InputError(f"--workspace {workspace_gib}: must be in (0, 1024] GiB")
+    return _check_timing_cache(timing_cache)
+
+
 def build_torch_tensorrt(weights, out, *, precision: str = "fp16", min_batch: int = 1, opt_batch: int = 64,
                          max_batch: int = 256, workspace_gib: float = 4, timing_cache=None,
                          allow_mixed: bool = False, device: int = 0) -> dict:
@@ -113,18 +131,7 @@ def build_torch_tensorrt(weights, out, *, precision: str = "fp16", min_batch: in
     from vggc.models import count_macs, count_params, load_weights
 
     weights, out = Path(weights), Path(out)
-    if not weights.is_file():
-        raise InputError(f"{weights}: no such file")
-    _check_out(out, ENGINE_SUFFIXES + TORCH_TRT_SUFFIXES, weights)
-    if precision == "int8":
-        raise InputError("--builder torch-tensorrt --precision int8: needs a ModelOpt-quantized model; build INT8 "
-                         "engines from the QDQ ONNX with --builder tensorrt")
-    if precision != "fp16":
-        raise InputError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
-    check_batch_range(min_batch, opt_batch, max_batch)
-    if not 0 < float(workspace_gib) <= 1024:
-        raise InputError(f"--workspace {workspace_gib}: must be in (0, 1024] GiB")
-    tc = _check_timing_cache(timing_cache)
+    tc = _check_torch_trt_args(weights, out, precision, min_batch, opt_batch, max_batch, workspace_gib, timing_cache)
     lm = load_weights(weights)  # one-line ModelFormatError for bad files, before any GPU work
     pre = resolve_preprocess(lm.sidecar)
     s = pre.input_size
