@@ -113,11 +113,22 @@ def _evaluate_runner(runner, data, preprocess, eval_limit, seed, batch_size, pro
 
 
 def _evaluate_source(model, data, preprocess, eval_limit, seed, batch_size, progress):
-    """Return the FP32 source's :class:`~vggc.evaluate.EvalResult` on the evaluation images."""
+    """Return the FP32 source's :class:`~vggc.evaluate.EvalResult` on the evaluation images (only when
+    no ``reference`` was given); counted as one ``fp32_source_eval`` of that set (:mod:`vggc.work`)."""
+    from vggc import work
+    from vggc.data import limit_split, load_split
+    from vggc.evaluate import evaluate
+    from vggc.reference import split_digest
     from vggc.runtime import TorchRunner
 
-    return _evaluate_runner(TorchRunner(copy.deepcopy(model), "cpu", None, None), data, preprocess, eval_limit, seed,
-                            batch_size, progress)
+    split = limit_split(load_split(data, "test", progress=progress), eval_limit, seed)
+    runner = TorchRunner(copy.deepcopy(model), "cpu", None, None)
+    try:
+        res = evaluate(runner.predict, split, preprocess, batch_size=batch_size, progress=progress)
+    finally:
+        runner.close()
+    work.count("fp32_source_eval", key=split_digest(split))
+    return res
 
 
 def check_fp32_onnx(fp32_onnx, *, source_sha: str, preprocess, opset: int | None) -> dict:
