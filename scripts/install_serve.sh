@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # `make install-serve`: what the serving tests (tests/test_serve.py) need, on top of `make install`:
-#   1. the serve extra (tritonclient) and nvidia-pytriton's bundled tritonserver + python backend, the latter with
-#      --no-deps (its Python package pins numpy<2; vggc runs only its bundled binary, which works with numpy 2);
+#   1. the serve extra (nvidia-pytriton's bundled tritonserver + python backend, tritonclient[all]);
 #   2. the system's libpython3.X that the bundled python backend stub links against (Debian: libpython3.X),
 #      installed with apt-get only when it is missing and we are root.
 # Without (2) the serve tests skip with the reason; this script says so and exits 0.
@@ -10,7 +9,6 @@ set -euo pipefail
 PY=${1:-.venv/bin/python}
 STAMP=${2:-}
 "$PY" -m pip install -q -e '.[cpu,dev,serve]'
-"$PY" -m pip install -q --no-deps nvidia-pytriton==0.7.0
 reason() { "$PY" -c 'from vggc.serve.bundle import serve_reason; print(serve_reason() or "")'; }
 R=$(reason)
 if [ -n "$R" ] && [[ "$R" == *"apt-get install"* ]]; then

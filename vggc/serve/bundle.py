@@ -1,4 +1,4 @@
-"""The ``tritonserver`` bundled by the ``nvidia-pytriton`` wheel (``make install-serve``: installed with --no-deps).
+"""The ``tritonserver`` bundled by the ``nvidia-pytriton`` wheel (``pip install -e '.[serve]'``).
 
 The wheel ships ``pytriton/tritonserver/bin/tritonserver`` (Triton 2.51), its shared libraries in
 ``nvidia_pytriton.libs`` (found through ``LD_LIBRARY_PATH``), the python backend
@@ -25,7 +25,7 @@ from vggc.errors import UnavailableError
 
 PY_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
 LIBPYTHON = f"libpython{PY_VERSION}.so.1.0"
-INSTALL_EXTRA = "make install-serve (pip install -e '.[serve]' && pip install --no-deps nvidia-pytriton==0.7.0)"
+INSTALL_EXTRA = "pip install -e '.[serve]'"
 INSTALL_APT = f"apt-get install -y libpython{PY_VERSION}"
 
 
