@@ -101,11 +101,17 @@ def check_settings(*, mode: str, backend: str, out, data, calib_size: int, calib
     return method
 
 
-def _evaluate_runner(runner, data, preprocess, eval_limit, seed, batch_size, progress):
+def _test_split(data, eval_limit, seed, progress):
+    """Return the evaluation images: the test split's class-balanced ``eval_limit`` subset (``seed``)."""
     from vggc.data import limit_split, load_split
+
+    return limit_split(load_split(data, "test", progress=progress), eval_limit, seed)
+
+
+def _evaluate_runner(runner, split, preprocess, batch_size, progress):
+    """Return ``runner``'s :class:`~vggc.evaluate.EvalResult` on ``split``; the runner is closed after."""
     from vggc.evaluate import evaluate
 
-    split = limit_split(load_split(data, "test", progress=progress), eval_limit, seed)
     try:
         return evaluate(runner.predict, split, preprocess, batch_size=batch_size, progress=progress)
     finally:
@@ -116,17 +122,12 @@ def _evaluate_source(model, data, preprocess, eval_limit, seed, batch_size, prog
     """Return the FP32 source's :class:`~vggc.evaluate.EvalResult` on the evaluation images (only when
     no ``reference`` was given); counted as one ``fp32_source_eval`` of that set (:mod:`vggc.work`)."""
     from vggc import work
-    from vggc.data import limit_split, load_split
-    from vggc.evaluate import evaluate
     from vggc.reference import split_digest
     from vggc.runtime import TorchRunner
 
-    split = limit_split(load_split(data, "test", progress=progress), eval_limit, seed)
-    runner = TorchRunner(copy.deepcopy(model), "cpu", None, None)
-    try:
-        res = evaluate(runner.predict, split, preprocess, batch_size=batch_size, progress=progress)
-    finally:
-        runner.close()
+    split = _test_split(data, eval_limit, seed, progress)
+    res = _evaluate_runner(TorchRunner(copy.deepcopy(model), "cpu", None, None), split, preprocess, batch_size,
+                           progress)
     work.count("fp32_source_eval", key=split_digest(split))
     return res
 
@@ -345,7 +346,8 @@ def _write_and_evaluate(job: QuantJob, out: Path, t0: float, evaluation: tuple |
             data, eval_limit, seed, batch_size, progress = evaluation
             runner, used = impl.open_for_eval(tmp, companions, preprocess=job.preprocess, batch_size=batch_size,
                                               threads=job.threads, which=which)
-            eval_res = _evaluate_runner(runner, data, job.preprocess, eval_limit, seed, batch_size, progress)
+            eval_res = _evaluate_runner(runner, _test_split(data, eval_limit, seed, progress), job.preprocess,
+                                        batch_size, progress)
     return facts, fp32_size, seconds, eval_res, used
 
 
