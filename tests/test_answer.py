@@ -239,19 +239,9 @@ def test_bench_cli_ends_with_the_answer(tmp_path):
 
 
 def test_pipeline_cli_ends_with_the_answer(tmp_path, monkeypatch):
-    import torch
-    from conftest import run_cli
-    from test_pipeline import _tiny_setup
+    from test_pipeline import run_tiny_onnx_pipeline
 
-    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch)
-    monkeypatch.setitem(pipeline.PRESETS, "quick", pipeline.PRESETS["tiny"])
-    out = tmp_path / "run"
-    before = torch.get_num_threads()
-    try:
-        res = run_cli("pipeline", weights, "--data", data, "--out", out, "--only", "onnx_fp32", "--threads", 1,
-                      "--max-drop", "100")
-    finally:
-        torch.set_num_threads(before)
+    res, out = run_tiny_onnx_pipeline(tmp_path, monkeypatch)
     assert res.exit_code == 0, res.output
     rows = json.loads((out / "bench" / "results.json").read_text())
     tail = res.output.split("\nreport: ", 1)[1].split("\n", 1)[1].strip().splitlines()

@@ -155,6 +155,24 @@ def _tiny_setup(tmp_path, monkeypatch, **preset):
     return pipeline, weights, data
 
 
+def run_tiny_onnx_pipeline(tmp_path, monkeypatch):
+    """Run ``vggc pipeline`` on a tiny model (the tiny preset as ``quick``, ``--only onnx_fp32``, one thread,
+    ``--max-drop 100``) into ``tmp_path/run``; return ``(result, out dir)``. Torch's thread count is restored."""
+    import torch
+    from conftest import run_cli
+
+    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch)
+    monkeypatch.setitem(pipeline.PRESETS, "quick", pipeline.PRESETS["tiny"])
+    out = tmp_path / "run"
+    before = torch.get_num_threads()
+    try:
+        res = run_cli("pipeline", weights, "--data", data, "--out", out, "--only", "onnx_fp32", "--threads", 1,
+                      "--max-drop", "100")
+    finally:
+        torch.set_num_threads(before)
+    return res, out
+
+
 def _kill_after_first_epoch(monkeypatch):
     """Make the next fit() raise KeyboardInterrupt once its first epoch's checkpoint is written."""
     import vggc.train

@@ -187,21 +187,13 @@ def test_manifest_chain_reads_the_commands_pipeline_steps_recorded(tmp_path):
 def test_a_real_pipeline_step_marker_feeds_the_manifest_chain_and_the_answer_rebuilds_its_file(tmp_path, monkeypatch):
     import torch
     from conftest import run_cli
-    from test_pipeline import _tiny_setup
+    from test_pipeline import run_tiny_onnx_pipeline
 
     import vggc.bench.answer
 
-    pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch)
-    monkeypatch.setitem(pipeline.PRESETS, "quick", pipeline.PRESETS["tiny"])
     # a tiny quick bench rarely settles a timing: let the exported file's rows be the answer
     monkeypatch.setattr(vggc.bench.answer, "qualifies", lambda r, _b, _m: r["model"] == "tiny.onnx")
-    out = tmp_path / "run"
-    before = torch.get_num_threads()
-    try:
-        res = run_cli("pipeline", weights, "--data", data, "--out", out, "--only", "onnx_fp32", "--threads", 1,
-                      "--max-drop", "100")
-    finally:
-        torch.set_num_threads(before)
+    res, out = run_tiny_onnx_pipeline(tmp_path, monkeypatch)
     assert res.exit_code == 0, res.output
     onnx = out / "tiny.onnx"
     marker = json.loads((out / ".steps" / "onnx_fp32.json").read_text())
@@ -221,6 +213,7 @@ def test_a_real_pipeline_step_marker_feeds_the_manifest_chain_and_the_answer_reb
     # pasted elsewhere with OUT set: the same file again
     other = tmp_path / "other"
     args = shell_words(rebuild[0].removeprefix("vggc "), str(other))
+    before = torch.get_num_threads()
     try:
         again = run_cli(*args)
     finally:
