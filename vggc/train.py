@@ -1,7 +1,9 @@
 """The project's one training loop: baseline training, pruning fine-tune and distillation all use it.
 
 SGD (Nesterov) + OneCycle by default, random-crop + flip, label smoothing, channels_last,
-bf16 autocast on CPUs with native bf16 (AMX / AVX512-BF16) and fp16 AMP on CUDA, a checkpoint
+bf16 autocast on CPUs with native bf16 (AMX / AVX512-BF16; strided depthwise convolutions stay fp32,
+see :func:`fp32_islands`) and fp16 AMP on CUDA, an optional evaluation after every epoch (the
+learning curve), a checkpoint
 after every epoch and every 10 minutes within one (atomic) with ``resume``, deterministic under
 ``seed``, and DDP when ``torch.distributed`` is initialised (e.g. under ``torchrun``; only rank 0 writes).
 
@@ -11,6 +13,7 @@ floats shown on the progress bar (distillation passes its KD loss this way).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -79,6 +82,7 @@ class TrainResult:
     precision: str = "fp32"
     resumed_from: int = 0
     stopped_early: str | None = None  # why ``stop_check`` ended training before cfg.epochs
+    fp32_layers: list = field(default_factory=list)  # layers run in fp32 inside bf16 autocast (fp32_islands)
 
     @property
     def total_seconds(self) -> float:
@@ -115,6 +119,48 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     from vggc.cpu import has_native_bf16
 
     return "bf16" if has_native_bf16() else "fp32"
+
+
+def keeps_fp32_under_bf16(module: nn.Module) -> bool:
+    """True for a layer that :func:`fit` runs in fp32 inside CPU bf16 autocast: a depthwise
+    (grouped) convolution with a stride above 1.
+
+    With torch 2.14's oneDNN kernels such a layer's bf16 backward pass is 4-30x slower than its fp32
+    one on the AMX machine (a 576-channel 8x8 stride-2 depthwise conv, batch 128: 90 ms bf16 vs 2.8 ms
+    fp32 forward + backward; 144 channels at 32x32: 124 vs 31 ms), while stride-1 depthwise and dense
+    convolutions gain from bf16. In a CIFAR MobileNetV2 training step these four layers took a third
+    of the time (``scripts/train_speed.py`` measures the whole step both ways). fp32 is also the more
+    precise of the two, so the rule can only help accuracy."""
+    return (isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+            and max(module.stride) > 1)
+
+
+@contextlib.contextmanager
+def fp32_islands(model: nn.Module, autocast_dtype: torch.dtype | None, device: torch.device):
+    """Within the block, every layer of ``model`` that :func:`keeps_fp32_under_bf16` runs in fp32
+    (autocast off, input cast to float32) when training autocasts to bf16 on a CPU; otherwise
+    nothing changes. Yields the names of the layers so run. The layers' parameters, names and
+    state_dict are untouched (only their instance ``forward`` is wrapped, and restored after)."""
+    if autocast_dtype is not torch.bfloat16 or device.type != "cpu":
+        yield []
+        return
+    patched = [(name, m) for name, m in model.named_modules() if keeps_fp32_under_bf16(m)]
+
+    def fp32_forward(module: nn.Module):
+        cls_forward = type(module).forward
+
+        def forward(x):
+            with torch.autocast("cpu", enabled=False):
+                return cls_forward(module, x.float())
+        return forward
+
+    for _, m in patched:
+        m.forward = fp32_forward(m)
+    try:
+        yield [name for name, _ in patched]
+    finally:
+        for _, m in patched:
+            m.__dict__.pop("forward", None)
 
 
 def cross_entropy_loss(label_smoothing: float = 0.1) -> LossFn:
@@ -195,7 +241,8 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
         loss_fn: LossFn | None = None, checkpoint: str | Path | None = None, resume: bool = False,
         progress: Progress = no_progress, on_epoch: Callable[[dict], None] | None = None,
         run_key: str | None = None, checkpoint_minutes: float | None = CHECKPOINT_MINUTES,
-        stop_check: Callable[[dict], str | None] | None = None) -> TrainResult:
+        stop_check: Callable[[dict], str | None] | None = None,
+        evaluate_epoch: Callable[[nn.Module], dict] | None = None) -> TrainResult:
     """Train ``model`` in place on ``train``; return a :class:`TrainResult`.
 
     ``checkpoint``: path written atomically after every epoch (rank 0 only), and also within an
@@ -210,6 +257,10 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
     training there (``TrainResult.stopped_early``; the record gets ``stopped_early``). A run
     resumed from an epoch-end checkpoint asks it again about that epoch first, so a kill between
     the decision and the caller's output gives the same decision.
+    ``evaluate_epoch(model) -> dict`` (e.g. ``{"top1": ..., "n_eval": ...}``): called after each epoch
+    with the model in eval mode, before its checkpoint; its items join the epoch's record (the learning
+    curve). It must not draw from torch's global RNG (evaluation does not), so the weights are the
+    same with or without it.
     Returns with ``model`` on CPU in eval mode.
     """
     if len(train) < cfg.batch_size:
@@ -246,22 +297,40 @@ def fit(model: nn.Module, train: Split, preprocess: Preprocess, cfg: TrainConfig
         if stopped:
             model.eval()
 
-    for epoch in range(start_epoch, cfg.epochs if not stopped else start_epoch):
-        record = _run_epoch(loop, epoch, partial if epoch == start_epoch else None)
-        loop.history.append(record)
-        if ckpt_path is not None and rank == 0:
-            loop.save(epoch + 1)
-        if on_epoch:
-            on_epoch(record)
-        if stop_check is not None and epoch + 1 < cfg.epochs:
-            stopped = stop_check(record)
+    with fp32_islands(model, loop.autocast_dtype, device) as fp32_layers:
+        for epoch in range(start_epoch, cfg.epochs if not stopped else start_epoch):
+            stopped = _epoch_and_after(loop, epoch, partial if epoch == start_epoch else None, on_epoch,
+                                       stop_check, evaluate_epoch)
             if stopped:
-                record["stopped_early"] = stopped
                 break
     model.to("cpu").eval()
     return TrainResult(epochs_run=len(loop.history) - start_epoch, history=loop.history,
                        seconds=round(time.perf_counter() - t_start, 2), device=str(device),
-                       precision=precision, resumed_from=start_epoch, stopped_early=stopped)
+                       precision=precision, resumed_from=start_epoch, stopped_early=stopped,
+                       fp32_layers=fp32_layers)
+
+
+def _epoch_and_after(loop: "_Loop", epoch: int, partial: dict | None, on_epoch, stop_check,
+                     evaluate_epoch) -> str | None:
+    """Train one epoch, evaluate it (``evaluate_epoch``), checkpoint, report it and ask ``stop_check``;
+    return the reason to stop, else ``None``."""
+    record = _run_epoch(loop, epoch, partial)
+    if evaluate_epoch is not None:
+        loop.model.eval()
+        t0 = time.perf_counter()
+        record.update(evaluate_epoch(loop.model))
+        record["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    loop.history.append(record)
+    if loop.ckpt_path is not None and loop.rank == 0:
+        loop.save(epoch + 1)
+    if on_epoch:
+        on_epoch(record)
+    if stop_check is not None and epoch + 1 < loop.cfg.epochs:
+        stopped = stop_check(record)
+        if stopped:
+            record["stopped_early"] = stopped
+            return stopped
+    return None
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

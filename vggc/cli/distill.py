@@ -57,12 +57,15 @@ def _threads_per_process(threads: int | None) -> int | None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for init, subset, order and augmentation.")
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu or cuda[:N]. Under torchrun with CUDA each process takes cuda:<LOCAL_RANK>.")
+@click.option("--curve", is_flag=True,
+              help="Evaluate the student on the test images after every epoch: the learning curve (top-1 per "
+                   "epoch) in the manifest's train.history. Costs one evaluation per epoch; same weights.")
 @click.option("--resume", is_flag=True, help="Continue from OUT.ckpt left by an interrupted run with the same options.")
 @teacher_model_options
 @download_option
 @threads_option
 def command(teacher, data, out, student, width_mult, temperature, alpha, epochs, batch_size, lr, weight_decay,
-            label_smoothing, schedule, precision, limit, eval_limit, no_eval, seed, device, resume, teacher_model,
+            label_smoothing, schedule, precision, limit, eval_limit, no_eval, seed, device, curve, resume, teacher_model,
             teacher_backend, download, threads):
     """Distil the TEACHER state_dict (e.g. the VGG16) into a CIFAR MobileNetV2 student.
 
@@ -97,7 +100,7 @@ def command(teacher, data, out, student, width_mult, temperature, alpha, epochs,
                           eval_limit=eval_limit, do_eval=not no_eval, resume=resume, download=download,
                           eval_threads=(threads or os.cpu_count()) if world > 1 else None,
                           teacher_model=teacher_model, teacher_backend=teacher_backend,
-                          progress=tqdm_progress if rank == 0 else no_progress, on_epoch=on_epoch)
+                          progress=tqdm_progress if rank == 0 else no_progress, on_epoch=on_epoch, curve=curve)
     if rank != 0:
         return
     tr = metrics["train"]

@@ -58,9 +58,16 @@ def default_inputs(weights: str | None, data: str | None) -> tuple[str, str]:
               help="MAC targets of the pruning frontier, as fractions of the unpruned model's MACs (each is "
                    "pruned from one sensitivity scan, fine-tuned with KD and quantized on every INT8 backend). "
                    "Default: the preset's (quick 0.5; full 0.5,0.25,0.125).")
+@click.option("--time-budget", default="preset", metavar="DURATION",
+              help="Training budget of the whole run, e.g. 6h, 90m or seconds ('off': none). With a budget each "
+                   "trained variant (pruned target, student) first trains its preset's epochs as a pilot with a "
+                   "learning curve; one still rising towards the accuracy budget is retrained longer (up to 30 "
+                   "fine-tune / 40 distillation epochs) within its share of the time, one within the budget or "
+                   "flat gets no more. The step log and report say how many epochs each got and why. "
+                   "Default: the preset's (full 6h, quick off).")
 @threads_option
 @max_drop_option
-def command(weights, data, preset, out_dir, only, force, seed, prune_targets, threads, max_drop):
+def command(weights, data, preset, out_dir, only, force, seed, prune_targets, time_budget, threads, max_drop):
     """Run every stage on WEIGHTS and print the comparison table.
 
     Stages: ONNX FP32/FP16 export, dynamic and static INT8 (ONNX Runtime and torchao PT2E), L1 pruning +
@@ -79,7 +86,7 @@ def command(weights, data, preset, out_dir, only, force, seed, prune_targets, th
     summary = run_pipeline(weights, data, preset=preset, out_dir=out_dir, seed=seed, force=force, threads=n_threads,
                            only=[s.strip() for s in only.split(",") if s.strip()] if only else None,
                            progress=tqdm_progress, log=lambda m: click.echo(m, err=True), max_drop_pt=max_drop,
-                           prune_targets=prune_targets)
+                           prune_targets=prune_targets, time_budget=time_budget)
     click.echo("")
     click.echo("step                      status       seconds")
     for s in summary["steps"]:

@@ -87,6 +87,10 @@ def _fractions(ctx, param, value):
                    "metrics.stopped_early says why.")
 @click.option("--stop-after", type=click.IntRange(1), default=1, show_default=True,
               help="With --stop-drop: the fine-tune epochs after which top-1 is checked.")
+@click.option("--curve", is_flag=True,
+              help="Evaluate on the test images after every fine-tune epoch: the learning curve (top-1 per "
+                   "epoch) in the manifest's steps[k].history. Costs one evaluation per epoch; the weights are "
+                   "the same with or without it.")
 @teacher_model_options
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from OUT.state.pt / OUT.step<k>.ckpt (refused when "
@@ -95,8 +99,8 @@ def _fractions(ctx, param, value):
 @threads_option
 def command(weights, data, out, scan, amount, target_macs, strategy, sensitivity, max_ratio, round_to, steps,
             finetune_epochs, lr, batch_size, weight_decay, precision, device, limit, eval_limit, no_eval,
-            scan_limit, fractions, seed, kd_alpha, kd_temperature, bn_recalib, stop_drop, stop_after, teacher_model,
-            teacher_backend, resume, mean, std, input_size, threads):
+            scan_limit, fractions, seed, kd_alpha, kd_temperature, bn_recalib, stop_drop, stop_after, curve,
+            teacher_model, teacher_backend, resume, mean, std, input_size, threads):
     """Prune conv filters with the smallest L1 norm (Li et al. 2017), really removing them with their
     BatchNorm channels and the next layer's inputs, then fine-tune and save a smaller state_dict.
 
@@ -168,7 +172,7 @@ def command(weights, data, out, scan, amount, target_macs, strategy, sensitivity
                    on_epoch=on_epoch, on_step=on_step,
                    kd=KDConfig(temperature=kd_temperature, alpha=kd_alpha) if kd_alpha > 0 else None,
                    bn_recalib=bn_recalib, teacher_model=teacher_model, teacher_backend=teacher_backend,
-                   stop_drop_pt=stop_drop, stop_after=stop_after)
+                   stop_drop_pt=stop_drop, stop_after=stop_after, curve=curve)
     click.echo(f"MACs {m['macs_before'] / 1e6:.1f} M -> {m['macs_after'] / 1e6:.1f} M ({100 * m['macs_ratio']:.1f}%), "
                f"params {m['params_before'] / 1e6:.2f} M -> {m['params_after'] / 1e6:.2f} M, "
                f"{100 * m['channels_removed_fraction']:.1f}% of conv channels removed")

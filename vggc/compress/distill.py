@@ -229,12 +229,22 @@ def _teacher_reference(teacher: nn.Module, test, pre: Preprocess, reference: dic
     return res.top1, res.predictions
 
 
+def _curve_eval(test, pre: Preprocess):
+    """Return fit's ``evaluate_epoch``: ``{"top1", "n_eval"}`` of the student on ``test``."""
+
+    def evaluate_epoch(m: nn.Module) -> dict:
+        with torch.inference_mode():
+            return {"top1": evaluate(lambda x: m(x), test, pre).top1, "n_eval": len(test)}
+
+    return evaluate_epoch
+
+
 def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: TrainConfig,
             kd: KDConfig, *, student: str = "mobilenet_v2", width_mult: float = 1.0, limit: int | None = None,
             eval_limit: int | None = None, do_eval: bool = True, resume: bool = False, download: bool = False,
             eval_threads: int | None = None, teacher_model: str | Path | None = None,
             teacher_backend: str | None = None, progress: Progress = no_progress, on_epoch=None,
-            reference: dict | None = None) -> dict:
+            reference: dict | None = None, curve: bool = False) -> dict:
     """Distil ``teacher_path`` into a fresh student; save its state_dict at ``out`` with a manifest.
 
     ``out.ckpt`` (+ ``out.ckpt.json``, the run's settings) hold fit's checkpoint (every epoch, every 10 minutes) until the run
@@ -247,7 +257,9 @@ def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: Tr
     reference the student is evaluated against, and the metrics' ``teacher_model`` say how the file
     teacher compares with it. ``reference``: the teacher's FP32 result on the same evaluation images
     (a :func:`vggc.reference.reference_doc` record, e.g. the pipeline's ``source_eval``): the teacher is
-    not evaluated again (refused when it is of other images). Returns the manifest's metrics (history, test top-1 of student and
+    not evaluated again (refused when it is of other images). ``curve`` (needs ``do_eval``): evaluate the
+    student on the test images after every epoch (rank 0; each record of ``metrics.train.history`` gets
+    ``top1`` and ``n_eval``: the learning curve; the weights are the same). Returns the manifest's metrics (history, test top-1 of student and
     teacher, agreement).
     """
     from vggc.models import count_macs, count_params, load_weights
@@ -278,8 +290,10 @@ def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: Tr
         write_settings(run_file, run)
 
     loss_fn = DistillLoss(file_teacher or loaded.model, kd, cfg.label_smoothing)
+    test = limit_split(load_split(data, "test", progress=progress), eval_limit, cfg.seed) if do_eval else None
     result = fit(model, train, pre, cfg, loss_fn=loss_fn, checkpoint=ckpt, resume=resume,
-                 progress=progress, on_epoch=on_epoch, run_key=run_key(run))
+                 progress=progress, on_epoch=on_epoch, run_key=run_key(run),
+                 evaluate_epoch=_curve_eval(test, pre) if (curve and do_eval and rank == 0) else None)
     loaded.model.to("cpu")
     if rank != 0:
         return {}
@@ -288,7 +302,6 @@ def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: Tr
     if do_eval:
         if eval_threads:
             torch.set_num_threads(eval_threads)
-        test = limit_split(load_split(data, "test", progress=progress), eval_limit, cfg.seed)
         teacher = loaded.model.eval()
         with torch.inference_mode():
             res = evaluate(lambda x: model(x), test, pre, progress=progress)
@@ -304,7 +317,7 @@ def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: Tr
         file_teacher.close()
     save_state_dict(model.state_dict(), out)
     kd_settings = {**asdict(kd), "label_smoothing": cfg.label_smoothing, "student": student,
-                   "width_mult": width_mult, "teacher_logits_cached": False,
+                   "width_mult": width_mult, "teacher_logits_cached": False, "curve": bool(curve and do_eval),
                    "teacher_model": file_teacher.facts if file_teacher is not None else None}
     write_manifest(out, kind="state_dict", inputs={"teacher": teacher_path},
                    settings={"distill": kd_settings, "train": asdict(cfg), "limit": limit, "eval_limit": eval_limit,

@@ -65,7 +65,7 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
                  out_dir: str | os.PathLike | None = None, seed: int = 0, force: bool = False,
                  only: list[str] | None = None, threads: int | None = None, progress: Progress = no_progress,
                  log: Callable[[str], None] = lambda _m: None, max_drop_pt: float | None = None,
-                 prune_targets: tuple[float, ...] | None = None) -> dict:
+                 prune_targets: tuple[float, ...] | None = None, time_budget: str | float | None = "preset") -> dict:
     """Run every stage on ``weights`` and bench the results; return a summary dict.
 
     ``weights``, ``data`` and ``out_dir`` as the user gave them: the recorded rebuild commands name
@@ -80,6 +80,9 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
     ``max_drop_pt``: the top-1 budget (``vggc bench --max-drop``; default 1 % of the baseline's) of the
     bench's answer, the accuracy-aware INT8 steps and the early stop of pruned targets.
     ``prune_targets``: the frontier's MAC targets (fractions), replacing the preset's.
+    ``time_budget``: the training budget (``"6h"``, ``"90m"``, seconds; ``None``/``"off"``: none, every
+    variant trains its preset's epochs) that :mod:`vggc.pipeline.allocate` spends; ``"preset"``: the
+    preset's (6 h for ``full``, none for ``quick``).
     """
     import torch
 
@@ -100,10 +103,17 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
         if any(not 0.0 < float(t) < 1.0 for t in prune_targets):
             raise InputError(f"--prune-targets {prune_targets}: each must be a fraction between 0 and 1")
         p = replace(p, prune_targets=tuple(float(t) for t in prune_targets))
+    if time_budget != "preset":
+        from vggc.pipeline.allocate import parse_duration
+
+        try:
+            p = replace(p, time_budget_s=parse_duration(time_budget))
+        except ValueError as err:
+            raise InputError(f"--time-budget: {err}") from None
     out_given = os.fspath(out_dir) if out_dir else str(Path("artifacts") / f"{weights.stem}-{preset}")
     out = Path(out_given)
     steps = build_steps(given[0], given[1], p, seed=seed, threads=n_threads, progress=progress,
-                        max_drop_pt=max_drop_pt)
+                        max_drop_pt=max_drop_pt, time_budget_s=p.time_budget_s)
     steps, skipped = _select(steps, only, p, log)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
@@ -187,6 +197,9 @@ def _run(weights: Path, data: Path, p: Preset, preset: str, out: Path, steps: li
         for r in results:  # an INT8 step that could not keep to the budget says so (its row shows the drop)
             if r.ok and r.metrics.get("budget_note"):
                 log(f"-- {r.name}: {r.metrics['budget_note']}")
+            if r.ok and r.metrics.get("allocation"):  # a trained step of a run with a time budget
+                a = r.metrics["allocation"]
+                log(f"-- {r.name}: {a['epochs']} epoch(s) ({'after a ' + str(a['pilot_epochs']) + '-epoch pilot: ' if a['extended'] else ''}{a['why']})")
         for s in skipped:
             steps.append(s)
             results.append(StepResult(s.name, f"skipped: not in the {p.name} preset (use --preset full or --only)"))
@@ -210,6 +223,11 @@ def _run(weights: Path, data: Path, p: Preset, preset: str, out: Path, steps: li
             "work": total,
             "report": str(out / "bench" / "report.md"), "rows": rows,
         }
+        if p.time_budget_s:
+            summary["time_budget"] = {"seconds": p.time_budget_s, "step_seconds": summary["step_seconds"],
+                                      "within": summary["step_seconds"] <= p.time_budget_s}
+            log(f"-- time budget {p.time_budget_s / 3600:.2f} h: steps took {summary['step_seconds'] / 3600:.2f} h "
+                f"(this run's steps; cached ones count 0)")
         write_json(out / "pipeline.json", {k: v for k, v in summary.items() if k != "rows"})
         if any(total.get(k) for k in ("fp32_exports", "fp32_source_evals")):
             log(f"-- work: {work.describe(total)}")

@@ -89,6 +89,7 @@ class Build:
     progress: Progress = no_progress
     max_drop_pt: float | None = None
     given: tuple[str, str] | None = None  # (weights, data) as typed; default: the paths' strings
+    time_budget_s: float | None = None  # None: every trained variant gets its preset's epochs (no pilots)
 
     @property
     def weights_arg(self) -> str:
@@ -144,6 +145,20 @@ class Build:
         from vggc.train import TrainConfig
 
         return TrainConfig(epochs=max(1, epochs), lr=lr, seed=self.seed, batch_size=self.preset.train_batch)
+
+
+    def shares(self) -> dict[str, float]:
+        """Return each trained step's share of the time budget (:func:`vggc.pipeline.allocate.time_shares`)."""
+        from vggc.pipeline.allocate import time_shares
+
+        return time_shares(self.time_budget_s, [f"prune{target_tag(t)}" for t in self.preset.targets()], "distill")
+
+    def allocation_key(self, step: str) -> dict:
+        """The settings of a trained step that its epoch allocation depends on (none without a budget)."""
+        if self.time_budget_s is None:
+            return {}
+        return {"time_budget_s": self.time_budget_s, "share_s": round(self.shares()[step], 1),
+                "max_epochs": self.preset.max_epochs(step), **self.budget_key}
 
 
 def _read_json(path: Path) -> dict:
@@ -345,7 +360,10 @@ def scan_step(b: Build) -> Step:
                 label=f"per-layer pruning sensitivity on {p.scan_limit} training images")
 
 
-def _run_prune(b: Build, ctx: StepContext, target: float) -> dict:
+def _prune_run(b: Build, ctx: StepContext, target: float) -> Callable[[Path, int], dict]:
+    """Return ``run(out, epochs) -> metrics``: prune the source to ``target`` and fine-tune ``epochs``
+    (KD from the INT8 teacher, early stop, learning curve) into ``out``, resuming a killed run;
+    the run's rebuild command is in the metrics (``command``)."""
     from vggc.compress.bn_recalib import DEFAULT_IMAGES
     from vggc.compress.distill import KDConfig
     from vggc.compress.prune import PruneSpec, prune_file, work_files
@@ -359,26 +377,50 @@ def _run_prune(b: Build, ctx: StepContext, target: float) -> dict:
     # the budget + a margin for what the remaining epochs recover
     stop = (lambda base: budget_pt(base, b.max_drop_pt) + float(margin)) if b.stop_on else None
     lr = 0.01
-    metrics = _resumable(lambda resume: prune_file(
-        b.weights, b.data_s, ctx.output(), spec, sensitivity=scan, train_cfg=b.train_cfg(p.prune_finetune_epochs, lr),
-        finetune_epochs=p.prune_finetune_epochs, limit=p.prune_limit, eval_limit=p.eval_limit, seed=b.seed,
-        resume=resume, progress=b.progress, kd=kd, teacher_model=teacher,
-        teacher_backend=TEACHER_BACKEND if teacher else None, stop_drop_pt=stop, stop_after=p.stop_after,
-        reference=_read_json(ctx.dep(SOURCE_EVAL))),
-        work_files(ctx.output(), spec.steps))
-    rule = metrics.get("stop_rule") or {}
-    metrics["command"] = cmds.prune_cmd(
-        b.weights_arg, ctx.shell(ctx.output()), b.data_arg, strategy=p.prune_strategy, target=target,
-        scan=ctx.shell(scan) if scan else None, epochs=p.prune_finetune_epochs, lr=lr, batch=p.train_batch,
-        limit=p.prune_limit, eval_limit=p.eval_limit, seed=b.seed, kd_alpha=p.kd_alpha if b.kd_on else 0.0,
-        kd_temperature=p.kd_temperature, teacher_model=ctx.shell(teacher) if teacher else None,
-        teacher_backend=TEACHER_BACKEND if teacher else None, stop_drop=rule.get("max_drop_pt"),
-        stop_after=p.stop_after, bn_recalib=DEFAULT_IMAGES)
-    return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict)) or k in ("teacher_model", "stop_rule")}
+
+    def run(out: Path, epochs: int) -> dict:
+        metrics = _resumable(lambda resume: prune_file(
+            b.weights, b.data_s, out, spec, sensitivity=scan, train_cfg=b.train_cfg(epochs, lr),
+            finetune_epochs=epochs, limit=p.prune_limit, eval_limit=p.eval_limit, seed=b.seed,
+            resume=resume, progress=b.progress, kd=kd, teacher_model=teacher,
+            teacher_backend=TEACHER_BACKEND if teacher else None, stop_drop_pt=stop if epochs > p.stop_after else None,
+            stop_after=p.stop_after, reference=_read_json(ctx.dep(SOURCE_EVAL)), curve=True),
+            work_files(out, spec.steps))
+        rule = metrics.get("stop_rule") or {}
+        metrics["command"] = cmds.prune_cmd(
+            b.weights_arg, ctx.shell(out), b.data_arg, strategy=p.prune_strategy, target=target,
+            scan=ctx.shell(scan) if scan else None, epochs=epochs, lr=lr, batch=p.train_batch,
+            limit=p.prune_limit, eval_limit=p.eval_limit, seed=b.seed, kd_alpha=p.kd_alpha if b.kd_on else 0.0,
+            kd_temperature=p.kd_temperature, teacher_model=ctx.shell(teacher) if teacher else None,
+            teacher_backend=TEACHER_BACKEND if teacher else None, stop_drop=rule.get("max_drop_pt"),
+            stop_after=p.stop_after, bn_recalib=DEFAULT_IMAGES, curve=True)
+        return metrics
+
+    return run
+
+
+def _step_metrics(metrics: dict) -> dict:
+    """Return what pipeline.json keeps of a training step's metrics: scalars, the teacher check, the
+    stop rule and the epoch allocation (the histories stay in the model's manifest)."""
+    keep = ("teacher_model", "stop_rule", "allocation")
+    return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict)) or k in keep}
+
+
+def _run_prune(b: Build, ctx: StepContext, target: float) -> dict:
+    from vggc.pipeline.pilot import run_allocated
+
+    run = _prune_run(b, ctx, target)
+    if b.time_budget_s is None:
+        return _step_metrics(run(ctx.output(), b.preset.prune_finetune_epochs))
+    return _step_metrics(run_allocated(
+        b, ctx, run, pilot_epochs=b.preset.prune_finetune_epochs,
+        history=lambda m: [h for st in m.get("steps", []) for h in st.get("history", [])],
+        stopped=lambda m: m.get("stopped_early")))
 
 
 def prune_step(b: Build, target: float, scan_steps: list[Step]) -> Step:
-    """Prune the source to ``target`` of its MACs and fine-tune it (KD from the INT8 teacher)."""
+    """Prune the source to ``target`` of its MACs and fine-tune it (KD from the INT8 teacher); with a
+    time budget the fine-tune's epochs are allocated after a pilot (:mod:`vggc.pipeline.allocate`)."""
     p = b.preset
     tag = target_tag(target)
     ft = {**b.trained_on, "strategy": p.prune_strategy, "epochs": p.prune_finetune_epochs,
@@ -386,13 +428,16 @@ def prune_step(b: Build, target: float, scan_steps: list[Step]) -> Step:
           "seed": b.seed,
           "kd": {"alpha": p.kd_alpha, "T": p.kd_temperature, "teacher": TEACHER_STEP,
                  "teacher_backend": TEACHER_BACKEND} if b.kd_on else None,
-          "stop": {"margin_pt": p.stop_margin_pt, "after": p.stop_after, **b.budget_key} if b.stop_on else None}
-    return Step(f"prune{tag}", [f"{b.stem}_pruned{tag}.pt"], lambda ctx: _run_prune(b, ctx, target),
+          "stop": {"margin_pt": p.stop_margin_pt, "after": p.stop_after, **b.budget_key} if b.stop_on else None,
+          "curve": True, **b.allocation_key(f"prune{tag}")}
+    outputs = [f"{b.stem}_pruned{tag}.pt"] + ([f"{b.stem}_pruned{tag}_pilot.pt"] if b.time_budget_s else [])
+    return Step(f"prune{tag}", outputs, lambda ctx: _run_prune(b, ctx, target),
                 inputs=[b.weights], settings=ft,
                 deps=[s.name for s in scan_steps] + ([TEACHER_STEP] if b.kd_on else []) + [SOURCE_EVAL],
                 **b.reads("train", "test"),
                 label=f"L1 prune ({p.prune_strategy}) to {target:.1%} MACs + fine-tune"
-                      + (" with KD (INT8 OpenVINO teacher)" if b.kd_on else ""))
+                      + (" with KD (INT8 OpenVINO teacher)" if b.kd_on else "")
+                      + (", epochs allocated after a pilot" if b.time_budget_s else ""))
 
 
 def frontier_steps(b: Build, target: float, scan_steps: list[Step]) -> list[Step]:
@@ -417,34 +462,55 @@ def _distill_settings(b: Build) -> dict:
     p = b.preset
     return {**b.trained_on, "epochs": p.distill_epochs, "batch": p.train_batch, "limit": p.distill_limit,
             "width": p.distill_width, "eval_limit": p.eval_limit, "seed": b.seed, "T": 4.0, "alpha": 0.9,
-            "lr": p.distill_lr, "teacher": TEACHER_STEP, "teacher_backend": TEACHER_BACKEND}
+            "lr": p.distill_lr, "teacher": TEACHER_STEP, "teacher_backend": TEACHER_BACKEND, "curve": True,
+            **b.allocation_key("distill")}
 
 
-def _run_distill(b: Build, ctx: StepContext) -> dict:
+def _distill_run(b: Build, ctx: StepContext) -> Callable[[Path, int], dict]:
+    """Return ``run(out, epochs) -> metrics``: distil the source into a fresh student for ``epochs``
+    (the INT8 teacher's logits, learning curve) into ``out``, resuming a killed run; with its command."""
     from vggc.compress.distill import KDConfig, distill, work_files
 
     p = b.preset
     teacher = ctx.dep(TEACHER_STEP)
-    work = work_files(ctx.output())  # [checkpoint, its settings]: only the checkpoint means "resume"
-    metrics = _resumable(lambda resume: distill(
-        b.weights, b.data_s, ctx.output(), b.train_cfg(p.distill_epochs, p.distill_lr),
-        KDConfig(temperature=4.0, alpha=0.9), width_mult=p.distill_width, limit=p.distill_limit,
-        eval_limit=p.eval_limit, resume=resume, progress=b.progress, teacher_model=teacher,
-        teacher_backend=TEACHER_BACKEND, reference=_read_json(ctx.dep(SOURCE_EVAL))),
-        work, checkpoints=work[:1])
-    metrics["command"] = cmds.distill_cmd(
-        b.weights_arg, ctx.shell(ctx.output()), b.data_arg, epochs=p.distill_epochs, lr=p.distill_lr,
-        batch=p.train_batch,
-        limit=p.distill_limit, eval_limit=p.eval_limit, width=p.distill_width, temperature=4.0, alpha=0.9,
-        seed=b.seed, teacher_model=ctx.shell(teacher), teacher_backend=TEACHER_BACKEND)
-    return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict)) or k == "teacher_model"}
+
+    def run(out: Path, epochs: int) -> dict:
+        work = work_files(out)  # [checkpoint, its settings]: only the checkpoint means "resume"
+        metrics = _resumable(lambda resume: distill(
+            b.weights, b.data_s, out, b.train_cfg(epochs, p.distill_lr),
+            KDConfig(temperature=4.0, alpha=0.9), width_mult=p.distill_width, limit=p.distill_limit,
+            eval_limit=p.eval_limit, resume=resume, progress=b.progress, teacher_model=teacher,
+            teacher_backend=TEACHER_BACKEND, reference=_read_json(ctx.dep(SOURCE_EVAL)), curve=True),
+            work, checkpoints=work[:1])
+        metrics["command"] = cmds.distill_cmd(
+            b.weights_arg, ctx.shell(out), b.data_arg, epochs=epochs, lr=p.distill_lr, batch=p.train_batch,
+            limit=p.distill_limit, eval_limit=p.eval_limit, width=p.distill_width, temperature=4.0, alpha=0.9,
+            seed=b.seed, teacher_model=ctx.shell(teacher), teacher_backend=TEACHER_BACKEND, curve=True)
+        return metrics
+
+    return run
+
+
+def _run_distill(b: Build, ctx: StepContext) -> dict:
+    from vggc.pipeline.pilot import run_allocated
+
+    run = _distill_run(b, ctx)
+    if b.time_budget_s is None:
+        return _step_metrics(run(ctx.output(), b.preset.distill_epochs))
+    return _step_metrics(run_allocated(b, ctx, run, pilot_epochs=b.preset.distill_epochs,
+                                       history=lambda m: (m.get("train") or {}).get("history", []),
+                                       stopped=lambda m: None))
 
 
 def distill_step(b: Build) -> Step:
-    """Distil the source into a MobileNetV2 student (the INT8 OpenVINO teacher's logits)."""
-    return Step("distill", [f"{b.stem}_student_mbv2.pt"], lambda ctx: _run_distill(b, ctx), inputs=[b.weights],
+    """Distil the source into a MobileNetV2 student (the INT8 OpenVINO teacher's logits); with a time
+    budget its epochs are allocated after a pilot (:mod:`vggc.pipeline.allocate`)."""
+    outputs = [f"{b.stem}_student_mbv2.pt"] + ([f"{b.stem}_student_mbv2_pilot.pt"] if b.time_budget_s else [])
+    return Step("distill", outputs, lambda ctx: _run_distill(b, ctx), inputs=[b.weights],
                 settings=_distill_settings(b), deps=[TEACHER_STEP, SOURCE_EVAL],
-                label="distil into MobileNetV2 (INT8 OpenVINO teacher)", **b.reads("train", "test"))
+                label="distil into MobileNetV2 (INT8 OpenVINO teacher)"
+                      + (", epochs allocated after a pilot" if b.time_budget_s else ""),
+                **b.reads("train", "test"))
 
 
 def _run_engine(ctx: StepContext, src: str, precision: str) -> dict:
@@ -467,7 +533,8 @@ def engine_step(name: str, src: str, out: str, precision: str) -> Step:
 
 
 def build_steps(weights: str | os.PathLike, data: str | os.PathLike, preset: Preset, *, seed: int = 0, threads: int | None = None,
-                progress: Progress = no_progress, max_drop_pt: float | None = None) -> list[Step]:
+                progress: Progress = no_progress, max_drop_pt: float | None = None,
+                time_budget_s: float | None = None) -> list[Step]:
     """Return the pipeline's steps for ``weights`` (a VGG16 state_dict) in dependency order.
 
     ``weights`` and ``data`` as the user gave them (the recorded rebuild commands repeat them).
@@ -475,9 +542,11 @@ def build_steps(weights: str | os.PathLike, data: str | os.PathLike, preset: Pre
     chosen automatically in its resolved form (quantization's ``reduce_range``). ``threads`` is
     handed to the stages that open ONNX Runtime sessions (torch's count is set by the caller).
     ``max_drop_pt``: the top-1 budget (default 1 % of the unpruned model's) that the accuracy-aware
-    INT8 steps and the early stop of pruned targets work to."""
+    INT8 steps and the early stop of pruned targets work to. ``time_budget_s``: the training budget
+    (:mod:`vggc.pipeline.allocate`; default the preset's, ``None`` in ``quick``)."""
     b = Build(Path(weights), Path(data), preset, seed=seed, threads=threads, progress=progress,
-              max_drop_pt=max_drop_pt, given=(os.fspath(weights), os.fspath(data)))
+              max_drop_pt=max_drop_pt, given=(os.fspath(weights), os.fspath(data)),
+              time_budget_s=time_budget_s)
     stem = b.stem
     scan_steps = [scan_step(b)] if preset.prune_strategy == "sensitivity" else []
     frontier = [s for t in preset.targets() for s in frontier_steps(b, t, scan_steps)]

@@ -70,7 +70,7 @@ def scan_cmd(src: Path, out_dir: Path, data: Path, *, scan_limit: int, seed: int
 def prune_cmd(src: Path, out: Path, data: Path, *, strategy: str, target: float, scan: Path | None, epochs: int,
               lr: float, batch: int, limit: int | None, eval_limit: int | None, seed: int, kd_alpha: float,
               kd_temperature: float, teacher_model: Path | None, teacher_backend: str | None,
-              stop_drop: float | None, stop_after: int, bn_recalib: int) -> str:
+              stop_drop: float | None, stop_after: int, bn_recalib: int, curve: bool = False) -> str:
     return _cmd("vggc", "prune", src, "--data", data, "--strategy", strategy, *_opt("--sensitivity", scan),
                 "--target-macs", target, "--finetune-epochs", epochs, "--lr", lr, "--batch-size", batch,
                 *_opt("--limit", limit), *_opt("--eval-limit", eval_limit), "--seed", seed,
@@ -78,16 +78,17 @@ def prune_cmd(src: Path, out: Path, data: Path, *, strategy: str, target: float,
                 *(("--kd-alpha", kd_alpha, "--kd-temperature", kd_temperature) if kd_alpha > 0 else ()),
                 *_opt("--teacher-model", teacher_model), *_opt("--teacher-backend", teacher_backend),
                 *(("--stop-drop", f"{stop_drop:.4f}", "--stop-after", stop_after) if stop_drop is not None else ()),
-                "--out", out)
+                "--curve" if curve else None, "--out", out)
 
 
 def distill_cmd(src: Path, out: Path, data: Path, *, epochs: int, lr: float, batch: int, limit: int | None,
                 eval_limit: int | None, width: float, temperature: float, alpha: float, seed: int,
-                teacher_model: Path | None, teacher_backend: str | None) -> str:
+                teacher_model: Path | None, teacher_backend: str | None, curve: bool = False) -> str:
     return _cmd("vggc", "distill", src, "--data", data, "--epochs", epochs, "--lr", lr, "--batch-size", batch,
                 *_opt("--limit", limit), *_opt("--eval-limit", eval_limit), "--width-mult", width,
                 "--temperature", temperature, "--alpha", alpha, "--seed", seed,
-                *_opt("--teacher-model", teacher_model), *_opt("--teacher-backend", teacher_backend), "--out", out)
+                *_opt("--teacher-model", teacher_model), *_opt("--teacher-backend", teacher_backend),
+                "--curve" if curve else None, "--out", out)
 
 
 def rebuild_chain(name: str, deps: dict[str, list[str]], commands: dict[str, str]) -> list[str]:

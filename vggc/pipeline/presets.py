@@ -39,6 +39,16 @@ class Preset:
     stop_margin_pt: float | None = 10.0
     stop_after: int = 1
     max_fp32_layers: int = 4  # accuracy-aware INT8: at most this many layers kept FP32 per variant
+    # the training budget (vggc.pipeline.allocate): None trains every variant for the epochs above; with a
+    # budget those epochs are each variant's pilot, and a variant still rising towards the accuracy budget
+    # is retrained for up to max_finetune_epochs / max_distill_epochs within its share of the time
+    time_budget_s: float | None = None
+    max_finetune_epochs: int = 30
+    max_distill_epochs: int = 40
+
+    def max_epochs(self, step: str) -> int:
+        """Return the most epochs the allocation may give trained step ``step`` (``distill`` or ``prune<T>``)."""
+        return self.max_distill_epochs if step == "distill" else self.max_finetune_epochs
 
     def targets(self) -> tuple[float, ...]:
         """Return the MAC targets of the frontier, largest first."""
@@ -66,5 +76,5 @@ PRESETS = {
     "full": Preset("full", parity_limit=None, calib_size=1000, prune_target_macs=0.5, prune_finetune_epochs=5,
                    prune_limit=None, distill_epochs=5, distill_limit=None, distill_width=1.0, eval_limit=None,
                    bench_quick=False, prune_strategy="sensitivity", scan_limit=1000,
-                   prune_targets=(0.5, 0.25, 0.125)),
+                   prune_targets=(0.5, 0.25, 0.125), time_budget_s=6 * 3600.0),
 }

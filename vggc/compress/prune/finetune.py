@@ -139,7 +139,8 @@ def _record_fit(run: PruneRun, rec: dict, res) -> None:
     run.finetune_seconds += wall
     run.finetune_cpu_seconds += cpu
     rec.update(finetune_seconds=round(wall, 2), finetune_cpu_seconds=round(cpu, 2),
-               precision=res.precision, history=res.history, resumed_from_epoch=res.resumed_from)
+               precision=res.precision, history=res.history, resumed_from_epoch=res.resumed_from,
+               fp32_layers=res.fp32_layers)
 
 
 def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | None", preprocess: "Preprocess",
@@ -151,7 +152,8 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
                        on_step: Callable[[dict], None] | None = None, loss_fn: "LossFn | None" = None,
                        loss_settings: dict | None = None, bn_recalib: int = 0,
                        bn_data: "Split | None" = None, bn_seed: int = 0,
-                       stop_check: Callable[[dict, nn.Module], str | None] | None = None) -> tuple[nn.Module, PruneRun]:
+                       stop_check: Callable[[dict, nn.Module], str | None] | None = None,
+                       evaluate_epoch: Callable[[nn.Module], dict] | None = None) -> tuple[nn.Module, PruneRun]:
     """Prune ``model`` to ``spec`` in ``spec.steps`` steps, fine-tuning with :func:`vggc.train.fit`.
 
     The final widths are planned once on the original model; step ``k`` prunes every layer
@@ -169,7 +171,8 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
     ``bn_data`` (default ``train``; subset seed ``bn_seed``) with
     :func:`vggc.compress.bn_recalib.recalibrate_bn`; 0: off. ``stop_check(epoch_record, model)``: asked
     after each epoch of the LAST step's fine-tune, with the model in eval mode (see
-    :func:`vggc.train.fit`); a reason stops it (``PruneRun.stopped_early``).
+    :func:`vggc.train.fit`); a reason stops it (``PruneRun.stopped_early``). ``evaluate_epoch(model) -> dict``:
+    fit's per-epoch evaluation (the learning curve in each step's ``history``).
     A run that fine-tunes writes its settings to :func:`settings_file`; ``--resume`` refuses when
     that file is missing, unreadable or differs (:func:`vggc.resume.check_settings`).
     Returns ``(pruned model, PruneRun)``; the model is on CPU in eval mode.
@@ -216,7 +219,8 @@ def prune_and_finetune(model: nn.Module, spec: PruneSpec, *, train: "Split | Non
             resume_fit = bool(resume and ckpt is not None and ckpt.is_file())
             res = fit(model.train(), train, preprocess, cfg, loss_fn=loss_fn, checkpoint=ckpt, resume=resume_fit,
                       progress=progress, on_epoch=on_epoch, run_key=key,
-                      stop_check=_bind_stop(stop_check, model) if k == spec.steps else None)
+                      stop_check=_bind_stop(stop_check, model) if k == spec.steps else None,
+                      evaluate_epoch=evaluate_epoch)
             _record_fit(run, rec, res)
         model = model.eval()
         if evaluate_step is not None and k < spec.steps:

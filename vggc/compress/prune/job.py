@@ -37,7 +37,7 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
                bn_recalib: int = DEFAULT_IMAGES, teacher_model: str | Path | None = None,
                teacher_backend: str | None = None,
                stop_drop_pt: "float | Callable[[float], float] | None" = None, stop_after: int = 1,
-               reference: dict | None = None) -> dict:
+               reference: dict | None = None, curve: bool = False) -> dict:
     """Prune a weights file, fine-tune, evaluate, save ``out`` (state_dict) + ``out.json`` manifest.
 
     ``preprocess`` defaults to the source's manifest/sidecar (so the result evaluates with the
@@ -61,7 +61,7 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
     share of the baseline).
     ``reference``: the source's FP32 result on the same evaluation images (a :func:`vggc.reference.reference_doc`
     record, e.g. the pipeline's ``source_eval``; refused when of other images) is ``top1_source`` and the
-    teacher check's reference, instead of evaluating the source here.
+    teacher check's reference. ``curve``: top-1 after every fine-tune epoch in ``steps[k].history`` (same weights).
 
     Everything that can be refused without images is refused before any is read and before any
     training: a bad or unreachable spec, a scan that does not match the model, a plan whose really
@@ -103,16 +103,15 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
                                      table=table, work=out, resume=resume, cleanup=False,
                                      evaluate_step=top1 if do_eval else None, progress=progress,
                                      on_epoch=on_epoch, on_step=on_step, bn_recalib=bn_recalib,
-                                     bn_data=train_full, bn_seed=seed, stop_check=stop_check)
-    if file_teacher is not None:
-        file_teacher.close()
+                                     bn_data=train_full, bn_seed=seed, stop_check=stop_check,
+                                     evaluate_epoch=_curve_eval(top1, test) if (curve and do_eval) else None)
+    _ = file_teacher is not None and file_teacher.close()
     size_metrics = _size_metrics(src, pruned, spec, run, train)
     if do_eval:
         same = finetune_epochs == 0 and spec.steps == 1  # the one-shot probe is this very model
         metrics["top1"] = metrics["top1_before_finetune"] if same else top1(pruned)
         metrics["n"] = len(test)
-        if spec.steps > 1:
-            run.steps[-1]["top1"] = metrics["top1"]
+        run.steps[-1].update({"top1": metrics["top1"]} if spec.steps > 1 else {})
     metrics.update(size_metrics)
     settings = {"prune": spec.to_dict(), "finetune_epochs": finetune_epochs,
                 "finetune": asdict(train_cfg) if train_cfg and finetune_epochs > 0 else None,
@@ -123,7 +122,7 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
                                "when": "after each prune step, before its fine-tune"} if bn_recalib > 0 else 0,
                 "distill_from_source": asdict(kd) if loss_fn is not None else None,
                 "teacher_model": file_teacher.facts if file_teacher is not None else None,
-                "stop_rule": metrics.get("stop_rule")}
+                "stop_rule": metrics.get("stop_rule"), "curve": bool(curve and do_eval)}
     _write_pruned(src, pruned, run, out, sensitivity, settings, metrics)
     remove_work_files(out, spec.steps)
     return metrics
@@ -191,6 +190,11 @@ def _top1_on(test: "Split | None", pre: "Preprocess", progress: Progress) -> Cal
             return evaluate(lambda x: m(x.to(dev)).cpu(), test, pre, progress=progress).top1
 
     return top1
+
+
+def _curve_eval(top1: Callable[[nn.Module], float], test: "Split") -> Callable[[nn.Module], dict]:
+    """Return fit's ``evaluate_epoch``: ``{"top1", "n_eval"}`` of the model on the evaluation images."""
+    return lambda m: {"top1": top1(m), "n_eval": len(test)}
 
 
 def _source_reference(src: _Source, test: "Split", reference: dict | None,

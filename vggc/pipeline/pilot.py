@@ -1,0 +1,91 @@
+"""Pilot, allocate, final: one trained step of a pipeline with a time budget (:mod:`vggc.pipeline.allocate`).
+
+The step's second output is its pilot (the preset's epochs, with a learning curve); the first, the
+model the rest of the pipeline uses, is either the pilot itself (copied: finished, flat, stopped or
+out of time) or a longer run from the same start. A pilot finished by an earlier (killed) run of the
+same step is reused: ``.steps/<step>.pilot.json`` records the step's settings, the vggc source and
+the pilot's SHA-256, and anything else runs the pilot again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from vggc.artifacts import atomic_path, manifest_path, read_json_object, sha256_file, write_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vggc.pipeline.build import Build
+    from vggc.pipeline.steps import StepContext
+
+
+def _marker(ctx: "StepContext") -> Path:
+    return ctx.out_dir / ".steps" / f"{ctx.step.name}.pilot.json"
+
+
+def _identity(ctx: "StepContext", epochs: int) -> dict:
+    from vggc.provenance import source_digest
+
+    return {"settings": ctx.step.settings, "epochs": epochs, "vggc_source": source_digest()}
+
+
+def _pilot(ctx: "StepContext", run: Callable[[Path, int], dict], epochs: int) -> dict:
+    """Return the pilot's metrics (with its ``command``): reused when the marker matches, else trained."""
+    out, marker = ctx.output(1), _marker(ctx)
+    ident = _identity(ctx, epochs)
+    if marker.is_file() and out.is_file() and manifest_path(out).is_file():
+        doc = read_json_object(marker)
+        if doc.get("identity") == ident and doc.get("sha256") == sha256_file(out):
+            return {**read_json_object(manifest_path(out))["metrics"], "command": doc.get("command")}
+    metrics = run(out, epochs)
+    write_json(marker, {"identity": ident, "sha256": sha256_file(out), "command": metrics.get("command")})
+    return metrics
+
+
+def _copy_model(src: Path, dst: Path, extra_metrics: dict) -> None:
+    """Copy model ``src`` to ``dst`` atomically, with its manifest renamed to ``dst`` plus ``extra_metrics``."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    doc = read_json_object(manifest_path(src))
+    doc["artifact"] = dst.name
+    doc["metrics"] = {**doc.get("metrics", {}), **extra_metrics}
+    write_json(manifest_path(dst), doc)
+
+
+def _annotate(path: Path, extra_metrics: dict) -> None:
+    """Add ``extra_metrics`` to the metrics of ``path``'s manifest (the model file is unchanged)."""
+    doc = read_json_object(manifest_path(path))
+    doc["metrics"] = {**doc.get("metrics", {}), **extra_metrics}
+    write_json(manifest_path(path), doc)
+
+
+def run_allocated(b: "Build", ctx: "StepContext", run: Callable[[Path, int], dict], *, pilot_epochs: int,
+                  history: Callable[[dict], list], stopped: Callable[[dict], str | None]) -> dict:
+    """Train the pilot into ``ctx.output(1)``, allocate (:func:`vggc.pipeline.allocate.allocate`) and
+    write the final model to ``ctx.output(0)``; return its metrics with ``allocation`` (the decision),
+    ``epochs_allocated``, ``pilot`` (its epochs, top-1 and curve) and the final ``command``.
+
+    ``run(out, epochs) -> metrics`` trains one model; ``history(metrics)`` returns its epoch records
+    and ``stopped(metrics)`` why it stopped early (or ``None``)."""
+    from vggc.pipeline.allocate import allocate, curve_of
+    from vggc.pipeline.build import SOURCE_EVAL, budget_pt
+
+    final, name = ctx.output(0), ctx.step.name
+    pilot = _pilot(ctx, run, pilot_epochs)
+    base = float(read_json_object(ctx.dep(SOURCE_EVAL))["top1"])
+    floor = base - budget_pt(base, b.max_drop_pt) / 100
+    alloc = allocate(history(pilot), floor, share_s=b.shares()[name], max_epochs=b.preset.max_epochs(name),
+                     stopped_early=stopped(pilot))
+    extra = {"allocation": alloc.to_dict(), "epochs_allocated": alloc.epochs,
+             "pilot": {"epochs": len(history(pilot)), "top1": pilot.get("top1"),
+                       "curve": curve_of(history(pilot)), "file": ctx.step.outputs[1]}}
+    if alloc.extended:
+        metrics = run(final, alloc.epochs)
+        _annotate(final, extra)
+    else:
+        metrics = dict(pilot)
+        _copy_model(ctx.output(1), final, extra)
+        if metrics.get("command"):
+            metrics["command"] = metrics["command"].replace(ctx.shell(ctx.output(1)), ctx.shell(final))
+    return {**metrics, **extra}
