@@ -97,7 +97,8 @@ def run_bench(models: Sequence[str | os.PathLike], data: str | os.PathLike | Spl
     ``baseline``: ``FILE[:backend]`` (added to the run if not among ``models``); default: the first
     model's first row that ran. ``quick``: a class-balanced subset of 2,000 test images (``limit``
     overrides the count) and shorter timing. ``out``: directory for results.json, results.csv,
-    report.md, pareto.png and the accuracy cache (``None``: write nothing, no cache).
+    report.md, pareto.png, learning_curves.png (the trained variants' curves,
+    :mod:`vggc.bench.curves`) and the accuracy cache (``None``: write nothing, no cache).
     ``timing``: a :class:`RoundsPolicy` times all rows together in interleaved rounds (the default:
     ``FULL_ROUNDS``, ``QUICK_ROUNDS`` with ``quick``), a :class:`TimingPolicy` times each row alone
     right after its accuracy pass (tests use a tiny one). ``threads``: CPU threads for every

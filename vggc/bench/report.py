@@ -13,6 +13,8 @@ from pathlib import Path
 from vggc.artifacts import atomic_path, write_json, write_manifest
 from vggc.bench.answer import ANSWER_NAME, answer, markdown_section, marks
 from vggc.bench.baseline import best_variant, budget_pt, marginal, ran_ok
+from vggc.bench.curves import CURVES_PNG, learning_curves
+from vggc.bench.curves import markdown_section as curves_section
 from vggc.bench.machine import describe_flags
 from vggc.bench.rebuild import STEPS_DIR
 
@@ -263,9 +265,11 @@ def timing_method(pol: dict) -> str:
             f"{pol.get('max_time_s')} s (`timing_stable: false` in results.json when the cap stopped it).")
 
 
-def markdown_report(rows: list[dict], ctx: dict, answer_doc: dict | None = None) -> str:
-    """Return report.md: what was measured, the table, how, on which machine, and last "The
-    answer" (``answer_doc``, default :func:`vggc.bench.answer.answer` of ``rows``)."""
+def markdown_report(rows: list[dict], ctx: dict, answer_doc: dict | None = None,
+                    curves: list[str] = ()) -> str:
+    """Return report.md: what was measured, the table, how, on which machine, the learning curves
+    (``curves``: the lines of :func:`vggc.bench.curves.markdown_section`) and last "The answer"
+    (``answer_doc``, default :func:`vggc.bench.answer.answer` of ``rows``)."""
     m = ctx.get("machine", {})
     pol = ctx.get("timing", {})
     base = ctx.get("baseline")
@@ -335,6 +339,7 @@ def markdown_report(rows: list[dict], ctx: dict, answer_doc: dict | None = None)
               ""]
     if ctx.get("plot"):
         lines += ["![top-1 vs throughput](pareto.png)", ""]
+    lines += list(curves)
     doc = answer_doc if answer_doc is not None else answer(rows, ctx_budget(ctx), ctx_out_dir(ctx))
     lines += markdown_section(doc) + [""]
     return "\n".join(lines)
@@ -350,8 +355,10 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def write_outputs(rows, out: Path, plot: bool = True) -> dict[str, Path]:
-    """Write results.json (+ manifest), results.csv, answer.json, report.md and pareto.png into
-    ``out``; return the paths."""
+    """Write results.json (+ manifest, whose ``learning_curves`` holds
+    :func:`vggc.bench.curves.learning_curves` of the rows' files), results.csv, answer.json,
+    report.md, pareto.png and learning_curves.png (when a trained variant has a per-epoch top-1)
+    into ``out``; return the paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = getattr(rows, "context", {}) or {}
@@ -364,22 +371,58 @@ def write_outputs(rows, out: Path, plot: bool = True) -> dict[str, Path]:
         p = Path(r["path"])
         if p.is_file() and all(Path(v) != p for v in inputs.values()):
             inputs[f"model{len(inputs)}"] = p
+    curves = learning_curves(dict.fromkeys(r.get("path") for r in data))
     settings = {k: v for k, v in ctx.items() if k not in ("machine", "outputs")}
     write_manifest(paths["json"], kind="bench", inputs=inputs, settings=settings,
                    metrics={"rows": len(data), "ok": sum(r["status"] == "ok" for r in data)},
-                   extra={"machine": ctx.get("machine", {})})
+                   extra={"machine": ctx.get("machine", {}), "learning_curves": curves})
     with atomic_path(paths["csv"]) as tmp:
         tmp.write_text(csv_text(data))
     doc = answer(data, ctx_budget(ctx), ctx_out_dir(ctx, out))
     write_json(paths["answer"], doc)
+    draw_curves, why_not = _curves_plan(curves, plot)
     with atomic_path(paths["report"]) as tmp:
-        tmp.write_text(markdown_report(data, ctx, doc))
-    png = out / "pareto.png"
+        tmp.write_text(markdown_report(data, ctx, doc, curves_section(curves, CURVES_PNG if draw_curves else None,
+                                                                      why_not)))
+    paths.update(_write_plots(data, doc, curves, out, ctx, plot=plot, draw_curves=draw_curves))
+    return paths
+
+
+def _curves_plan(curves: list[dict], plot: bool) -> tuple[bool, str | None]:
+    """Return ``(draw learning_curves.png?, why not)``: drawn when plots are on and a curve has a
+    per-epoch top-1."""
+    from vggc.bench.curves_plot import drawable
+
+    if not plot:
+        return False, "plots are off (--no-plot)"
+    if not drawable(curves):
+        return False, "no trained variant's manifest records a per-epoch top-1"
+    return True, None
+
+
+def _write_plots(data: list[dict], doc: dict, curves: list[dict], out: Path, ctx: dict, *, plot: bool,
+                 draw_curves: bool) -> dict[str, Path]:
+    """Write pareto.png (with ``plot``) and learning_curves.png (with ``draw_curves``) into ``out``,
+    removing the earlier run's copy of one not drawn (it would not match these results); return
+    ``{"plot": ..., "curves": ...}`` of those written."""
+    from vggc.bench.plot import budget_lines
+
+    written = {}
+    png, curves_png = out / "pareto.png", out / CURVES_PNG
     if plot:
-        from vggc.bench.plot import budget_lines, plot_pareto
+        from vggc.bench.plot import plot_pareto
 
         plot_pareto(data, png, title=subset_label(ctx) if ctx else "", marks=marks(doc), lines=budget_lines(doc))
-        paths["plot"] = png
-    elif png.exists():
-        png.unlink()  # a plot from an earlier run would not match these results
-    return paths
+        written["plot"] = png
+    else:
+        png.unlink(missing_ok=True)
+    if draw_curves:
+        from vggc.bench.curves_plot import plot_curves
+
+        plot_curves(curves, curves_png, lines=budget_lines(doc),
+                    title="top-1 per epoch on each run's evaluation images; floor: the bench baseline's "
+                          "top-1 minus the budget")
+        written["curves"] = curves_png
+    else:
+        curves_png.unlink(missing_ok=True)
+    return written

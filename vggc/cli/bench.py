@@ -74,8 +74,9 @@ class BenchCommand(click.Command):
 @threads_option
 @click.option("--out", "out", default="artifacts/bench", show_default=True,
               type=click.Path(file_okay=False, path_type=str),
-              help="Directory for results.json, results.csv, report.md, pareto.png and accuracy-cache.json.")
-@click.option("--no-plot", is_flag=True, help="Do not draw pareto.png.")
+              help="Directory for results.json, results.csv, report.md, pareto.png, learning_curves.png and "
+                   "accuracy-cache.json.")
+@click.option("--no-plot", is_flag=True, help="Do not draw pareto.png or learning_curves.png.")
 @click.option("--no-cache", is_flag=True,
               help="Ignore and do not update accuracy-cache.json (top-1 of a file on a backend is deterministic, "
                    "so by default a rerun reuses it and only re-times).")
@@ -96,8 +97,9 @@ def command(models, data, batch, backends, baseline, quick, limit, threads, out,
     Per (model, backend) row: top-1 on the CIFAR-10 test split, delta_pt against the baseline row,
     latency p50/p90 at batch 1 (ms), throughput at --batch (img/s), speedup, size on disk, params,
     MACs and compile/first-call time. A row that cannot run here (no CUDA, missing library, failing
-    file) says why and the others still run. Writes results.json, results.csv, report.md and
-    pareto.png into --out. Timings are medians of repeated calls after warm-up with a fixed thread
+    file) says why and the others still run. Writes results.json, results.csv, report.md,
+    pareto.png and, when a pruned or distilled file's manifest records top-1 per epoch,
+    learning_curves.png into --out. Timings are medians of repeated calls after warm-up with a fixed thread
     count, by default taken in interleaved rounds over all rows (see --timing); other load on the
     machine still makes absolute numbers noisy.
     """
