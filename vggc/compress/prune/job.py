@@ -252,7 +252,7 @@ def _stop_rule(stop_drop_pt, top1_source: float, stop_after: int, finetune_epoch
     def stop_check(rec: dict, m: nn.Module) -> str | None:
         if rec["epoch"] != stop_after:
             return None
-        acc = top1(m)
+        acc = rec["top1"] if rec.get("top1") is not None else top1(m)  # the learning curve's, when recorded
         rec["top1"] = acc
         if acc < stop_below:
             return (f"stopped after {stop_after}/{finetune_epochs} epochs: top-1 {100 * acc:.2f}% is more "
