@@ -10,7 +10,7 @@ stands:
 * its curve flat over the pilot's second half -> no more (more of the same schedule will not move it);
 * still rising -> the projection below says how many epochs of one longer schedule should reach the
   budget; the variant is retrained from its start with twice that (the projection is rough), capped
-  by ``max_epochs`` and by what its share of the time budget still affords at the pilot's measured
+  by ``max_epochs`` and by what its share of the time budget still affords at the pilot's median
   seconds per epoch. A projection more than ``CLOSE_PT`` short of the budget even at that cap -> no more.
 
 Projection: a OneCycle run of ``n`` epochs ends at ``top1(E) + DISCOUNT * g * log2(n / E)``, where
@@ -31,6 +31,7 @@ so one variant's decision never depends on another's timing.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass
 
 DISCOUNT = 0.5  # each doubling of the schedule is worth this share of the pilot's second-half gain
@@ -102,9 +103,10 @@ def curve_of(history: list[dict]) -> list[float]:
 
 
 def seconds_per_epoch(history: list[dict]) -> float | None:
-    """Return the mean wall seconds of an epoch (training + its evaluation) of ``history``."""
+    """Return the median wall seconds of an epoch (training + its evaluation) of ``history``: the
+    median, so one epoch slowed by another process on the machine does not decide the allocation."""
     secs = [float(h.get("seconds", 0.0)) + float(h.get("eval_seconds", 0.0)) for h in history]
-    return sum(secs) / len(secs) if secs else None
+    return statistics.median(secs) if secs else None
 
 
 def project(top1: list[float], epochs: int) -> float:
