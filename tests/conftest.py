@@ -117,3 +117,62 @@ def assert_one_line_error(res, code, pattern):
     assert "Traceback" not in out
     errs = [ln for ln in out.splitlines() if ln.startswith("error:")]
     assert len(errs) == 1 and pattern in errs[0], out
+
+
+def _flat_images(n: int, g: torch.Generator) -> torch.Tensor:
+    """Return ``n`` 32x32 uint8 images, each one random colour plus a little noise."""
+    base = torch.rand(n, 3, 1, 1, generator=g) * 200 + 20
+    return (base + 10 * torch.randn(n, 3, 32, 32, generator=g)).clamp(0, 255).round().to(torch.uint8)
+
+
+def make_tiny_student(d: Path, n: int = 40, seed: int = 0) -> dict:
+    """A tiny random-init CIFAR MobileNetV2 (width 0.25) that INT8 can reproduce, its state_dict at
+    ``d/student.pt`` and an ImageFolder of ``n`` train and ``n`` test images labelled by the model's
+    own FP32 predictions (its FP32 top-1 is 1.0, so an INT8 file's top-1 is its agreement with FP32);
+    returns ``{"dir", "model", "weights", "data"}``.
+
+    A random deep network amplifies small input changes (INT8 rounding too), so: the images are flat
+    colours; BatchNorm statistics are those of the training images and every BN before a ReLU6 is
+    shifted into its linear range (bias 3), so the network is close to affine in the colour; the
+    head reads the 3 directions in which the pooled features vary most; the test images are the
+    ``n`` of ``5 n`` candidates with the widest FP32 top-2 margin."""
+    from torchvision.io import write_png
+    from torchvision.ops.misc import Conv2dNormActivation
+
+    from vggc.artifacts import save_state_dict
+    from vggc.data import resolve_preprocess
+    from vggc.models import mobilenet_v2_cifar
+
+    g = torch.Generator().manual_seed(seed)
+    pre = resolve_preprocess()
+    train, pool = _flat_images(n, g), _flat_images(5 * n, g)
+    torch.manual_seed(seed)
+    model = mobilenet_v2_cifar(0.25)
+    before_relu = {id(m[1]) for m in model.modules() if isinstance(m, Conv2dNormActivation)}
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # one forward pass: the statistics of the training images
+            m.bias.data.fill_(3.0 if id(m) in before_relu else 0.0)
+    model.train()
+    with torch.no_grad():
+        model(pre(train))
+    model.eval()
+    with torch.no_grad():
+        f = torch.flatten(model.avgpool(model.features(pre(train))), 1)
+        fc = f - f.mean(0)
+        w = torch.randn(10, 3, generator=g) @ torch.linalg.svd(fc, full_matrices=False).Vh[:3]
+        w *= 3 / (fc @ w.T).std()
+        model.classifier[1].weight.copy_(w)
+        model.classifier[1].bias.copy_(-w @ f.mean(0))
+        logits, train_labels = model(pre(pool)), model(pre(train)).argmax(1)
+    top2 = logits.topk(2, dim=1).values
+    keep = (top2[:, 0] - top2[:, 1]).topk(n).indices.sort().values
+    for split, imgs, labels in (("train", train, train_labels), ("test", pool[keep], logits.argmax(1)[keep])):
+        for c in range(10):
+            (d / "data" / split / f"class{c:02d}").mkdir(parents=True, exist_ok=True)
+        for i, (img, y) in enumerate(zip(imgs, labels.tolist())):
+            write_png(img, str(d / "data" / split / f"class{y:02d}" / f"{i:04d}.png"))
+    weights = d / "student.pt"
+    save_state_dict(model.state_dict(), weights)
+    return {"dir": d, "model": model, "weights": weights, "data": d / "data"}

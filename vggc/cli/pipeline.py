@@ -14,7 +14,8 @@ from vggc.errors import InputError
 STEP_NAMES = ("source_eval, onnx_fp32, onnx_fp16, int8_ort_dynamic, int8_ort_static, int8_torch_dynamic, "
               "int8_torch_static, int8_ov_static, prune_scan, and per MAC target T (50, 25, 12_5, ...): pruneT, "
               "prunedT_onnx, prunedT_int8_ort_static, prunedT_int8_torch_static, prunedT_int8_ov_static; distill, "
-              "student_onnx, trt_fp16, trt_int8 (prune, pruned_onnx, ... without T: every target's)")
+              "student_onnx, student_int8_ort_static, student_int8_torch_static, student_int8_ov_static, trt_fp16, "
+              "trt_int8 (prune, pruned_onnx, ... without T: every target's)")
 
 
 def _targets(ctx, param, value):

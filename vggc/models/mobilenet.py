@@ -142,6 +142,9 @@ class MobileNetV2Cifar(nn.Module):
         features.append(Conv2dNormActivation(c, config.last_channel, kernel_size=1, norm_layer=nn.BatchNorm2d,
                                              activation_layer=nn.ReLU6))
         self.features = nn.Sequential(*features)
+        # a module (no parameters: the state_dict is torchvision's) rather than torchvision's functional call,
+        # so PT2E can leave it unquantized by name when the Linear behind it stays FP32 (pt2e_fp32)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Sequential(nn.Dropout(p=config.dropout), nn.Linear(config.last_channel,
                                                                                 config.num_classes))
         # torchvision's initialisation
@@ -157,7 +160,7 @@ class MobileNetV2Cifar(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
-        x = nn.functional.adaptive_avg_pool2d(x, (1, 1))
+        x = self.avgpool(x)
         x = torch.flatten(x, 1)
         return self.classifier(x)
 

@@ -6,8 +6,10 @@ INT8 OpenVINO IR (the ``int8_ov_static`` step: ~4x cheaper than the bf16 PyTorch
 stopped early when after ``stop_after`` epochs it is already far outside the budget, then
 exported and quantized on every CPU INT8 backend. Every static INT8 step is accuracy-aware: it gets
 what is left of the budget after the model it quantizes (the whole budget for the unpruned model,
-budget minus the pruning loss for a pruned one) and keeps the fewest sensitive layers in FP32 to
-stay within it (``vggc quantize --max-drop``).
+budget minus the pruning loss for a pruned one, minus the student's loss against the teacher for
+the distilled MobileNetV2) and keeps the fewest sensitive layers in FP32 to stay within it
+(``vggc quantize --max-drop``); a model already outside the budget gets plain INT8 and a
+``budget_note`` that says so.
 
 Step names carry the target in percent (``prune50``, ``pruned25_int8_ov_static``, ``prune12_5``);
 :func:`family` maps them to the name without it (``prune``, ``pruned_int8_ov_static``: the names
@@ -17,7 +19,8 @@ the source weights and data as the user gave them) in its metrics as ``command``
 
 Each artifact is made once and passed on: ``source_eval`` evaluates the unpruned model in FP32 once
 (top-1 and per-image predictions, :mod:`vggc.reference`) for every budget, prune and teacher check;
-ONNX Runtime and NNCF quantize the FP32 ONNX file of the ``onnx_fp32`` / ``pruned<T>_onnx`` step.
+ONNX Runtime and NNCF quantize the FP32 ONNX file of the ``onnx_fp32`` / ``pruned<T>_onnx`` /
+``student_onnx`` step.
 Step factories are module-level functions of a :class:`Build` (what every step needs).
 """
 
@@ -65,12 +68,13 @@ def budget_pt(base_top1: float, max_drop_pt: float | None) -> float:
 def budget_left(source_meta: dict, max_drop_pt: float | None) -> float:
     """Return the points of top-1 an INT8 copy of a model may still lose: the budget (``max_drop_pt``,
     default 1 % of the unpruned model's top-1) minus what the model already lost against the
-    unpruned one (its manifest's ``top1_source`` - ``top1``; 0 for the unpruned model itself).
+    unpruned one (its manifest's ``top1_source`` - ``top1``; a distilled student's manifest names the
+    unpruned model ``teacher_top1``, measured on the same images; 0 for the unpruned model itself).
     Negative when the model is already outside the budget."""
     m = source_meta.get("metrics") or {}
-    base, top1 = m.get("top1_source"), m.get("top1")
+    base, top1 = m.get("top1_source", m.get("teacher_top1")), m.get("top1")
     if base is None or top1 is None:
-        raise ValueError("the model's manifest has no top1/top1_source")
+        raise ValueError("the model's manifest has no top1/top1_source (or teacher_top1)")
     return budget_pt(base, max_drop_pt) - 100.0 * (float(base) - float(top1))
 
 
@@ -213,17 +217,19 @@ def source_eval_step(b: Build) -> Step:
 
 def _reference(b: Build, ctx: StepContext, src: str | None) -> dict | None:
     """Return the FP32 reference of the model a step starts from, measured by an earlier step on the
-    evaluation images: ``source_eval``'s record for the unpruned model, the prune step's own top-1
-    (its manifest's metrics: the same images) for a pruned one; ``None`` when the step has neither."""
+    evaluation images: ``source_eval``'s record for the unpruned model, the prune or distill step's own
+    top-1 (its manifest's metrics: the same images) for a pruned model or the student; ``None`` when
+    the step has neither."""
     if src is None:
         return _read_json(ctx.dep(SOURCE_EVAL)) if SOURCE_EVAL in ctx.step.deps else None
     from vggc.artifacts import read_manifest
 
     meta = read_manifest(ctx.dep(src))
     m, st = meta.get("metrics") or {}, meta.get("settings") or {}
-    if m.get("top1") is None or st.get("eval_limit") != b.preset.eval_limit or st.get("seed") != b.seed:
+    seed = st.get("seed", (st.get("train") or {}).get("seed"))  # a distilled student's is its training seed
+    if m.get("top1") is None or st.get("eval_limit") != b.preset.eval_limit or seed != b.seed:
         return None
-    return {"top1": m["top1"], "n": m.get("n"), "eval_limit": st.get("eval_limit"), "seed": st.get("seed")}
+    return {"top1": m["top1"], "n": m.get("n"), "eval_limit": st.get("eval_limit"), "seed": seed}
 
 
 # ----------------------------------------------------------------------------- ONNX export
@@ -318,7 +324,8 @@ def quant_step(b: Build, name: str, src: str | None, out: str, mode: str, backen
     """INT8 quantization of ``src``'s model (``None``: the source state_dict) on ``backend``;
     ``onnx``: the step whose FP32 ONNX export of the same model ONNX Runtime and NNCF quantize
     (instead of exporting it again). An accuracy-aware step takes the FP32 top-1 from
-    ``source_eval`` (the unpruned model) or the prune step's manifest (a pruned one)."""
+    ``source_eval`` (the unpruned model) or the prune / distill step's manifest (a pruned model, the
+    student)."""
     from vggc.compress.quantize import resolve_reduce_range
 
     p = b.preset
@@ -513,6 +520,22 @@ def distill_step(b: Build) -> Step:
                 **b.reads("train", "test"))
 
 
+def student_steps(b: Build) -> list[Step]:
+    """The student's FP32 ONNX export and its static INT8 copies on every CPU INT8 backend, each
+    accuracy-aware with what is left of the budget after the student's own loss against the teacher
+    (the unpruned model): outside the budget already, plain INT8 and its ``budget_note`` says so."""
+    stem, src, onnx = b.stem, "distill", "student_onnx"
+    return [
+        export_step(b, onnx, src, f"{stem}_student_mbv2.onnx", fp16=False),
+        quant_step(b, "student_int8_ort_static", src, f"{stem}_student_mbv2_int8_ort_static.onnx",
+                   "static", "onnxruntime", onnx=onnx),
+        quant_step(b, "student_int8_torch_static", src, f"{stem}_student_mbv2_int8_torch_static.pt2",
+                   "static", "torch"),
+        quant_step(b, "student_int8_ov_static", src, f"{stem}_student_mbv2_int8_ov_static.xml",
+                   "static", "openvino", onnx=onnx),
+    ]
+
+
 def _run_engine(ctx: StepContext, src: str, precision: str) -> dict:
     from vggc.export.tensorrt import build_engine
 
@@ -564,7 +587,7 @@ def build_steps(weights: str | os.PathLike, data: str | os.PathLike, preset: Pre
         *scan_steps,
         *frontier,
         distill_step(b),
-        export_step(b, "student_onnx", "distill", f"{stem}_student_mbv2.onnx", fp16=False),
+        *student_steps(b),
         engine_step("trt_fp16", "onnx_fp16", f"{stem}_fp16.engine", "fp16"),
         engine_step("trt_int8", "int8_ort_static", f"{stem}_int8.engine", "int8"),
     ]

@@ -66,7 +66,8 @@ PRESETS = {
                     distill_lr=0.1, stop_margin_pt=None,  # 1 epoch: nothing to stop early
                     bench_quick=True, bench_limit=1000,
                     # each torch.compile'd INT8 program costs ~1 min of compile time in the bench
-                    skip=("int8_torch_dynamic", "pruned_int8_torch_static", "pruned_int8_ov_static")),
+                    skip=("int8_torch_dynamic", "pruned_int8_torch_static", "pruned_int8_ov_static",
+                          "student_int8_torch_static")),
     # Real budgets, sized for a 2-core CPU: a frontier of three MAC targets (50 %, 25 %, 12.5 %), each
     # fine-tuned 5 epochs with KD from the INT8 teacher, INT8 of each on three backends, distillation,
     # bench on all 10,000 test images (see docs/full-run-amx for the step times measured); a CUDA

@@ -43,6 +43,9 @@ from vggc import formats
 from vggc.errors import InputError, UnavailableError, VggcError, first_line
 
 PRESETS = ("performance", "mixed")
+# the OpenVINO ops of the layers static INT8 quantizes (an ONNX Conv / Gemm / MatMul); a depthwise conv
+# (MobileNetV2's) is a GroupConvolution
+LAYER_OPS = {"Convolution": "conv", "GroupConvolution": "conv", "MatMul": "linear"}
 DYNAMIC_NOT_OFFERED = ("--mode dynamic: not offered by OpenVINO/NNCF for this model (NNCF post-training "
                        "quantization is static only); use --mode static --backend openvino, or --mode dynamic "
                        "--backend onnxruntime/torch")
@@ -87,15 +90,16 @@ def check_ov_settings(*, mode: str, preset: str, calib_method: str | None) -> No
 def ignored_op_names(ov_model, onnx_nodes: Sequence[str]) -> list[str]:
     """Return the OpenVINO op names that keep the ONNX nodes ``onnx_nodes`` (Conv / Gemm / MatMul of
     vggc's FP32 export) in FP32 under ``nncf.IgnoredScope(names=...)``: OpenVINO's ONNX reader names
-    a biased node's Convolution / MatMul ``<node>/WithoutBiases`` (its bias Add keeps ``<node>``).
+    a biased node's Convolution / MatMul ``<node>/WithoutBiases`` (its bias Add keeps ``<node>``); a
+    depthwise conv (MobileNetV2's) is a GroupConvolution.
     Raises :class:`VggcError` for a node the model has no such op for."""
     ops = {op.get_friendly_name(): op.get_type_name() for op in ov_model.get_ops()}
     names = []
     for node in onnx_nodes:
-        hit = [n for n in (f"{node}/WithoutBiases", node) if ops.get(n) in ("Convolution", "MatMul")]
+        hit = [n for n in (f"{node}/WithoutBiases", node) if ops.get(n) in LAYER_OPS]
         if not hit:
-            raise VggcError(f"cannot keep {node} in FP32: OpenVINO's graph has no Convolution/MatMul for that "
-                            "ONNX node")
+            raise VggcError(f"cannot keep {node} in FP32: OpenVINO's graph has no "
+                            f"{'/'.join(LAYER_OPS)} for that ONNX node")
         names.append(hit[0])
     return names
 
@@ -237,10 +241,11 @@ def _int8_weights(node, depth: int = 4) -> bool:
 
 
 def count_fake_quantized(model) -> dict:
-    """Count convolutions and MatMuls with int8 (quantized) weights in an NNCF-quantized model."""
+    """Count convolutions (depthwise ones included) and MatMuls with int8 (quantized) weights in an
+    NNCF-quantized model; return ``{"conv": n, "linear": n}``."""
     counts = {"conv": 0, "linear": 0}
     for op in model.get_ops():
-        kind = {"Convolution": "conv", "MatMul": "linear"}.get(op.get_type_name())
+        kind = LAYER_OPS.get(op.get_type_name())
         if kind and op.get_input_size() > 1 and _int8_weights(op.input_value(1).get_node()):
             counts[kind] += 1
     return counts
