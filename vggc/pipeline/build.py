@@ -557,7 +557,7 @@ def engine_step(name: str, src: str, out: str, precision: str) -> Step:
 
 def build_steps(weights: str | os.PathLike, data: str | os.PathLike, preset: Preset, *, seed: int = 0, threads: int | None = None,
                 progress: Progress = no_progress, max_drop_pt: float | None = None,
-                time_budget_s: float | None = None) -> list[Step]:
+                time_budget_s: "float | None | str" = "preset") -> list[Step]:
     """Return the pipeline's steps for ``weights`` (a VGG16 state_dict) in dependency order.
 
     ``weights`` and ``data`` as the user gave them (the recorded rebuild commands repeat them).
@@ -569,7 +569,7 @@ def build_steps(weights: str | os.PathLike, data: str | os.PathLike, preset: Pre
     (:mod:`vggc.pipeline.allocate`; default the preset's, ``None`` in ``quick``)."""
     b = Build(Path(weights), Path(data), preset, seed=seed, threads=threads, progress=progress,
               max_drop_pt=max_drop_pt, given=(os.fspath(weights), os.fspath(data)),
-              time_budget_s=time_budget_s)
+              time_budget_s=preset.time_budget_s if time_budget_s == "preset" else time_budget_s)
     stem = b.stem
     scan_steps = [scan_step(b)] if preset.prune_strategy == "sensitivity" else []
     frontier = [s for t in preset.targets() for s in frontier_steps(b, t, scan_steps)]
