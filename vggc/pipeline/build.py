@@ -150,7 +150,6 @@ class Build:
 
         return TrainConfig(epochs=max(1, epochs), lr=lr, seed=self.seed, batch_size=self.preset.train_batch)
 
-
     def shares(self) -> dict[str, float]:
         """Return each trained step's share of the time budget (:func:`vggc.pipeline.allocate.time_shares`)."""
         from vggc.pipeline.allocate import time_shares
