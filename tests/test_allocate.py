@@ -160,5 +160,8 @@ def test_timed_pipeline_pilots_allocates_and_reuses_the_pilot(tmp_path, monkeypa
                                  log=log.append)
     assert {s["name"]: s for s in res2["steps"]}["prune50"]["status"] == "ok"
     assert calls == ([a["epochs"]] if a["extended"] else [])
-    with pytest.raises(Exception, match="time-budget"):
-        pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"], time_budget="soon")
+    from vggc.errors import InputError
+
+    for bad, why in (("soon", "use e.g. 6h"), ("30m", "leaves nothing for training")):
+        with pytest.raises(InputError, match=f"--time-budget: .*{why}"):
+            pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"], time_budget=bad)

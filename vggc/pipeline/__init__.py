@@ -103,13 +103,15 @@ def run_pipeline(weights: str | os.PathLike, data: str | os.PathLike, *, preset:
         if any(not 0.0 < float(t) < 1.0 for t in prune_targets):
             raise InputError(f"--prune-targets {prune_targets}: each must be a fraction between 0 and 1")
         p = replace(p, prune_targets=tuple(float(t) for t in prune_targets))
-    if time_budget != "preset":
-        from vggc.pipeline.allocate import parse_duration
+    from vggc.pipeline.allocate import parse_duration, time_shares
 
-        try:
+    try:
+        if time_budget != "preset":
             p = replace(p, time_budget_s=parse_duration(time_budget))
-        except ValueError as err:
-            raise InputError(f"--time-budget: {err}") from None
+        if p.time_budget_s is not None:
+            time_shares(p.time_budget_s, list(p.targets()), "distill")  # refuses a budget the reserve eats
+    except ValueError as err:
+        raise InputError(f"--time-budget: {err}") from None
     out_given = os.fspath(out_dir) if out_dir else str(Path("artifacts") / f"{weights.stem}-{preset}")
     out = Path(out_given)
     steps = build_steps(given[0], given[1], p, seed=seed, threads=n_threads, progress=progress,
