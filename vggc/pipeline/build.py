@@ -405,6 +405,16 @@ def _prune_run(b: Build, ctx: StepContext, target: float) -> Callable[[Path, int
     return run
 
 
+def _allocation_args(b: Build, ctx: StepContext) -> dict:
+    """Return what :func:`vggc.pipeline.pilot.run_allocated` decides a trained step's epochs with: the
+    accuracy floor (the unpruned model's top-1 on the evaluation images minus the budget), the step's
+    share of the time budget and its most epochs."""
+    base = float(_read_json(ctx.dep(SOURCE_EVAL))["top1"])
+    name = ctx.step.name
+    return {"floor": base - budget_pt(base, b.max_drop_pt) / 100, "share_s": b.shares()[name],
+            "max_epochs": b.preset.max_epochs(name)}
+
+
 def _step_metrics(metrics: dict) -> dict:
     """Return what pipeline.json keeps of a training step's metrics: scalars, the teacher check, the
     stop rule and the epoch allocation (the histories stay in the model's manifest)."""
@@ -419,7 +429,7 @@ def _run_prune(b: Build, ctx: StepContext, target: float) -> dict:
     if b.time_budget_s is None:
         return _step_metrics(run(ctx.output(), b.preset.prune_finetune_epochs))
     return _step_metrics(run_allocated(
-        b, ctx, run, pilot_epochs=b.preset.prune_finetune_epochs,
+        ctx, run, pilot_epochs=b.preset.prune_finetune_epochs, **_allocation_args(b, ctx),
         history=lambda m: [h for st in m.get("steps", []) for h in st.get("history", [])],
         stopped=lambda m: m.get("stopped_early")))
 
@@ -503,7 +513,7 @@ def _run_distill(b: Build, ctx: StepContext) -> dict:
     run = _distill_run(b, ctx)
     if b.time_budget_s is None:
         return _step_metrics(run(ctx.output(), b.preset.distill_epochs))
-    return _step_metrics(run_allocated(b, ctx, run, pilot_epochs=b.preset.distill_epochs,
+    return _step_metrics(run_allocated(ctx, run, pilot_epochs=b.preset.distill_epochs, **_allocation_args(b, ctx),
                                        history=lambda m: (m.get("train") or {}).get("history", []),
                                        stopped=lambda m: None))
 

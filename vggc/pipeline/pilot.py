@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Callable
 from vggc.artifacts import atomic_path, manifest_path, read_json_object, sha256_file, write_json
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vggc.pipeline.build import Build
     from vggc.pipeline.steps import StepContext
 
 
@@ -60,23 +59,21 @@ def _annotate(path: Path, extra_metrics: dict) -> None:
     write_json(manifest_path(path), doc)
 
 
-def run_allocated(b: "Build", ctx: "StepContext", run: Callable[[Path, int], dict], *, pilot_epochs: int,
-                  history: Callable[[dict], list], stopped: Callable[[dict], str | None]) -> dict:
-    """Train the pilot into ``ctx.output(1)``, allocate (:func:`vggc.pipeline.allocate.allocate`) and
-    write the final model to ``ctx.output(0)``; return its metrics with ``allocation`` (the decision),
-    ``epochs_allocated``, ``pilot`` (its epochs, top-1 and curve) and the final ``command``.
+def run_allocated(ctx: "StepContext", run: Callable[[Path, int], dict], *, pilot_epochs: int, floor: float,
+                  share_s: float, max_epochs: int, history: Callable[[dict], list],
+                  stopped: Callable[[dict], str | None]) -> dict:
+    """Train the pilot into ``ctx.output(1)``, allocate (:func:`vggc.pipeline.allocate.allocate` with the
+    accuracy ``floor``, the step's time ``share_s`` and ``max_epochs``) and write the final model to
+    ``ctx.output(0)``; return its metrics with ``allocation`` (the decision), ``epochs_allocated``,
+    ``pilot`` (its epochs, top-1 and curve) and the final ``command``.
 
     ``run(out, epochs) -> metrics`` trains one model; ``history(metrics)`` returns its epoch records
     and ``stopped(metrics)`` why it stopped early (or ``None``)."""
     from vggc.pipeline.allocate import allocate, curve_of
-    from vggc.pipeline.build import SOURCE_EVAL, budget_pt
 
-    final, name = ctx.output(0), ctx.step.name
+    final = ctx.output(0)
     pilot = _pilot(ctx, run, pilot_epochs)
-    base = float(read_json_object(ctx.dep(SOURCE_EVAL))["top1"])
-    floor = base - budget_pt(base, b.max_drop_pt) / 100
-    alloc = allocate(history(pilot), floor, share_s=b.shares()[name], max_epochs=b.preset.max_epochs(name),
-                     stopped_early=stopped(pilot))
+    alloc = allocate(history(pilot), floor, share_s=share_s, max_epochs=max_epochs, stopped_early=stopped(pilot))
     extra = {"allocation": alloc.to_dict(), "epochs_allocated": alloc.epochs,
              "pilot": {"epochs": len(history(pilot)), "top1": pilot.get("top1"),
                        "curve": curve_of(history(pilot)), "file": ctx.step.outputs[1]}}
