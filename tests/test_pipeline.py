@@ -479,10 +479,15 @@ def test_sigkill_during_training_then_rerun_resumes_to_identical_weights(tmp_pat
         return [sys.executable, str(script), str(pause), "pipeline", str(weights), "--data", str(data),
                 "--out", str(out), "--only", "prune", "--threads", "1"]
 
+    from vggc.artifacts import TMP_PREFIX
+
+    def checkpoints(out):  # written ones: atomic_path's temporary file keeps the .ckpt suffix while it is written
+        return [p for p in out.glob("*.ckpt") if not p.name.startswith(TMP_PREFIX)]
+
     killed = tmp_path / "killed"
     proc = subprocess.Popen(cmd(killed, 2.0), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
-    while not list(killed.glob("*.ckpt")):
+    while not checkpoints(killed):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.05)
@@ -490,7 +495,7 @@ def test_sigkill_during_training_then_rerun_resumes_to_identical_weights(tmp_pat
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "tiny_pruned50.pt").exists() and not (killed / ".steps" / "prune50.json").exists()
-    assert list(killed.glob("*.ckpt"))
+    assert checkpoints(killed)
 
     rerun = subprocess.run(cmd(killed, 0), env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
