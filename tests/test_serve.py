@@ -274,7 +274,9 @@ def test_serve_cli_prints_urls_and_stops_on_signal(repo, sig):
     cmd = [sys.executable, "-m", "vggc", "serve", str(repo["repo"]), "--model", "tiny_ir_py", "--model", "tiny_trt",
            "--ready-timeout", "120"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # started with SIGINT ignored, as a background job or a test runner may start it: Ctrl-C must still stop it
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines, pid, grpc = [], None, None
     try:
         end = time.monotonic() + 150

@@ -62,7 +62,9 @@ def command(repo, models, backends, ready_timeout, duration, as_json):
     server = TritonServer(repo, models=list(models) or None, backends=backends, ready_timeout=ready_timeout)
     for name, reason in server.skipped.items():
         click.echo(f"{name}: {reason}", err=True)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C stops it even when the shell or parent that started it ignores SIGINT (a background job, a
+    # test runner): Python installs no KeyboardInterrupt handler when SIGINT is inherited as ignored
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
         if as_json:
@@ -83,5 +85,6 @@ def command(repo, models, backends, ready_timeout, duration, as_json):
         pass
     finally:
         code = server.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     click.echo(f"stopped (tritonserver exit code {code})", err=True)
