@@ -28,7 +28,10 @@ def test_parse_duration():
 def test_time_shares_split_what_the_reserve_leaves():
     shares = time_shares(6 * 3600, ["prune50", "prune25", "prune12_5"], "distill", reserve_s=3600)
     assert sum(shares.values()) == pytest.approx(5 * 3600)
-    assert shares["distill"] == pytest.approx(3 * shares["prune50"]) and shares["prune50"] == shares["prune12_5"]
+    assert shares["distill"] == pytest.approx(6 * shares["prune50"]) and shares["prune50"] == shares["prune12_5"]
+    # the full preset's default: 6 h - 45 min reserve -> 35 min per target, 3.5 h for the student
+    shares = time_shares(6 * 3600, ["prune50", "prune25", "prune12_5"], "distill")
+    assert shares == pytest.approx({"prune50": 2100, "prune25": 2100, "prune12_5": 2100, "distill": 12600})
     with pytest.raises(ValueError, match="leaves nothing"):
         time_shares(1800, ["prune50"], None, reserve_s=3600)
 

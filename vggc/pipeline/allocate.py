@@ -37,8 +37,14 @@ from dataclasses import asdict, dataclass
 DISCOUNT = 0.5  # each doubling of the schedule is worth this share of the pilot's second-half gain
 FLAT_PT = 0.1  # a pilot gaining less than this over its second half is flat
 CLOSE_PT = 0.5  # a projection this close to the budget at the affordable cap is still tried
-RESERVE_S = 3600.0  # the untrained steps of the full preset (exports, INT8, scan, bench): ~31 min measured
-STUDENT_WEIGHT = 3.0  # the student trains ~8x slower per image than a pruned target
+# the untrained steps of the full preset (exports, INT8, scan, bench): ~31 min measured on the AMX
+# machine (docs/full-run-amx), plus half again for a slower host
+RESERVE_S = 2700.0
+# the student's share relative to one pruned target's: an epoch of it costs ~7.7x one of the 12.5 %
+# target (345 vs 45 s on the AMX machine, docs/budget-amx) and it trains from scratch, so it needs
+# more of them; 6 leaves each target ~35 min of a 6 h budget (the 12.5 % target used ~25 min of
+# training for 24 epochs) and the student 3.5 h (~31 epochs at 345 s)
+STUDENT_WEIGHT = 6.0
 
 
 @dataclass(frozen=True)
