@@ -73,8 +73,9 @@ def test_doc_json_parses():
             json.loads(p.read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("run", ["frontier-amx", "frontier-amx/complete"])
-def test_the_committed_answer_is_the_answer_of_the_committed_results(run):
+@pytest.mark.parametrize("run, out_dir", [("frontier-amx", "runs/full6"), ("frontier-amx/complete", "runs/full6"),
+                                          ("budget-amx", "runs/full7")])
+def test_the_committed_answer_is_the_answer_of_the_committed_results(run, out_dir):
     from vggc.bench.answer import answer, markdown_section
 
     d = DOCS / run
@@ -83,10 +84,10 @@ def test_the_committed_answer_is_the_answer_of_the_committed_results(run):
     assert doc["budget_rule"] == "1% of the baseline's top-1"
     made = json.loads(json.dumps(answer(rows), default=str))  # the run directory read off the $OUT commands
     assert made == doc
-    assert doc["out_dir"] == "runs/full6"
+    assert doc["out_dir"] == out_dir
     for s in doc["targets"].values():
         assert s["rebuild"] and all("$OUT/" in c for c in s["rebuild"]) and s["rebuild_machine_paths"] == []
         assert s["rebuild"][-1].endswith(f"--out $OUT/{s['model']}")
     section = (d / "report.md").read_text().split("\n## The answer\n", 1)[1]
     assert "## The answer\n" + section == "\n".join(markdown_section(doc) + [""])
-    assert "```sh\nOUT=runs/full6\nvggc " in section
+    assert f"```sh\nOUT={out_dir}\nvggc " in section
