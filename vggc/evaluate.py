@@ -46,3 +46,21 @@ def evaluate(predict, split: Split, preprocess: Preprocess, *, batch_size: int =
     correct = int(hit.sum())
     return EvalResult(top1=correct / len(split), n=len(split), correct=correct, per_class=per_class,
                       predictions=pred, logits=torch.cat(all_logits) if keep_logits else None)
+
+
+def model_top1(split: Split, preprocess: Preprocess, *, progress: Progress = no_progress):
+    """Return ``top1(model) -> float``: the top-1 (a fraction) of a ``torch.nn.Module`` on ``split``,
+    run on the device its parameters are on (a model mid-training may be on CUDA), in inference mode."""
+
+    def top1(model: torch.nn.Module) -> float:
+        dev = next(model.parameters()).device
+        with torch.inference_mode():
+            return evaluate(lambda x: model(x.to(dev)).cpu(), split, preprocess, progress=progress).top1
+
+    return top1
+
+
+def epoch_curve(top1, n_eval: int):
+    """Return a learning curve's ``evaluate_epoch(model) -> {"top1", "n_eval"}`` for
+    :func:`vggc.train.fit` from ``top1(model)`` (e.g. :func:`model_top1`) on ``n_eval`` images."""
+    return lambda model: {"top1": top1(model), "n_eval": n_eval}

@@ -37,7 +37,7 @@ from torch import nn
 from vggc.artifacts import save_state_dict, sha256_file, write_manifest
 from vggc.data import Preprocess, limit_split, load_split
 from vggc.errors import InputError, StaleCheckpointError
-from vggc.evaluate import evaluate
+from vggc.evaluate import epoch_curve, evaluate, model_top1
 from vggc.progress import Progress, no_progress
 from vggc.resume import check_settings, run_key, write_settings
 from vggc.train import TrainConfig, fit, load_checkpoint
@@ -229,16 +229,6 @@ def _teacher_reference(teacher: nn.Module, test, pre: Preprocess, reference: dic
     return res.top1, res.predictions
 
 
-def _curve_eval(test, pre: Preprocess):
-    """Return fit's ``evaluate_epoch``: ``{"top1", "n_eval"}`` of the student on ``test``."""
-
-    def evaluate_epoch(m: nn.Module) -> dict:
-        with torch.inference_mode():
-            return {"top1": evaluate(lambda x: m(x), test, pre).top1, "n_eval": len(test)}
-
-    return evaluate_epoch
-
-
 def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: TrainConfig,
             kd: KDConfig, *, student: str = "mobilenet_v2", width_mult: float = 1.0, limit: int | None = None,
             eval_limit: int | None = None, do_eval: bool = True, resume: bool = False, download: bool = False,
@@ -293,7 +283,7 @@ def distill(teacher_path: str | Path, data: str | Path, out: str | Path, cfg: Tr
     test = limit_split(load_split(data, "test", progress=progress), eval_limit, cfg.seed) if do_eval else None
     result = fit(model, train, pre, cfg, loss_fn=loss_fn, checkpoint=ckpt, resume=resume,
                  progress=progress, on_epoch=on_epoch, run_key=run_key(run),
-                 evaluate_epoch=_curve_eval(test, pre) if (curve and do_eval and rank == 0) else None)
+                 evaluate_epoch=epoch_curve(model_top1(test, pre), len(test)) if (curve and do_eval and rank == 0) else None)
     loaded.model.to("cpu")
     if rank != 0:
         return {}

@@ -46,10 +46,8 @@ def _copy_model(src: Path, dst: Path, extra_metrics: dict) -> None:
     """Copy model ``src`` to ``dst`` atomically, with its manifest renamed to ``dst`` plus ``extra_metrics``."""
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-    doc = read_json_object(manifest_path(src))
-    doc["artifact"] = dst.name
-    doc["metrics"] = {**doc.get("metrics", {}), **extra_metrics}
-    write_json(manifest_path(dst), doc)
+    write_json(manifest_path(dst), {**read_json_object(manifest_path(src)), "artifact": dst.name})
+    _annotate(dst, extra_metrics)
 
 
 def _annotate(path: Path, extra_metrics: dict) -> None:

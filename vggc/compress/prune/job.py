@@ -19,6 +19,7 @@ from vggc.compress.prune.finetune import prune_and_finetune, remove_work_files
 from vggc.compress.prune.plan import check_reachable, make_plan, prune_model
 from vggc.compress.prune.spec import PruneSpec
 from vggc.errors import InputError, VggcError
+from vggc.evaluate import epoch_curve, model_top1
 from vggc.progress import Progress, no_progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,7 +76,7 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
     need_train = finetune_epochs > 0 or bn_recalib > 0 or (spec.strategy == "sensitivity" and table is None)
     train_full = load_split(data, "train", progress=progress) if need_train else None
     test = limit_split(load_split(data, "test", progress=progress), eval_limit, seed) if do_eval else None
-    top1 = _top1_on(test, src.pre, progress)
+    top1 = model_top1(test, src.pre, progress=progress) if test is not None else None
     if spec.strategy == "sensitivity" and table is None:
         table, scan_info = _scan(src, train_full, scan_limit, seed, fractions, progress)
 
@@ -98,14 +99,17 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
             raise InputError("--stop-drop needs test evaluation and more fine-tune epochs than --stop-after")
         stop_check, metrics["stop_rule"] = _stop_rule(stop_drop_pt, metrics["top1_source"], stop_after,
                                                       finetune_epochs, top1)
-    pruned, run = prune_and_finetune(src.model, spec, train=train, preprocess=src.pre, train_cfg=train_cfg,
-                                     loss_fn=loss_fn, loss_settings=loss_settings, finetune_epochs=finetune_epochs,
-                                     table=table, work=out, resume=resume, cleanup=False,
-                                     evaluate_step=top1 if do_eval else None, progress=progress,
-                                     on_epoch=on_epoch, on_step=on_step, bn_recalib=bn_recalib,
-                                     bn_data=train_full, bn_seed=seed, stop_check=stop_check,
-                                     evaluate_epoch=_curve_eval(top1, test) if (curve and do_eval) else None)
-    _ = file_teacher is not None and file_teacher.close()
+    try:
+        pruned, run = prune_and_finetune(src.model, spec, train=train, preprocess=src.pre, train_cfg=train_cfg,
+                                         loss_fn=loss_fn, loss_settings=loss_settings, finetune_epochs=finetune_epochs,
+                                         table=table, work=out, resume=resume, cleanup=False,
+                                         evaluate_step=top1 if do_eval else None, progress=progress,
+                                         on_epoch=on_epoch, on_step=on_step, bn_recalib=bn_recalib,
+                                         bn_data=train_full, bn_seed=seed, stop_check=stop_check,
+                                         evaluate_epoch=epoch_curve(top1, len(test)) if (curve and do_eval) else None)
+    finally:
+        if file_teacher is not None:
+            file_teacher.close()
     size_metrics = _size_metrics(src, pruned, spec, run, train)
     if do_eval:
         same = finetune_epochs == 0 and spec.steps == 1  # the one-shot probe is this very model
@@ -113,16 +117,8 @@ def prune_file(weights: str | Path, data: str | Path, out: str | Path, spec: Pru
         metrics["n"] = len(test)
         run.steps[-1].update({"top1": metrics["top1"]} if spec.steps > 1 else {})
     metrics.update(size_metrics)
-    settings = {"prune": spec.to_dict(), "finetune_epochs": finetune_epochs,
-                "finetune": asdict(train_cfg) if train_cfg and finetune_epochs > 0 else None,
-                "limit": limit, "eval_limit": eval_limit, "seed": seed, "data": str(data),
-                "importance": "L1 norm of each conv filter (Li et al. 2017), independent per step",
-                "sensitivity_scan": scan_info,
-                "bn_recalib": {"images": bn_recalib, "split": "train", "seed": seed,
-                               "when": "after each prune step, before its fine-tune"} if bn_recalib > 0 else 0,
-                "distill_from_source": asdict(kd) if loss_fn is not None else None,
-                "teacher_model": file_teacher.facts if file_teacher is not None else None,
-                "stop_rule": metrics.get("stop_rule"), "curve": bool(curve and do_eval)}
+    settings = _settings(spec, finetune_epochs, train_cfg, limit, eval_limit, seed, data, scan_info, bn_recalib,
+                         kd if loss_fn is not None else None, file_teacher, metrics.get("stop_rule"), curve and do_eval)
     _write_pruned(src, pruned, run, out, sensitivity, settings, metrics)
     remove_work_files(out, spec.steps)
     return metrics
@@ -180,21 +176,19 @@ def _scan(src: _Source, train_full: "Split", scan_limit: int, seed: int, fractio
     return table, {"scan_limit": len(subset), "seed": seed, "baseline_top1": table.baseline}
 
 
-def _top1_on(test: "Split | None", pre: "Preprocess", progress: Progress) -> Callable[[nn.Module], float]:
-    """Return ``top1(model)`` on the evaluation images (the model may be on CUDA mid fine-tune)."""
-    from vggc.evaluate import evaluate
-
-    def top1(m: nn.Module) -> float:
-        dev = next(m.parameters()).device
-        with torch.inference_mode():
-            return evaluate(lambda x: m(x.to(dev)).cpu(), test, pre, progress=progress).top1
-
-    return top1
-
-
-def _curve_eval(top1: Callable[[nn.Module], float], test: "Split") -> Callable[[nn.Module], dict]:
-    """Return fit's ``evaluate_epoch``: ``{"top1", "n_eval"}`` of the model on the evaluation images."""
-    return lambda m: {"top1": top1(m), "n_eval": len(test)}
+def _settings(spec: PruneSpec, finetune_epochs: int, train_cfg, limit, eval_limit, seed: int, data, scan_info,
+              bn_recalib: int, kd, file_teacher, stop_rule, curve: bool) -> dict:
+    """Return the ``settings`` of a pruned model's manifest (what :func:`prune_file` was asked to do)."""
+    return {"prune": spec.to_dict(), "finetune_epochs": finetune_epochs,
+            "finetune": asdict(train_cfg) if train_cfg and finetune_epochs > 0 else None,
+            "limit": limit, "eval_limit": eval_limit, "seed": seed, "data": str(data),
+            "importance": "L1 norm of each conv filter (Li et al. 2017), independent per step",
+            "sensitivity_scan": scan_info,
+            "bn_recalib": {"images": bn_recalib, "split": "train", "seed": seed,
+                           "when": "after each prune step, before its fine-tune"} if bn_recalib > 0 else 0,
+            "distill_from_source": asdict(kd) if kd is not None else None,
+            "teacher_model": file_teacher.facts if file_teacher is not None else None,
+            "stop_rule": stop_rule, "curve": bool(curve)}
 
 
 def _source_reference(src: _Source, test: "Split", reference: dict | None,
