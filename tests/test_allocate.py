@@ -148,7 +148,10 @@ def test_timed_pipeline_pilots_allocates_and_reuses_the_pilot(tmp_path, monkeypa
     assert cmd[cmd.index("--finetune-epochs") + 1] == str(a["epochs"]) and "--curve" in cmd
     assert cmd[cmd.index("--out") + 1] == "$OUT/tiny_pruned50.pt"
     assert any(m.startswith("-- prune50: ") and "epoch(s)" in m for m in log)
-    assert json.loads((out / "pipeline.json").read_text())["time_budget"]["seconds"] == 7200
+    budget = json.loads((out / "pipeline.json").read_text())["time_budget"]
+    assert budget["seconds"] == 7200 and budget["within"]
+    assert budget["spent_seconds"] == pytest.approx(sum(s["spent"] for s in res["steps"]), abs=0.05)
+    assert step["spent"] == step["seconds"] and step["metrics"]["earlier_seconds"] == 0.0
     if not a["extended"]:
         assert final.read_bytes() == pilot.read_bytes()
     # the final model lost (a kill before the marker): the pilot is reused, not trained again
@@ -161,8 +164,21 @@ def test_timed_pipeline_pilots_allocates_and_reuses_the_pilot(tmp_path, monkeypa
     monkeypatch.setattr(prune_pkg, "prune_file", lambda *a, **k: calls.append(k["finetune_epochs"]) or real(*a, **k))
     res2 = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"], time_budget="2h",
                                  log=log.append)
-    assert {s["name"]: s for s in res2["steps"]}["prune50"]["status"] == "ok"
+    step2 = {s["name"]: s for s in res2["steps"]}["prune50"]
+    assert step2["status"] == "ok"
     assert calls == ([a["epochs"]] if a["extended"] else [])
+    # the budget's account keeps the reused pilot's training (done by the first run), and a cached
+    # step keeps what it cost when it was made
+    from vggc.pipeline.pilot import epoch_seconds
+
+    pilot_doc = json.loads((out / "tiny_pruned50_pilot.pt.json").read_text())
+    pilot_s = epoch_seconds([h for s in pilot_doc["metrics"]["steps"] for h in s["history"]])
+    assert pilot_s > 0 and step2["metrics"]["earlier_seconds"] == pytest.approx(pilot_s, abs=0.01)
+    assert step2["spent"] == pytest.approx(step2["seconds"] + pilot_s, abs=0.02)
+    res3 = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"], time_budget="2h")
+    step3 = {s["name"]: s for s in res3["steps"]}["prune50"]
+    assert step3["status"] == "cached" and step3["seconds"] == 0 and step3["spent"] == step2["spent"]
+    assert res3["time_budget"]["spent_seconds"] == pytest.approx(sum(s["spent"] for s in res3["steps"]), abs=0.05)
     from vggc.errors import InputError
 
     for bad, why in (("soon", "use e.g. 6h"), ("30m", "leaves nothing for training")):

@@ -313,6 +313,10 @@ def test_resume_matches_uninterrupted_run(kd_setup, tmp_path):
         distill(teacher, data, part, cfg, kd, width_mult=0.5, do_eval=False, resume=True)
     metrics = distill(teacher, data, part, cfg, kd, width_mult=SMALL, do_eval=False, resume=True)
     assert metrics["train"]["resumed_from"] == 1 and len(metrics["train"]["history"]) == 2
+    from vggc.pipeline.build import distill_history  # what a time budget's account counts as an earlier run's
+
+    assert [h["epoch"] for h in distill_history(metrics, restored=True)] == [1]
+    assert [h["epoch"] for h in distill_history(metrics)] == [1, 2]
     a, b = torch.load(full, weights_only=True), torch.load(part, weights_only=True)
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k

@@ -503,6 +503,10 @@ def test_sigkill_during_training_then_rerun_resumes_to_identical_weights(tmp_pat
     ft = json.loads((killed / "tiny_pruned50.pt.json").read_text())["metrics"]["steps"][0]
     assert [h["epoch"] for h in ft["history"]] == [1, 2, 3, 4]
     assert ft["resumed_from_epoch"] >= 1  # continued from the checkpoint, not from scratch
+    from vggc.pipeline.build import prune_history  # what a time budget's account counts as an earlier run's
+
+    restored = prune_history({"steps": [ft]}, restored=True)
+    assert [h["epoch"] for h in restored] == list(range(1, ft["resumed_from_epoch"] + 1))
 
     clean = tmp_path / "clean"
     ref = subprocess.run(cmd(clean, 0), env=env, capture_output=True, text=True, timeout=600)

@@ -422,6 +422,20 @@ def _step_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict)) or k in keep}
 
 
+def prune_history(metrics: dict, *, restored: bool = False) -> list[dict]:
+    """Return the fine-tune epoch records of a ``prune_file`` run's ``metrics``; ``restored``: only
+    those a resumed run loaded from its checkpoint (trained by an earlier, killed run)."""
+    return [h for st in metrics.get("steps", [])
+            for h in st.get("history", [])[:st.get("resumed_from_epoch", 0) if restored else None]]
+
+
+def distill_history(metrics: dict, *, restored: bool = False) -> list[dict]:
+    """Return the epoch records of a ``distill`` run's ``metrics``; ``restored``: only those a resumed
+    run loaded from its checkpoint."""
+    train = metrics.get("train") or {}
+    return train.get("history", [])[:train.get("resumed_from", 0) if restored else None]
+
+
 def _run_prune(b: Build, ctx: StepContext, target: float) -> dict:
     from vggc.pipeline.pilot import run_allocated
 
@@ -430,7 +444,7 @@ def _run_prune(b: Build, ctx: StepContext, target: float) -> dict:
         return _step_metrics(run(ctx.output(), b.preset.prune_finetune_epochs))
     return _step_metrics(run_allocated(
         ctx, run, pilot_epochs=b.preset.prune_finetune_epochs, **_allocation_args(b, ctx),
-        history=lambda m: [h for st in m.get("steps", []) for h in st.get("history", [])],
+        history=prune_history, earlier=lambda m: prune_history(m, restored=True),
         stopped=lambda m: m.get("stopped_early")))
 
 
@@ -514,7 +528,7 @@ def _run_distill(b: Build, ctx: StepContext) -> dict:
     if b.time_budget_s is None:
         return _step_metrics(run(ctx.output(), b.preset.distill_epochs))
     return _step_metrics(run_allocated(ctx, run, pilot_epochs=b.preset.distill_epochs, **_allocation_args(b, ctx),
-                                       history=lambda m: (m.get("train") or {}).get("history", []),
+                                       history=distill_history, earlier=lambda m: distill_history(m, restored=True),
                                        stopped=lambda m: None))
 
 

@@ -29,17 +29,23 @@ def _identity(ctx: "StepContext", epochs: int) -> dict:
     return {"settings": ctx.step.settings, "epochs": epochs, "vggc_source": source_digest()}
 
 
-def _pilot(ctx: "StepContext", run: Callable[[Path, int], dict], epochs: int) -> dict:
-    """Return the pilot's metrics (with its ``command``): reused when the marker matches, else trained."""
+def _pilot(ctx: "StepContext", run: Callable[[Path, int], dict], epochs: int) -> tuple[dict, bool]:
+    """Return the pilot's metrics (with its ``command``) and whether an earlier run trained it: reused
+    when the marker matches, else trained now."""
     out, marker = ctx.output(1), _marker(ctx)
     ident = _identity(ctx, epochs)
     if marker.is_file() and out.is_file() and manifest_path(out).is_file():
         doc = read_json_object(marker)
         if doc.get("identity") == ident and doc.get("sha256") == sha256_file(out):
-            return {**read_json_object(manifest_path(out))["metrics"], "command": doc.get("command")}
+            return {**read_json_object(manifest_path(out))["metrics"], "command": doc.get("command")}, True
     metrics = run(out, epochs)
     write_json(marker, {"identity": ident, "sha256": sha256_file(out), "command": metrics.get("command")})
-    return metrics
+    return metrics, False
+
+
+def epoch_seconds(records: list[dict]) -> float:
+    """Return the wall seconds of the epoch records ``records`` (training + its evaluation)."""
+    return sum(float(h.get("seconds", 0.0)) + float(h.get("eval_seconds", 0.0)) for h in records)
 
 
 def _copy_model(src: Path, dst: Path, extra_metrics: dict) -> None:
@@ -59,28 +65,33 @@ def _annotate(path: Path, extra_metrics: dict) -> None:
 
 def run_allocated(ctx: "StepContext", run: Callable[[Path, int], dict], *, pilot_epochs: int, floor: float,
                   share_s: float, max_epochs: int, history: Callable[[dict], list],
-                  stopped: Callable[[dict], str | None]) -> dict:
+                  stopped: Callable[[dict], str | None], earlier: Callable[[dict], list]) -> dict:
     """Train the pilot into ``ctx.output(1)``, allocate (:func:`vggc.pipeline.allocate.allocate` with the
     accuracy ``floor``, the step's time ``share_s`` and ``max_epochs``) and write the final model to
     ``ctx.output(0)``; return its metrics with ``allocation`` (the decision), ``epochs_allocated``,
-    ``pilot`` (its epochs, top-1 and curve) and the final ``command``.
+    ``pilot`` (its epochs, top-1 and curve), the final ``command`` and ``earlier_seconds``: the
+    training this step's result holds that an earlier, killed run of the pipeline did (a reused pilot,
+    epochs restored from a checkpoint), so the budget's account (``spent`` in pipeline.json) includes it.
 
-    ``run(out, epochs) -> metrics`` trains one model; ``history(metrics)`` returns its epoch records
-    and ``stopped(metrics)`` why it stopped early (or ``None``)."""
+    ``run(out, epochs) -> metrics`` trains one model; ``history(metrics)`` returns its epoch records,
+    ``earlier(metrics)`` those a resumed run restored from its checkpoint, and ``stopped(metrics)``
+    why it stopped early (or ``None``)."""
     from vggc.pipeline.allocate import allocate, curve_of
 
     final = ctx.output(0)
-    pilot = _pilot(ctx, run, pilot_epochs)
+    pilot, reused = _pilot(ctx, run, pilot_epochs)
+    spent_before = epoch_seconds(history(pilot) if reused else earlier(pilot))
     alloc = allocate(history(pilot), floor, share_s=share_s, max_epochs=max_epochs, stopped_early=stopped(pilot))
     extra = {"allocation": alloc.to_dict(), "epochs_allocated": alloc.epochs,
              "pilot": {"epochs": len(history(pilot)), "top1": pilot.get("top1"),
                        "curve": curve_of(history(pilot)), "file": ctx.step.outputs[1]}}
     if alloc.extended:
         metrics = run(final, alloc.epochs)
+        spent_before += epoch_seconds(earlier(metrics))
         _annotate(final, extra)
     else:
         metrics = dict(pilot)
         _copy_model(ctx.output(1), final, extra)
         if metrics.get("command"):
             metrics["command"] = metrics["command"].replace(ctx.shell(ctx.output(1)), ctx.shell(final))
-    return {**metrics, **extra}
+    return {**metrics, **extra, "earlier_seconds": round(spent_before, 2)}

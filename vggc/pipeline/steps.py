@@ -95,6 +95,12 @@ class StepResult:
     why: str = ""
     key_inputs: dict = field(default_factory=dict)
     work: dict = field(default_factory=dict)  # the expensive work it did (vggc.work.since); {} when it did not run
+    # what its output cost to make: ``seconds`` plus the training an earlier, killed run did towards it
+    # (``earlier_seconds`` in its metrics); for a reused (cached) step, what it cost when it was made
+    spent: float = 0.0
+
+    def __post_init__(self):
+        self.spent = self.spent or self.seconds  # a failed or unavailable step cost the time it took
 
     @property
     def ok(self) -> bool:
@@ -102,6 +108,7 @@ class StepResult:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 2),
+                "spent": round(self.spent, 2),
                 "outputs": self.outputs, "metrics": self.metrics, "why": self.why, "key_inputs": self.key_inputs,
                 "work": self.work}
 
@@ -233,7 +240,8 @@ def run_steps(steps: list[Step], out_dir: Path, *, force: bool = False,
                 why = "rerun (its previous attempt did not finish)"
         if reuse:
             results[step.name] = StepResult(step.name, "cached", 0.0, step.outputs, doc.get("metrics", {}),
-                                            why=why, key_inputs=inputs)
+                                            why=why, key_inputs=inputs,
+                                            spent=float(doc.get("spent", doc.get("seconds", 0.0))))
             log(f"-- {step.name}: cached")
             continue
         log(f"== {step.name}{': ' + step.label if step.label else ''}")
@@ -267,11 +275,13 @@ def _run_one(step: Step, out_dir: Path, paths: dict[str, list[Path]], key: str, 
                           metrics={"traceback": traceback.format_exc(limit=4)}, why=why, key_inputs=inputs,
                           work=work.since(before))
     seconds, done = time.perf_counter() - t0, work.since(before)
+    spent = seconds + float(metrics.get("earlier_seconds", 0.0))
     write_json(_marker(out_dir, step.name), {
         "key": key, "step": step.name, "settings": step.settings, "key_inputs": inputs, "why": why,
-        "seconds": round(seconds, 2), "work": done,
+        "seconds": round(seconds, 2), "spent": round(spent, 2), "work": done,
         "outputs": {o: sha256_file(out_dir / o) for o in step.outputs}, "metrics": metrics})
     _last_inputs(out_dir, step.name).unlink(missing_ok=True)
     words = work.describe(done)
     log(f"-- {step.name}: done in {seconds:.0f} s" + (f" ({words})" if words else ""))
-    return StepResult(step.name, "ok", seconds, step.outputs, metrics, why=why, key_inputs=inputs, work=done)
+    return StepResult(step.name, "ok", seconds, step.outputs, metrics, why=why, key_inputs=inputs, work=done,
+                      spent=spent)
