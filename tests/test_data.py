@@ -158,3 +158,35 @@ def test_load_split_is_kept_in_memory_and_a_changed_file_is_read_again(tmp_path,
     second = load_split(croot, "test")
     assert len(first) == 20 and len(second) == 30
     assert torch.equal(second.images[0].flatten(), torch.from_numpy(batch[b"data"][0]))
+
+
+def test_split_fingerprint_is_content_not_mtime_and_a_restaged_copy_reuses_the_decode_cache(tmp_path, monkeypatch):
+    """The same files copied elsewhere with new mtimes (a dataset staged again each session) keep
+    the split's fingerprint, so a pipeline resumes across sessions, and are not decoded again; one
+    image with different bytes changes it."""
+    import os
+    import shutil
+
+    import vggc.data as data_mod
+    from vggc.data import clear_split_memo, split_fingerprint
+
+    monkeypatch.setenv("VGGC_CACHE", str(tmp_path / "cache"))
+    clear_split_memo()
+    a = make_imagefolder(tmp_path / "a", per_class=2, classes=2)
+    b = tmp_path / "b"
+    shutil.copytree(a, b)  # new mtimes
+    for f in (b / "test").rglob("*.png"):
+        os.utime(f, ns=(10**18, 10**18))
+    assert data_mod._listing_key("imagefolder", a, "test") != data_mod._listing_key("imagefolder", b, "test")
+    assert split_fingerprint(a, "test") == split_fingerprint(b, "test")
+    decodes = []
+    real_decode = data_mod._decode_images
+    monkeypatch.setattr(data_mod, "_decode_images", lambda *x: decodes.append(1) or real_decode(*x))
+    first = load_split(a, "test")
+    second = load_split(b, "test")
+    assert len(decodes) == 1 and torch.equal(first.images, second.images)
+    from torchvision.io import write_png
+
+    write_png(torch.full((3, 32, 32), 7, dtype=torch.uint8), str(b / "test" / "class01" / "0001.png"))
+    assert split_fingerprint(a, "test") != split_fingerprint(b, "test")
+    assert int(load_split(b, "test").images[-1].float().mean()) == 7 and len(decodes) == 2

@@ -7,8 +7,9 @@ Supported layouts of ``--data DIR``:
 * ``imagefolder``: ``DIR/{train,test}/<class>/*.{jpg,jpeg,png}`` (class index = sorted order).
 
 A split is decoded once into ``uint8 (N, 3, 32, 32)`` plus labels and cached under
-``$VGGC_CACHE`` (default ``~/.cache/vggc``), keyed by the file listing, so later runs load in a
-fraction of a second. All preprocessing works on whole batches of tensors.
+``$VGGC_CACHE`` (default ``~/.cache/vggc``), keyed by the files' names and contents (found through
+their listing: names, sizes, mtimes), so later runs load in a fraction of a second. All
+preprocessing works on whole batches of tensors.
 """
 
 from __future__ import annotations
@@ -189,16 +190,60 @@ def _listing_key(kind: str, path: Path, split: str) -> str:
     return h.hexdigest()[:24]
 
 
-def split_fingerprint(root: str | os.PathLike, split: str) -> str:
-    """Return a fingerprint of one split as it would be read now: its layout, resolved path and
-    every file's name, size and mtime (the decode cache's key). A changed, added or removed image
-    changes it (and drops a :func:`load_split` memo of the split it contradicts)."""
-    kind, path = detect_layout(Path(root))
-    key = _listing_key(kind, path, split)
-    memo_key = (kind, str(path.resolve()), split)
-    if memo_key in _MEMO and _MEMO[memo_key][1] != key:
-        del _MEMO[memo_key]
+def _split_files(kind: str, path: Path, split: str) -> Iterator[tuple[str, Path]]:
+    """Yield ``(name relative to the split, path)`` of every file :func:`_listing_key` lists, in its order."""
+    if kind == "imagefolder":
+        base = path / split
+        for cdir in sorted(p for p in base.iterdir() if p.is_dir()):
+            for e in sorted(os.scandir(cdir), key=lambda e: e.name):
+                if e.is_file():
+                    yield f"{cdir.name}/{e.name}", Path(e.path)
+    else:
+        for f in sorted(path.iterdir()):
+            if f.is_file():
+                yield f.name, f
+
+
+# listing key -> content key, for this process (the disk keeps them under the decode cache too)
+_CONTENT: dict[str, str] = {}
+
+
+def _content_key(kind: str, path: Path, split: str, listing: str) -> str:
+    """Return a digest of what one split holds: every file's name (relative to the split) and bytes.
+
+    Unlike the listing key it does not change when the same files are copied elsewhere or staged
+    again with new mtimes. Hashing the 50,000 training images reads ~46 MB (~5 s), so the result is
+    remembered per listing key, in memory and in ``cache_dir()/content-<listing>.json``."""
+    if listing in _CONTENT:
+        return _CONTENT[listing]
+    memo = cache_dir() / f"content-{listing}.json"
+    try:
+        key = json.loads(memo.read_text())["content"]
+    except (OSError, ValueError, KeyError, TypeError):
+        h = hashlib.sha256(f"{CACHE_VERSION}|{kind}|{split}".encode())
+        for name, f in _split_files(kind, path, split):
+            h.update(f"{name}|{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+        key = h.hexdigest()[:24]
+        try:
+            with atomic_path(memo) as tmp:
+                tmp.write_text(json.dumps({"content": key, "split": split}))
+        except OSError:
+            pass  # a read-only cache directory only costs time
+    _CONTENT[listing] = key
     return key
+
+
+def split_fingerprint(root: str | os.PathLike, split: str) -> str:
+    """Return a fingerprint of one split's contents as it would be read now: every file's name and
+    bytes (:func:`_content_key`), independent of where the split lies and of its files' mtimes, so a
+    dataset staged again (a new machine, a new session) keeps every step's key. A changed, added or
+    removed image changes it (and drops a :func:`load_split` memo of the split it contradicts)."""
+    kind, path = detect_layout(Path(root))
+    listing = _listing_key(kind, path, split)
+    memo_key = (kind, str(path.resolve()), split)
+    if memo_key in _MEMO and _MEMO[memo_key][1] != listing:
+        del _MEMO[memo_key]
+    return _content_key(kind, path, split, listing)
 
 
 # In-process memo of decoded splits: (kind, resolved path, split) -> (directory signature, listing key, Split).
@@ -238,7 +283,7 @@ def load_split(root: str | os.PathLike, split: str = "test", *, download: bool =
     """Return one split of CIFAR-10 (``"train"`` or ``"test"``) as uint8 tensors.
 
     ``download=True`` fetches CIFAR-10 through torchvision into ``root`` first (internet needed).
-    Decoded splits are cached on disk; the cache key covers every file's name, size and mtime.
+    Decoded splits are cached on disk, keyed by every file's name and bytes (:func:`_content_key`).
     With ``use_cache`` a split is also kept in memory for the next call, checked against its
     directories (:func:`_dir_signature`) rather than a stat of every image; the tensors are shared,
     so a caller must not modify them in place.
@@ -281,7 +326,7 @@ class _Loaded:
 def _load_split_files(kind: str, path: Path, split: str, use_cache: bool, progress: Progress) -> _Loaded:
     """Read one split from the decode cache, else decode it from its files (and cache it)."""
     key = _listing_key(kind, path, split)
-    cfile = cache_dir() / f"{split}-{key}.pt"
+    cfile = cache_dir() / f"{split}-{_content_key(kind, path, split, key)}.pt" if use_cache else None
     if use_cache and cfile.is_file():
         try:
             blob = torch.load(cfile, weights_only=True)

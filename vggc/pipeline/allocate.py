@@ -108,10 +108,15 @@ def curve_of(history: list[dict]) -> list[float]:
     return [float(h["top1"]) for h in history if h.get("top1") is not None]
 
 
+def epoch_wall(record: dict) -> float:
+    """Return the wall seconds of one epoch record: its training plus its evaluation."""
+    return float(record.get("seconds", 0.0)) + float(record.get("eval_seconds", 0.0))
+
+
 def seconds_per_epoch(history: list[dict]) -> float | None:
     """Return the median wall seconds of an epoch (training + its evaluation) of ``history``: the
     median, so one epoch slowed by another process on the machine does not decide the allocation."""
-    secs = [float(h.get("seconds", 0.0)) + float(h.get("eval_seconds", 0.0)) for h in history]
+    secs = [epoch_wall(h) for h in history]
     return statistics.median(secs) if secs else None
 
 

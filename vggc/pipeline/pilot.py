@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from vggc.artifacts import atomic_path, manifest_path, read_json_object, sha256_file, write_json
+from vggc.pipeline.allocate import allocate, curve_of, epoch_wall
 
 if TYPE_CHECKING:  # pragma: no cover
     from vggc.pipeline.steps import StepContext
@@ -45,7 +46,7 @@ def _pilot(ctx: "StepContext", run: Callable[[Path, int], dict], epochs: int) ->
 
 def epoch_seconds(records: list[dict]) -> float:
     """Return the wall seconds of the epoch records ``records`` (training + its evaluation)."""
-    return sum(float(h.get("seconds", 0.0)) + float(h.get("eval_seconds", 0.0)) for h in records)
+    return sum(epoch_wall(h) for h in records)
 
 
 def _copy_model(src: Path, dst: Path, extra_metrics: dict) -> None:
@@ -76,7 +77,6 @@ def run_allocated(ctx: "StepContext", run: Callable[[Path, int], dict], *, pilot
     ``run(out, epochs) -> metrics`` trains one model; ``history(metrics)`` returns its epoch records,
     ``earlier(metrics)`` those a resumed run restored from its checkpoint, and ``stopped(metrics)``
     why it stopped early (or ``None``)."""
-    from vggc.pipeline.allocate import allocate, curve_of
 
     final = ctx.output(0)
     pilot, reused = _pilot(ctx, run, pilot_epochs)
