@@ -179,6 +179,14 @@ def test_timed_pipeline_pilots_allocates_and_reuses_the_pilot(tmp_path, monkeypa
     step3 = {s["name"]: s for s in res3["steps"]}["prune50"]
     assert step3["status"] == "cached" and step3["seconds"] == 0 and step3["spent"] == step2["spent"]
     assert res3["time_budget"]["spent_seconds"] == pytest.approx(sum(s["spent"] for s in res3["steps"]), abs=0.05)
+    # new training data: a pilot trained on the old data is not this run's, so it is trained again
+    calls.clear()
+    img = next((data / "train").rglob("*.png"))
+    img.write_bytes(img.read_bytes() + b"\0")
+    res4 = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"], time_budget="2h")
+    step4 = {s["name"]: s for s in res4["steps"]}["prune50"]
+    assert step4["status"] == "ok" and "train data changed" in step4["why"]
+    assert calls[0] == 2 and step4["metrics"]["earlier_seconds"] == 0.0
     from vggc.errors import InputError
 
     for bad, why in (("soon", "use e.g. 6h"), ("30m", "leaves nothing for training")):

@@ -50,6 +50,10 @@ def test_gpu_check_smoke_run_writes_every_result_and_a_summary(tmp_path):
     assert set(summary["models"]) == {"teacher", "student", "pruned"}
     assert summary["models"]["student"]["arch"].startswith("mobilenet_v2")
     assert all(m["eval_n"] == 10 and 0 <= m["top1"] <= 1 for m in summary["models"].values())
+    assert {k: (m["train_device"], m["train_precision"]) for k, m in summary["models"].items()} == {
+        k: ("cpu", summary["models"]["teacher"]["train_precision"]) for k in ("teacher", "student", "pruned")}
+    assert summary["models"]["teacher"]["train_precision"] in ("fp32", "bf16")
+    assert "vggc source sha256 " in (out / "environment.txt").read_text()
     rows = summary["bench_rows"]
     assert [(r["model"], r["backend"], r["status"]) for r in rows] == [
         ("teacher.pt", "torch-fp32", "ok"), ("student.pt", "torch-fp32", "ok"), ("pruned.pt", "torch-fp32", "ok")]

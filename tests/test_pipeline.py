@@ -368,6 +368,44 @@ def test_changed_vggc_source_reruns(tmp_path, monkeypatch):
     assert rec.calls == ["a", "b", "c", "d"] and res[0].why == "rerun (vggc source changed)"
 
 
+def test_a_step_continues_only_an_unfinished_attempt_made_under_its_own_key(tmp_path):
+    """ctx.resumable: a rerun after a failed (or killed) attempt may continue its work only when
+    nothing in the key changed; new training data, --force or a first run start over, and the
+    pipeline's _resumable then deletes the work (a checkpoint) instead of loading it."""
+    from conftest import make_imagefolder
+
+    from vggc.pipeline.build import _resumable
+
+    data = make_imagefolder(tmp_path / "data", per_class=1, classes=2)
+    out, seen, fail = tmp_path / "run", [], [True]
+
+    def train(ctx):
+        ckpt = ctx.out_dir / "m.ckpt"
+        seen.append((ctx.resumable, ckpt.is_file()))
+        resumed = _resumable(lambda resume: {"resumed": resume}, [ckpt], resumable=ctx.resumable)
+        ckpt.write_text(ctx.key)  # what a killed attempt leaves
+        if fail[0]:
+            raise RuntimeError("killed")
+        ctx.output().write_text("model")
+        return resumed
+
+    steps = lambda **kw: [Step("train", ["m.txt"], train, data=data, splits=("train",), **kw)]  # noqa: E731
+    assert run_steps(steps(), out)[0].status.startswith("failed")
+    assert seen == [(False, False)]
+    assert run_steps(steps(), out)[0].status.startswith("failed")  # same key: may continue
+    assert seen[-1] == (True, True)
+    img = next((data / "train" / "class00").iterdir())
+    img.write_bytes(img.read_bytes() + b"\0")  # the training data changed under the checkpoint
+    res = run_steps(steps(), out)[0]
+    assert seen[-1] == (False, True) and res.why == "rerun (train data changed)"
+    assert run_steps(steps(), out, force=True)[0].status.startswith("failed")
+    assert seen[-1] == (False, True)
+    fail[0] = False
+    res = run_steps(steps(), out)[0]
+    assert seen[-1] == (True, True) and res.status == "ok" and res.metrics == {"resumed": True}
+    assert run_steps(steps(settings={"lr": 2}), out)[0].metrics == {"resumed": False}  # finished: nothing to continue
+
+
 def test_other_threads_retimes_only_the_timing_step(tmp_path):
     from conftest import make_imagefolder
 

@@ -170,15 +170,21 @@ def _read_json(path: Path) -> dict:
     return read_json_object(path)
 
 
-def _resumable(run: Callable[[bool], dict], work: list[Path], checkpoints: list[Path] | None = None) -> dict:
+def _resumable(run: Callable[[bool], dict], work: list[Path], checkpoints: list[Path] | None = None, *,
+               resumable: bool) -> dict:
     """Run a training step, continuing from the checkpoint a killed run left behind.
 
-    When any of ``checkpoints`` (default: all of ``work``) exists, ``run(True)`` resumes from it;
-    if it was made with other settings (a changed preset or seed) every ``work`` file is deleted
-    and the step starts over with ``run(False)``. Returns what ``run`` returns.
+    With ``resumable`` (:attr:`StepContext.resumable`: the killed attempt ran under this step's key)
+    and any of ``checkpoints`` (default: all of ``work``) there, ``run(True)`` resumes from it; if it
+    was made with other settings (a changed preset or seed) every ``work`` file is deleted and the
+    step starts over with ``run(False)``. Without ``resumable`` (the data, the code, a library or
+    an input file changed since) the ``work`` files are deleted first. Returns what ``run`` returns.
     """
     from vggc.errors import StaleCheckpointError
 
+    if not resumable:
+        for p in work:
+            p.unlink(missing_ok=True)
     if any(p.is_file() for p in (work if checkpoints is None else checkpoints)):
         try:
             return run(True)
@@ -391,7 +397,7 @@ def _prune_run(b: Build, ctx: StepContext, target: float) -> Callable[[Path, int
             resume=resume, progress=b.progress, kd=kd, teacher_model=teacher,
             teacher_backend=TEACHER_BACKEND if teacher else None, stop_drop_pt=stop if epochs > p.stop_after else None,
             stop_after=p.stop_after, reference=_read_json(ctx.dep(SOURCE_EVAL)), curve=True),
-            work_files(out, spec.steps))
+            work_files(out, spec.steps), resumable=ctx.resumable)
         rule = metrics.get("stop_rule") or {}
         metrics["command"] = cmds.prune_cmd(
             b.weights_arg, ctx.shell(out), b.data_arg, strategy=p.prune_strategy, target=target,
@@ -511,7 +517,7 @@ def _distill_run(b: Build, ctx: StepContext) -> Callable[[Path, int], dict]:
             KDConfig(temperature=4.0, alpha=0.9), width_mult=p.distill_width, limit=p.distill_limit,
             eval_limit=p.eval_limit, resume=resume, progress=b.progress, teacher_model=teacher,
             teacher_backend=TEACHER_BACKEND, reference=_read_json(ctx.dep(SOURCE_EVAL)), curve=True),
-            work, checkpoints=work[:1])
+            work, checkpoints=work[:1], resumable=ctx.resumable)
         metrics["command"] = cmds.distill_cmd(
             b.weights_arg, ctx.shell(out), b.data_arg, epochs=epochs, lr=p.distill_lr, batch=p.train_batch,
             limit=p.distill_limit, eval_limit=p.eval_limit, width=p.distill_width, temperature=4.0, alpha=0.9,

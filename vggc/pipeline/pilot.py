@@ -25,9 +25,9 @@ def _marker(ctx: "StepContext") -> Path:
 
 
 def _identity(ctx: "StepContext", epochs: int) -> dict:
-    from vggc.provenance import source_digest
-
-    return {"settings": ctx.step.settings, "epochs": epochs, "vggc_source": source_digest()}
+    """What a pilot was trained under: the step's key (its settings, input files, data, code and
+    libraries: :func:`vggc.pipeline.keys.key_inputs`) and the pilot's epochs."""
+    return {"step_key": ctx.key, "epochs": epochs}
 
 
 def _pilot(ctx: "StepContext", run: Callable[[Path, int], dict], epochs: int) -> tuple[dict, bool]:

@@ -58,11 +58,15 @@ class Step:
 
 @dataclass
 class StepContext:
-    """What a running step gets: the run directory and the output paths of every step."""
+    """What a running step gets: the run directory, the output paths of every step, the step's
+    cache key and whether it may continue the work (checkpoints, a pilot) its previous attempt
+    left: only when that attempt ran under this same key and did not finish."""
 
     out_dir: Path
     paths: dict[str, list[Path]]
     step: Step
+    key: str = ""
+    resumable: bool = False
 
     def output(self, i: int = 0) -> Path:
         return self.out_dir / self.step.outputs[i]
@@ -246,19 +250,22 @@ def run_steps(steps: list[Step], out_dir: Path, *, force: bool = False,
             continue
         log(f"== {step.name}{': ' + step.label if step.label else ''}")
         log(f"-- {step.name}: {why}")
+        # an unfinished attempt under other key inputs (data, code, libraries, an input file) left
+        # work that is not this run's to continue
+        resumable = bool(doc and doc.get("unfinished") and not force and key_of(doc.get("key_inputs") or {}) == key)
         write_json(_last_inputs(out_dir, step.name), inputs)
         _marker(out_dir, step.name).unlink(missing_ok=True)
-        results[step.name] = _run_one(step, out_dir, paths, key, inputs, why, log)
+        results[step.name] = _run_one(StepContext(out_dir, paths, step, key, resumable), inputs, why, log)
     return [results[s.name] for s in steps]
 
 
-def _run_one(step: Step, out_dir: Path, paths: dict[str, list[Path]], key: str, inputs: dict, why: str,
-             log: Callable[[str], None]) -> StepResult:
+def _run_one(ctx: StepContext, inputs: dict, why: str, log: Callable[[str], None]) -> StepResult:
     """Run one step that is not reusable; write its marker when it succeeds; return its result
     (with the seconds it took and the work it did, :mod:`vggc.work`)."""
+    step, out_dir, key = ctx.step, ctx.out_dir, ctx.key
     t0, before = time.perf_counter(), work.snapshot()
     try:
-        metrics = step.run(StepContext(out_dir, paths, step)) or {}
+        metrics = step.run(ctx) or {}
         missing = [o for o in step.outputs if not (out_dir / o).is_file()]
         if missing:
             raise VggcError(f"step wrote no {', '.join(missing)}")
