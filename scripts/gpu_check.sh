@@ -72,6 +72,8 @@ vggc() { "$PY" -m vggc.cli "$@"; }
   echo "mode: $MODE"
   echo "date: $(date -u +%FT%TZ)"
   echo "checkout: $ROOT ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'not a git checkout'))"
+  # the code that ran, whatever git says (a copied tree can carry a stale .git)
+  "$PY" -c "from vggc.provenance import source_digest; print('vggc source sha256', source_digest())"
   "$PY" -c "import torch, platform; print('python', platform.python_version()); print('torch', torch.__version__, 'cuda', torch.version.cuda); print('gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 } > "$OUT/environment.txt" 2>&1
@@ -107,9 +109,12 @@ for m in ("teacher", "student", "pruned"):
         doc = json.loads(man.read_text())
         met = doc.get("metrics") or {}
         train = met.get("train") or {}
+        ft_steps = met.get("steps") or [{}]  # vggc prune: the fine-tune's settings and each step's precision
+        ft = (doc.get("settings") or {}).get("finetune") or {}
         models[m] = {"top1": met.get("top1"), "eval_n": met.get("n"), "arch": doc.get("arch") or "vgg16_bn",
                      "train_seconds": train.get("seconds") or met.get("finetune_seconds"),
-                     "train_device": train.get("device"), "train_precision": train.get("precision"),
+                     "train_device": train.get("device") or ft.get("device"),
+                     "train_precision": train.get("precision") or ft_steps[-1].get("precision"),
                      "macs": doc.get("macs"), "params": doc.get("params")}
 bench = out / "bench" / "results.json"
 rows = json.loads(bench.read_text()) if bench.is_file() else []
