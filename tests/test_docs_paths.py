@@ -5,30 +5,15 @@ answer is what the answer code makes of the committed results (its commands rela
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
+from vggc.bench.rebuild import machine_paths_in_text as machine_paths
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 TEXT_SUFFIXES = (".md", ".json", ".csv", ".txt", ".sh", ".log")
-# system directories, the same on every POSIX machine (a library's log may name /usr/local)
-SYSTEM_DIRS = ("usr", "etc", "dev", "proc", "sys", "bin", "sbin", "lib", "lib64")
-_PART = r"[\w.+-]+"
-MACHINE_PATH = re.compile(
-    # an absolute POSIX path of two or more parts that starts a word: not inside a relative path
-    # (../x/y, $OUT/x/y, <out>/x/y), a URL (https://h/x/y, host:8000/v2/x) or a fraction (min/opt/max);
-    # neither a system directory nor an HTTP route's version (/v2/health/ready)
-    rf"(?<![\w.~$/:@<>{{}})\]*%+\\-])/(?!(?:{'|'.join(SYSTEM_DIRS)})/)(?!v\d+/){_PART}/{_PART}"
-    rf"|file://(?:localhost)?/{_PART}/{_PART}"  # a file URL is a path of this machine
-    r"|(?<![\w])[A-Za-z]:\\[\w.+ -]+\\"  # Windows: C:\Users\...
-)
-
-
-def machine_paths(text: str) -> list[str]:
-    """Return the absolute machine paths in ``text`` (:data:`MACHINE_PATH` matches)."""
-    return [m.group(0) for m in MACHINE_PATH.finditer(text)]
 
 
 @pytest.mark.parametrize("text", [

@@ -115,6 +115,25 @@ def expand_out(command: str, out_dir: str) -> str:
     return " ".join(out)
 
 
+# system directories, the same on every POSIX machine (a library's log may name /usr/local)
+_SYSTEM_DIRS = ("usr", "etc", "dev", "proc", "sys", "bin", "sbin", "lib", "lib64")
+_PART = r"[\w.+-]+"
+MACHINE_PATH_IN_TEXT = re.compile(
+    # an absolute POSIX path of two or more parts that starts a word: not inside a relative path
+    # (../x/y, $OUT/x/y, <out>/x/y), a URL (https://h/x/y, host:8000/v2/x) or a fraction (min/opt/max);
+    # neither a system directory nor an HTTP route's version (/v2/health/ready)
+    rf"(?<![\w.~$/:@<>{{}})\]*%+\\-])/(?!(?:{'|'.join(_SYSTEM_DIRS)})/)(?!v\d+/){_PART}/{_PART}"
+    rf"|file://(?:localhost)?/{_PART}/{_PART}"  # a file URL is a path of this machine
+    r"|(?<![\w])[A-Za-z]:\\[\w.+ -]+\\"  # Windows: C:\Users\...
+)
+
+
+def machine_paths_in_text(text: str) -> list[str]:
+    """Return the absolute paths of one machine that ``text`` names (:data:`MACHINE_PATH_IN_TEXT`
+    matches): what a committed result or doc must not hold, since it holds on that machine only."""
+    return [m.group(0) for m in MACHINE_PATH_IN_TEXT.finditer(text)]
+
+
 def machine_paths(commands: list[str]) -> list[str]:
     """Return the absolute paths the commands name (words, or ``--name=value`` values, that start
     with ``/``), each once, in order: they hold on one machine only."""
