@@ -176,3 +176,13 @@ def make_tiny_student(d: Path, n: int = 40, seed: int = 0) -> dict:
     weights = d / "student.pt"
     save_state_dict(model.state_dict(), weights)
     return {"dir": d, "model": model, "weights": weights, "data": d / "data"}
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` (not a package) as a module; return it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_runs.py"
+from conftest import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("compare_runs")
 
 
 def _run(d: Path, rows: list[tuple], steps: dict) -> Path:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from vggc.bench.rebuild import machine_paths_in_text
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "publish_run.py"
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("publish_run", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("publish_run")
 
 
 def _run(tmp_path: Path, data: Path) -> Path:
