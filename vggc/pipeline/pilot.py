@@ -77,7 +77,6 @@ def run_allocated(ctx: "StepContext", run: Callable[[Path, int], dict], *, pilot
     ``run(out, epochs) -> metrics`` trains one model; ``history(metrics)`` returns its epoch records,
     ``earlier(metrics)`` those a resumed run restored from its checkpoint, and ``stopped(metrics)``
     why it stopped early (or ``None``)."""
-
     final = ctx.output(0)
     pilot, reused = _pilot(ctx, run, pilot_epochs)
     spent_before = epoch_seconds(history(pilot) if reused else earlier(pilot))
