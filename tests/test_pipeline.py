@@ -239,9 +239,9 @@ def test_stale_checkpoint_from_other_settings_is_discarded(tmp_path, monkeypatch
     _tiny_setup(tmp_path, monkeypatch, prune_finetune_epochs=3)  # the user changed the budget
     res = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"])
     assert {s["name"]: s["status"] for s in res["steps"]}["prune50"] == "ok"
-    assert tries == [False, True, False]  # tried to resume, found it stale, started over
-    # the stale checkpoint is refused by its settings file before any fit could resume it
-    assert calls == [False, False]
+    # the step's key changed with the budget, so the killed attempt's checkpoint is deleted before
+    # any resume is tried (its settings file would refuse it too: vggc prune --resume)
+    assert tries == [False, False] and calls == [False, False]
     manifest = json.loads((out / "tiny_pruned50.pt.json").read_text())
     assert [h["epoch"] for h in manifest["metrics"]["steps"][0]["history"]] == [1, 2, 3]
 
