@@ -186,3 +186,21 @@ def load_script(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+TINY_PRESET = dict(parity_limit=None, calib_size=20, prune_target_macs=0.5, prune_finetune_epochs=1, prune_limit=None,
+                   distill_epochs=1, distill_limit=None, distill_width=0.25, eval_limit=None, bench_quick=True,
+                   bench_limit=None, bench_batch=8, train_batch=8)
+
+
+def use_tiny_preset(monkeypatch, **overrides):
+    """Register the pipeline preset ``"tiny"`` (:data:`TINY_PRESET`, ``overrides`` replacing fields) for
+    this test and return it. Its bench times each row for its minimum calls per round only, with no
+    minimum seconds: these tests check rows, keys and files, never speed (speed lives in `vggc bench`)."""
+    from vggc import pipeline
+    from vggc.bench import timed
+
+    preset = pipeline.Preset("tiny", **{**TINY_PRESET, **overrides})
+    monkeypatch.setitem(pipeline.PRESETS, "tiny", preset)
+    monkeypatch.setattr(timed, "ROUND_TASK", {"batch": (2, 0.0), "b1": (3, 0.0)})
+    return preset

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, make_imagefolder, make_tiny_quant_setup, make_tiny_vgg
+from conftest import assert_one_line_error, make_imagefolder, make_tiny_quant_setup, make_tiny_vgg, use_tiny_preset
 from conftest import run_cli as run
 
 from vggc import runtime
@@ -245,10 +245,7 @@ def test_pipeline_adds_openvino_rows(tmp_path, monkeypatch):
     data = make_imagefolder(tmp_path / "data", per_class=4)
     weights = tmp_path / "tiny.pt"
     save_state_dict(make_tiny_vgg().state_dict(), weights)
-    tiny = pipeline.Preset("tiny", parity_limit=None, calib_size=20, prune_target_macs=0.5, prune_finetune_epochs=1,
-                           prune_limit=None, distill_epochs=1, distill_limit=None, distill_width=0.25,
-                           eval_limit=None, bench_quick=True, bench_limit=None, bench_batch=8, train_batch=8)
-    monkeypatch.setitem(pipeline.PRESETS, "tiny", tiny)
+    tiny = use_tiny_preset(monkeypatch)
     names = [s.name for s in pipeline.build_steps(weights, data, tiny)]
     assert {"int8_ov_static", "pruned50_int8_ov_static"} <= set(names)
     assert "pruned_int8_ov_static" in pipeline.PRESETS["quick"].skip

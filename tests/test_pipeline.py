@@ -103,7 +103,7 @@ def test_pipeline_end_to_end_on_tiny_model(tmp_path, monkeypatch):
     """A real (small) run: export, static INT8, prune, an unavailable TensorRT step, the bench;
     then a rerun that is fully cached with identical accuracies."""
     import torch
-    from conftest import make_imagefolder, make_tiny_vgg
+    from conftest import make_imagefolder, make_tiny_vgg, use_tiny_preset
 
     from vggc import pipeline
 
@@ -111,11 +111,7 @@ def test_pipeline_end_to_end_on_tiny_model(tmp_path, monkeypatch):
     data = make_imagefolder(tmp_path / "data", per_class=4)
     weights = tmp_path / "tiny.pt"
     torch.save(make_tiny_vgg().state_dict(), weights)
-    tiny = pipeline.Preset("tiny", parity_limit=None, calib_size=20, prune_target_macs=0.5, prune_finetune_epochs=1,
-                           prune_limit=None, distill_epochs=1, distill_limit=None, distill_width=0.25,
-                           eval_limit=None, bench_quick=True, bench_limit=None, bench_batch=8,
-                           train_batch=8)
-    monkeypatch.setitem(pipeline.PRESETS, "tiny", tiny)
+    use_tiny_preset(monkeypatch)
     out = tmp_path / "run"
     only = ["onnx_fp32", "int8_ort_static", "prune", "trt_fp16"]
     first = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=only)
@@ -139,7 +135,7 @@ def test_pipeline_end_to_end_on_tiny_model(tmp_path, monkeypatch):
 
 def _tiny_setup(tmp_path, monkeypatch, **preset):
     import torch
-    from conftest import make_imagefolder, make_tiny_vgg
+    from conftest import make_imagefolder, make_tiny_vgg, use_tiny_preset
 
     from vggc import pipeline
 
@@ -147,11 +143,7 @@ def _tiny_setup(tmp_path, monkeypatch, **preset):
     data = make_imagefolder(tmp_path / "data", per_class=4)
     weights = tmp_path / "tiny.pt"
     torch.save(make_tiny_vgg().state_dict(), weights)
-    settings = dict(parity_limit=None, calib_size=20, prune_target_macs=0.5, prune_finetune_epochs=1,
-                    prune_limit=None, distill_epochs=1, distill_limit=None, distill_width=0.25, eval_limit=None,
-                    bench_quick=True, bench_limit=None, bench_batch=8, train_batch=8)
-    settings.update(preset)
-    monkeypatch.setitem(pipeline.PRESETS, "tiny", pipeline.Preset("tiny", **settings))
+    use_tiny_preset(monkeypatch, **preset)
     return pipeline, weights, data
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_student
+from conftest import make_tiny_student, use_tiny_preset
 from conftest import run_cli as run
 
 from vggc.artifacts import save_state_dict
@@ -216,10 +216,7 @@ def _student_pipeline(tmp_path, monkeypatch):
     src = make_tiny_student(tmp_path / "src")
     weights = tmp_path / "tiny.pt"
     shutil.copyfile(src["weights"], weights)
-    tiny = pipeline.Preset("tiny", parity_limit=None, calib_size=20, prune_target_macs=0.5, prune_finetune_epochs=1,
-                           prune_limit=None, distill_epochs=1, distill_limit=None, distill_width=0.25,
-                           eval_limit=None, bench_quick=True, bench_limit=None, bench_batch=8, train_batch=8)
-    monkeypatch.setitem(pipeline.PRESETS, "tiny", tiny)
+    use_tiny_preset(monkeypatch)
     return pipeline, weights, src["data"]
 
 
