@@ -176,22 +176,18 @@ def cache_dir() -> Path:
 
 
 def _listing_key(kind: str, path: Path, split: str) -> str:
+    """Return a digest of one split's listing: its resolved path and every file's name, size and
+    mtime (one stat each, no read)."""
     h = hashlib.sha256(f"{CACHE_VERSION}|{kind}|{path.resolve()}|{split}".encode())
-    if kind == "imagefolder":
-        base = path / split
-        for cdir in sorted(p for p in base.iterdir() if p.is_dir()):
-            for e in sorted(os.scandir(cdir), key=lambda e: e.name):
-                st = e.stat()
-                h.update(f"{cdir.name}/{e.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    else:
-        for f in sorted(path.iterdir()):
-            st = f.stat()
-            h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    for name, f in _split_files(kind, path, split):
+        st = f.stat()
+        h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
 
 
 def _split_files(kind: str, path: Path, split: str) -> Iterator[tuple[str, Path]]:
-    """Yield ``(name relative to the split, path)`` of every file :func:`_listing_key` lists, in its order."""
+    """Yield ``(name relative to the split, path)`` of every file of one split (an ImageFolder's
+    class folders, or the python batches' folder), sorted: what its listing and content keys cover."""
     if kind == "imagefolder":
         base = path / split
         for cdir in sorted(p for p in base.iterdir() if p.is_dir()):

@@ -236,12 +236,15 @@ def run_steps(steps: list[Step], out_dir: Path, *, force: bool = False,
         key = key_of(inputs)
         doc = _previous(out_dir, step)
         reuse, why = _cached(out_dir, doc, key)
+        # only an unfinished attempt under these same key inputs left work (checkpoints, a pilot) that
+        # this run may continue; one under other data, code, libraries or input files did not
+        resumable = bool(doc and doc.get("unfinished") and not force and key_of(doc.get("key_inputs") or {}) == key)
         if force:
             reuse, why = False, "rerun (--force)"
+        elif resumable:
+            why = "rerun (its previous attempt did not finish)"
         elif not why:
             why = describe_changes(None if doc is None else doc.get("key_inputs") or {}, inputs)
-            if doc.get("unfinished") and why.startswith("rerun (key inputs unchanged"):
-                why = "rerun (its previous attempt did not finish)"
         if reuse:
             results[step.name] = StepResult(step.name, "cached", 0.0, step.outputs, doc.get("metrics", {}),
                                             why=why, key_inputs=inputs,
@@ -250,9 +253,6 @@ def run_steps(steps: list[Step], out_dir: Path, *, force: bool = False,
             continue
         log(f"== {step.name}{': ' + step.label if step.label else ''}")
         log(f"-- {step.name}: {why}")
-        # an unfinished attempt under other key inputs (data, code, libraries, an input file) left
-        # work that is not this run's to continue
-        resumable = bool(doc and doc.get("unfinished") and not force and key_of(doc.get("key_inputs") or {}) == key)
         write_json(_last_inputs(out_dir, step.name), inputs)
         _marker(out_dir, step.name).unlink(missing_ok=True)
         results[step.name] = _run_one(StepContext(out_dir, paths, step, key, resumable), inputs, why, log)
