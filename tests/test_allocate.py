@@ -132,8 +132,8 @@ def test_timed_pipeline_pilots_allocates_and_reuses_the_pilot(tmp_path, monkeypa
     pipeline, weights, data = _tiny_setup(tmp_path, monkeypatch, prune_finetune_epochs=2, max_finetune_epochs=4)
     log: list[str] = []
     out = tmp_path / "run"
-    res = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune"], time_budget="2h",
-                                log=log.append)
+    res = pipeline.run_pipeline(weights, data, preset="tiny", out_dir=out, only=["prune", "pruned50_onnx"],
+                                time_budget="2h", log=log.append)
     step = {s["name"]: s for s in res["steps"]}["prune50"]
     assert step["status"] == "ok", step["status"]
     a = step["metrics"]["allocation"]
@@ -147,7 +147,11 @@ def test_timed_pipeline_pilots_allocates_and_reuses_the_pilot(tmp_path, monkeypa
     cmd = shlex.split(step["metrics"]["command"])
     assert cmd[cmd.index("--finetune-epochs") + 1] == str(a["epochs"]) and "--curve" in cmd
     assert cmd[cmd.index("--out") + 1] == "$OUT/tiny_pruned50.pt"
-    assert any(m.startswith("-- prune50: ") and "epoch(s)" in m for m in log)
+    # the decision is logged as soon as the step ends, right after its "done" line (a long run's log shows
+    # it while later steps train, and a killed run has it), and before the next step's lines
+    i = next(i for i, m in enumerate(log) if m.startswith("-- prune50: done in"))
+    assert log[i + 1].startswith(f"-- prune50: {a['epochs']} epoch(s) (") and a["why"] in log[i + 1]
+    assert log[i + 2] == "== pruned50_onnx: ONNX FP32 export", log[i:i + 3]
     budget = json.loads((out / "pipeline.json").read_text())["time_budget"]
     assert budget["seconds"] == 7200 and budget["within"]
     assert budget["spent_seconds"] == pytest.approx(sum(s["spent"] for s in res["steps"]), abs=0.05)

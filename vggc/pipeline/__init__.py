@@ -184,6 +184,20 @@ def _bench_step(weights: Path, data: Path, p: Preset, out: Path, steps: list[Ste
                 environment=lambda: provenance.timing_environment(threads))
 
 
+def _log_decisions(r: StepResult, log: Callable[[str], None]) -> None:
+    """Log what a finished (or cached) step decided, right after its own lines: an INT8 step that could not
+    keep to the accuracy budget says so (its row shows the drop); a trained step of a run with a time budget
+    says how many epochs it got and why (``metrics["allocation"]``, :mod:`vggc.pipeline.allocate`)."""
+    if not r.ok:
+        return
+    if r.metrics.get("budget_note"):
+        log(f"-- {r.name}: {r.metrics['budget_note']}")
+    a = r.metrics.get("allocation")
+    if a:
+        pilot = f"after a {a['pilot_epochs']}-epoch pilot: " if a["extended"] else ""
+        log(f"-- {r.name}: {a['epochs']} epoch(s) ({pilot}{a['why']})")
+
+
 def _run(weights: Path, data: Path, p: Preset, preset: str, out: Path, steps: list[Step], skipped: list[Step], *,
          seed: int, force: bool, threads: int, progress: Progress, log: Callable[[str], None],
          max_drop_pt: float | None = None, given: tuple[str, str, str] | None = None) -> dict:
@@ -198,13 +212,7 @@ def _run(weights: Path, data: Path, p: Preset, preset: str, out: Path, steps: li
         if stale:
             log(f"-- removed {len(stale)} temporary file(s) left by an interrupted run")
         t0 = time.perf_counter()
-        results = run_steps(steps, out, force=force, log=log)
-        for r in results:  # an INT8 step that could not keep to the budget says so (its row shows the drop)
-            if r.ok and r.metrics.get("budget_note"):
-                log(f"-- {r.name}: {r.metrics['budget_note']}")
-            if r.ok and r.metrics.get("allocation"):  # a trained step of a run with a time budget
-                a = r.metrics["allocation"]
-                log(f"-- {r.name}: {a['epochs']} epoch(s) ({'after a ' + str(a['pilot_epochs']) + '-epoch pilot: ' if a['extended'] else ''}{a['why']})")
+        results = run_steps(steps, out, force=force, log=log, after=lambda r: _log_decisions(r, log))
         for s in skipped:
             steps.append(s)
             results.append(StepResult(s.name, f"skipped: not in the {p.name} preset (use --preset full or --only)"))

@@ -201,11 +201,14 @@ def claim_out_dir(out_dir: Path) -> Iterator[list[Path]]:
 
 
 def run_steps(steps: list[Step], out_dir: Path, *, force: bool = False,
-              log: Callable[[str], None] = lambda _m: None) -> list[StepResult]:
+              log: Callable[[str], None] = lambda _m: None,
+              after: Callable[[StepResult], None] | None = None) -> list[StepResult]:
     """Run ``steps`` in order (dependencies must come first); return one result per step.
 
     A step whose dependency did not succeed is skipped with the reason; a failing step is
     recorded and the rest go on. ``KeyboardInterrupt`` propagates (nothing is marked done).
+    ``after`` is called with each step's result as soon as it is known (run, cached, skipped or
+    unavailable), before the next step starts: what it logs stands beside that step's lines.
     """
     from vggc.data import split_fingerprint
 
@@ -221,42 +224,47 @@ def run_steps(steps: list[Step], out_dir: Path, *, force: bool = False,
     results: dict[str, StepResult] = {}
     paths = {s.name: [out_dir / o for o in s.outputs] for s in steps}
     for step in steps:
-        bad_dep = next((d for d in step.deps if not results[d].ok), None)
-        if bad_dep:
-            results[step.name] = StepResult(step.name, f"skipped: needs {bad_dep} ({results[bad_dep].status})")
-            log(f"-- {step.name}: {results[step.name].status}")
-            continue
-        reason = step.available()
-        if reason:
-            results[step.name] = StepResult(step.name, f"unavailable: {reason}")
-            log(f"-- {step.name}: unavailable ({reason})")
-            continue
-        input_files = [*step.inputs, *(p for d in step.deps for p in paths[d])]
-        inputs = step_inputs(step, input_files, fingerprint)
-        key = key_of(inputs)
-        doc = _previous(out_dir, step)
-        reuse, why = _cached(out_dir, doc, key)
-        # only an unfinished attempt under these same key inputs left work (checkpoints, a pilot) that
-        # this run may continue; one under other data, code, libraries or input files did not
-        resumable = bool(doc and doc.get("unfinished") and not force and key_of(doc.get("key_inputs") or {}) == key)
-        if force:
-            reuse, why = False, "rerun (--force)"
-        elif resumable:
-            why = "rerun (its previous attempt did not finish)"
-        elif not why:
-            why = describe_changes(None if doc is None else doc.get("key_inputs") or {}, inputs)
-        if reuse:
-            results[step.name] = StepResult(step.name, "cached", 0.0, step.outputs, doc.get("metrics", {}),
-                                            why=why, key_inputs=inputs,
-                                            spent=float(doc.get("spent", doc.get("seconds", 0.0))))
-            log(f"-- {step.name}: cached")
-            continue
-        log(f"== {step.name}{': ' + step.label if step.label else ''}")
-        log(f"-- {step.name}: {why}")
-        write_json(_last_inputs(out_dir, step.name), inputs)
-        _marker(out_dir, step.name).unlink(missing_ok=True)
-        results[step.name] = _run_one(StepContext(out_dir, paths, step, key, resumable), inputs, why, log)
+        results[step.name] = _decide(step, out_dir, paths, results, fingerprint, force, log)
+        if after is not None:
+            after(results[step.name])
     return [results[s.name] for s in steps]
+
+
+def _decide(step: Step, out_dir: Path, paths: dict, results: dict, fingerprint, force: bool,
+            log: Callable[[str], None]) -> StepResult:
+    """Skip, reuse or run ``step`` (see :func:`run_steps`; ``results``: those of the steps before it);
+    return its result."""
+    bad_dep = next((d for d in step.deps if not results[d].ok), None)
+    if bad_dep:
+        log(f"-- {step.name}: skipped: needs {bad_dep} ({results[bad_dep].status})")
+        return StepResult(step.name, f"skipped: needs {bad_dep} ({results[bad_dep].status})")
+    reason = step.available()
+    if reason:
+        log(f"-- {step.name}: unavailable ({reason})")
+        return StepResult(step.name, f"unavailable: {reason}")
+    input_files = [*step.inputs, *(p for d in step.deps for p in paths[d])]
+    inputs = step_inputs(step, input_files, fingerprint)
+    key = key_of(inputs)
+    doc = _previous(out_dir, step)
+    reuse, why = _cached(out_dir, doc, key)
+    # only an unfinished attempt under these same key inputs left work (checkpoints, a pilot) that
+    # this run may continue; one under other data, code, libraries or input files did not
+    resumable = bool(doc and doc.get("unfinished") and not force and key_of(doc.get("key_inputs") or {}) == key)
+    if force:
+        reuse, why = False, "rerun (--force)"
+    elif resumable:
+        why = "rerun (its previous attempt did not finish)"
+    elif not why:
+        why = describe_changes(None if doc is None else doc.get("key_inputs") or {}, inputs)
+    if reuse:
+        log(f"-- {step.name}: cached")
+        return StepResult(step.name, "cached", 0.0, step.outputs, doc.get("metrics", {}), why=why, key_inputs=inputs,
+                          spent=float(doc.get("spent", doc.get("seconds", 0.0))))
+    log(f"== {step.name}{': ' + step.label if step.label else ''}")
+    log(f"-- {step.name}: {why}")
+    write_json(_last_inputs(out_dir, step.name), inputs)
+    _marker(out_dir, step.name).unlink(missing_ok=True)
+    return _run_one(StepContext(out_dir, paths, step, key, resumable), inputs, why, log)
 
 
 def _run_one(ctx: StepContext, inputs: dict, why: str, log: Callable[[str], None]) -> StepResult:
