@@ -236,8 +236,9 @@ def _decide(step: Step, out_dir: Path, paths: dict, results: dict, fingerprint, 
     return its result."""
     bad_dep = next((d for d in step.deps if not results[d].ok), None)
     if bad_dep:
-        log(f"-- {step.name}: skipped: needs {bad_dep} ({results[bad_dep].status})")
-        return StepResult(step.name, f"skipped: needs {bad_dep} ({results[bad_dep].status})")
+        status = f"skipped: needs {bad_dep} ({results[bad_dep].status})"
+        log(f"-- {step.name}: {status}")
+        return StepResult(step.name, status)
     reason = step.available()
     if reason:
         log(f"-- {step.name}: unavailable ({reason})")
