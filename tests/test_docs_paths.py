@@ -59,7 +59,7 @@ def test_doc_json_parses():
 
 
 @pytest.mark.parametrize("run, out_dir", [("frontier-amx", "runs/full6"), ("frontier-amx/complete", "runs/full6"),
-                                          ("budget-amx", "runs/full7")])
+                                          ("budget-amx", "runs/full7"), ("full-amx", "runs/full11")])
 def test_the_committed_answer_is_the_answer_of_the_committed_results(run, out_dir):
     from vggc.bench.answer import answer, markdown_section
 
