@@ -76,3 +76,25 @@ def test_the_committed_answer_is_the_answer_of_the_committed_results(run, out_di
     section = (d / "report.md").read_text().split("\n## The answer\n", 1)[1]
     assert "## The answer\n" + section == "\n".join(markdown_section(doc) + [""])
     assert f"```sh\nOUT={out_dir}\nvggc " in section
+
+
+def test_the_retimed_bench_answer_is_the_answer_of_its_results_and_its_commands_name_the_run():
+    """docs/full-amx/bench2: a standalone `vggc bench` of runs/full11's files (no pipeline, so the rebuild
+    commands come from the model manifests with the run's paths written out, not $OUT)."""
+    from vggc.bench.answer import answer
+
+    d = DOCS / "full-amx" / "bench2"
+    rows = json.loads((d / "results.json").read_text())
+    doc = json.loads((d / "answer.json").read_text())
+    made = json.loads(json.dumps(answer(rows), default=str))
+
+    def picks(a):
+        return {k: {n: {f: v for f, v in t.items() if not f.startswith("rebuild")} for n, t in a["targets"].items()}
+                for k, a in (("1%", a), ("98%", a["at_98pct"]))}
+
+    assert picks(made) == picks(doc)
+    assert doc["targets"]["cpu-throughput"]["model"] == "vgg16_bn_cifar10_pruned12_5_int8_ov_static.xml"
+    for t in doc["targets"].values():
+        assert t["rebuild_from"] == "manifests" and t["rebuild_machine_paths"] == []
+        assert t["rebuild"][-1].endswith(f"--out {t['path']}") and t["path"].startswith("runs/full11/")
+

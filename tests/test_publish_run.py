@@ -73,3 +73,27 @@ def test_publish_refuses_a_path_it_cannot_rewrite_and_leaves_nothing(tmp_path, m
     (run / "pipeline.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="its steps read 2 data directories"):
         mod.publish(Path("runs/full"), tmp_path / "docs" / "other", data_as="../data")
+
+
+def test_publish_of_a_later_bench_takes_its_files_and_leaves_out_the_manifests(tmp_path, monkeypatch):
+    mod = _load()
+    data = tmp_path / "shared" / "data" / "cifar"
+    run = _run(tmp_path, data)
+    later = tmp_path / "runs" / "full-bench2"
+    later.mkdir()
+    (later / "results.json").write_text(json.dumps([{"model": "$OUT/m.pt", "top1": 0.9, "throughput": 2.0}]))
+    (later / "results.json.json").write_text(json.dumps({"settings": {"accuracy_cache": str(later / "c.json"),
+                                                                       "data": str(data)}}))
+    (later / "accuracy-cache.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    dest = tmp_path / "docs" / "full" / "bench2"
+    files = mod.publish(Path("runs/full"), dest, data_as="../shared/data/cifar", bench=Path("runs/full-bench2"))
+    assert sorted(str(f.relative_to(dest)) for f in files) == ["pipeline.json", "results.json",
+                                                                "results.json.manifest.json"]
+    assert json.loads((dest / "results.json").read_text())[0]["throughput"] == 2.0
+    assert json.loads((dest / "results.json.manifest.json").read_text())["settings"] == {
+        "accuracy_cache": "runs/full-bench2/c.json", "data": "../shared/data/cifar"}
+    (later / "results.json").unlink()
+    with pytest.raises(ValueError, match="no results.json"):
+        mod.publish(Path("runs/full"), tmp_path / "docs" / "x", data_as="../d", bench=Path("runs/full-bench2"))
+    assert run.is_dir() and not (tmp_path / "docs" / "x").exists()
