@@ -16,7 +16,12 @@ the ratios come from the same minutes. On a CPU without native bf16 the bf16 row
 (slow) and vggc trains in fp32 (``--precision auto``).
 
     .venv/bin/python scripts/train_speed.py --weights ../shared/models/vgg16_bn_cifar10.pt --rounds 5 \
-        [--teacher-model RUN/vgg16_bn_cifar10_int8_ov_static.xml] --json speed.json
+        [--teacher-model RUN/vgg16_bn_cifar10_int8_ov_static.xml] [--profile] --json speed.json
+
+--profile then runs one more short epoch per model under vggc's own policy (``--precision auto``) inside
+``torch.profiler`` and prints where the step's time goes: each op group's share of the self CPU time of the
+PyTorch ops recorded (:data:`OP_GROUPS`; an OpenVINO teacher's inference is not a PyTorch op, so it is not in
+the total), to show what bounds the training throughput.
 """
 
 from __future__ import annotations
@@ -34,6 +39,15 @@ from vggc.compress.distill import DistillLoss, KDConfig
 from vggc.data import Split
 
 POLICIES = ("fp32", "bf16-all", "bf16+fp32-islands")
+# profile groups, first match wins: (group, substrings of the aten op name)
+OP_GROUPS = (("convolution backward", ("convolution_backward",)),
+             ("convolution forward", ("convolution",)),
+             ("batch norm backward", ("batch_norm_backward",)),
+             ("batch norm forward", ("batch_norm",)),
+             ("activation backward", ("hardtanh_backward", "threshold_backward")),
+             ("activation forward", ("clamp", "hardtanh", "relu")),
+             ("copies and casts", ("copy_", "_to_copy")),
+             ("linear", ("addmm", "::mm", "linear")))
 
 
 @contextmanager
@@ -60,6 +74,29 @@ def _models(weights: str, target: float, width: float) -> dict:
             f"mobilenet_v2 x{width:g}": mobilenet_v2_cifar(width, 10).state_dict()}
 
 
+def op_group(name: str) -> str:
+    """Return the :data:`OP_GROUPS` group of a profiler event name (``"other"`` when none matches)."""
+    return next((g for g, keys in OP_GROUPS if any(k in name for k in keys)), "other")
+
+
+def profile_fit(model, split, pre, teacher) -> dict:
+    """Run one short KD epoch of ``model`` under vggc's default precision inside ``torch.profiler``; return
+    its img/s, the precision, and each op group's share of the recorded aten ops' self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = train.TrainConfig(epochs=1, batch_size=128, lr=0.01, precision="auto", seed=0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        res = train.fit(model, split, pre, cfg, loss_fn=DistillLoss(teacher, KDConfig(), 0.1), checkpoint_minutes=None)
+    groups: dict = {}
+    for ev in prof.key_averages():
+        if ev.key.startswith("aten::"):
+            groups[op_group(ev.key)] = groups.get(op_group(ev.key), 0.0) + ev.self_cpu_time_total
+    total = sum(groups.values()) or 1.0
+    return {"precision": res.precision, "fp32_layers": len(res.fp32_layers),
+            "images_per_s_profiled": res.history[-1]["images_per_s"],
+            "share": {g: round(v / total, 4) for g, v in sorted(groups.items(), key=lambda kv: -kv[1])}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", default="../shared/models/vgg16_bn_cifar10.pt")
@@ -70,6 +107,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12, help="batches of 128 per timed epoch")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--profile", action="store_true", help="then profile one epoch per model (vggc's policy) "
+                                                            "and print each op group's share of the time")
     args = ap.parse_args()
 
     from pathlib import Path
@@ -119,6 +158,15 @@ def main() -> None:
                    "all": v, "ratio_vs_bf16_all": statistics.median(v) / ref}
             out["rows"].append(row)
             print(f"{model_name:<28} {pol:<18} {row['p50']:10.1f} {row['p90']:10.1f} {row['ratio_vs_bf16_all']:10.2f}x")
+    if args.profile:
+        out["profile"] = {}
+        for model_name in states:
+            model, _, _ = model_from_state_dict(states[model_name])
+            prof = out["profile"][model_name] = profile_fit(model, split, pre, teacher)
+            print(f"\nwhere {model_name}'s KD step spends its time ({prof['precision']}, "
+                  f"{prof['images_per_s_profiled']:.1f} img/s under the profiler; share of aten self CPU time):")
+            for g, v in prof["share"].items():
+                print(f"  {g:<22} {100 * v:5.1f} %")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
