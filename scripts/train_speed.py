@@ -20,8 +20,8 @@ the ratios come from the same minutes. On a CPU without native bf16 the bf16 row
 
 --profile then runs one more short epoch per model under vggc's own policy (``--precision auto``) inside
 ``torch.profiler`` and prints where the step's time goes: each op group's share of the self CPU time of the
-PyTorch ops recorded (:data:`OP_GROUPS`; an OpenVINO teacher's inference is not a PyTorch op, so it is not in
-the total), to show what bounds the training throughput.
+PyTorch ops recorded (:data:`OP_GROUPS`; a PyTorch teacher's forward is in the total, an OpenVINO teacher's
+inference is not a PyTorch op and is not), to show what bounds the training throughput.
 """
 
 from __future__ import annotations

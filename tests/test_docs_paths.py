@@ -97,4 +97,3 @@ def test_the_retimed_bench_answer_is_the_answer_of_its_results_and_its_commands_
     for t in doc["targets"].values():
         assert t["rebuild_from"] == "manifests" and t["rebuild_machine_paths"] == []
         assert t["rebuild"][-1].endswith(f"--out {t['path']}") and t["path"].startswith("runs/full11/")
-

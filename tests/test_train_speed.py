@@ -24,9 +24,8 @@ def test_op_group_names_the_kind_of_work(name, group):
 
 
 def test_profile_fit_shares_cover_the_recorded_ops_of_a_real_kd_epoch():
-    from vggc.data import Split
+    from vggc.data import Preprocess, Split
     from vggc.models import mobilenet_v2_cifar
-    from vggc.data import Preprocess
 
     ts = load_script("train_speed")
     torch.manual_seed(0)
