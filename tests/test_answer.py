@@ -83,6 +83,34 @@ def test_each_target_gets_its_own_row_within_the_budget(crafted):
     assert answer(rows, 3.0)["budget_rule"] == "--max-drop"
 
 
+def test_each_target_needs_only_its_own_timing_settled(crafted):
+    """A noisy batch-1 timing does not veto a throughput pick, nor a noisy batch-N one a latency pick;
+    a row without the two flags (written before they were split) needs ``timing_stable`` for both."""
+    from vggc.bench.report import ordered, screen_table
+
+    rows, _ = crafted
+    cpu = [r for r in rows if not is_gpu_row(r)]
+    by = {r["model"]: r for r in cpu}
+    # the unsettled row (fastest within the budget, 1.0 ms) with only its batch-1 timing unsettled
+    by["unsettled.onnx"].update(timing_stable_batch=True, timing_stable_b1=False)
+    doc = answer(cpu)
+    assert doc["targets"]["cpu-throughput"]["model"] == "unsettled.onnx"
+    assert doc["targets"]["cpu-latency"]["model"] == "lowlat.pt2"
+    # the reverse: settled at batch 1 only
+    by["unsettled.onnx"].update(timing_stable_batch=False, timing_stable_b1=True)
+    doc = answer(cpu)
+    assert doc["targets"]["cpu-throughput"]["model"] == "int8.onnx"
+    assert doc["targets"]["cpu-latency"]["model"] == "unsettled.onnx"
+    # the screen marks only the column whose timing did not settle
+    line = next(ln for ln in screen_table([ordered(r) for r in cpu], {"batch": 64}).splitlines() if ln.startswith("unsettled.onnx"))
+    assert "~800.0" in line and "~1.00" not in line
+    # both null (an old row): timing_stable decides both, as before
+    by["unsettled.onnx"].update(timing_stable_batch=None, timing_stable_b1=None)
+    doc = answer(cpu)
+    assert (doc["targets"]["cpu-throughput"]["model"], doc["targets"]["cpu-latency"]["model"]) == (
+        "int8.onnx", "lowlat.pt2")
+
+
 def test_no_qualifying_row_says_why(crafted):
     rows, _ = crafted
     base = rows[0]

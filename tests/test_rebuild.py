@@ -192,7 +192,7 @@ def test_a_real_pipeline_step_marker_feeds_the_manifest_chain_and_the_answer_reb
     import vggc.bench.answer
 
     # a tiny quick bench rarely settles a timing: let the exported file's rows be the answer
-    monkeypatch.setattr(vggc.bench.answer, "qualifies", lambda r, _b, _m: r["model"] == "tiny.onnx")
+    monkeypatch.setattr(vggc.bench.answer, "qualifies", lambda r, *_: r["model"] == "tiny.onnx")
     res, out = run_tiny_onnx_pipeline(tmp_path, monkeypatch)
     assert res.exit_code == 0, res.output
     onnx = out / "tiny.onnx"

@@ -4,7 +4,8 @@ that rebuild it from the source state_dict (``answer.json``, the end of report.m
 Targets: ``cpu-throughput`` (highest img/s at the bench batch), ``cpu-latency`` (lowest batch-1
 p50) over CPU backends and, when a GPU row ran, ``gpu-throughput`` / ``gpu-latency`` over GPU
 backends (:func:`is_gpu_row`). A target's variant is the best row on its metric among those that
-:func:`vggc.bench.baseline.qualifies` (ran, settled timing, top-1 drop within the budget: the run's
+:func:`vggc.bench.baseline.qualifies` (ran, the timing of the target's own metric settled: batch N for
+throughput, batch 1 for latency; top-1 drop within the budget: the run's
 ``--max-drop``, default 1 % of the baseline's top-1); the same is answered at the wider 98 % line
 (a drop of at most :data:`WIDE_FRACTION` of the baseline's top-1). No qualifying row: ``None`` and
 the reason.
@@ -18,7 +19,7 @@ it), else the commands recorded up the chain of manifests from the file to the s
 
 from __future__ import annotations
 
-from vggc.bench.baseline import budget_pt, marginal, qualifies, ran_ok
+from vggc.bench.baseline import budget_pt, marginal, qualifies, ran_ok, settled
 from vggc.bench.rebuild import (  # noqa: F401 - re-exported: the answer's rebuild commands
     MAX_REBUILD_LINKS,
     NOT_RECORDED,
@@ -67,13 +68,13 @@ def choose(rows: list[dict], target: str, base: dict | None, budget: float | Non
     ran = [r for r in rows if ran_ok(r) and is_gpu_row(r) == gpu]
     if not ran:
         return None, f"no {kind} row ran"
-    ok = [r for r in ran if r.get(metric) is not None and qualifies(r, base, budget)]
+    ok = [r for r in ran if r.get(metric) is not None and qualifies(r, base, budget, metric)]
     if ok:
         pick = max(ok, key=lambda r: r[metric]) if higher else min(ok, key=lambda r: r[metric])
         return pick, None
     within = [r for r in ran if _drop(r, base) <= budget + 1e-9]
-    unsettled = [r for r in within if r.get("timing_stable") is not True]
-    untimed = [r for r in within if r.get("timing_stable") is True and r.get(metric) is None]
+    unsettled = [r for r in within if not settled(r, metric)]
+    untimed = [r for r in within if settled(r, metric) and r.get(metric) is None]
     parts = [f"{len(ran) - len(within)} lose more than {budget:.2f} pt of top-1"] if len(within) < len(ran) else []
     if unsettled:
         parts.append(f"{len(unsettled)} within it have an unsettled timing")

@@ -8,8 +8,8 @@ Per row against the baseline (same images, so the comparison is paired image by 
   ``d_i = correct_row_i - correct_base_i`` over the evaluated images (x100): how much
   ``delta_pt`` could move on another sample of test images of the same size;
 * ``baseline_agreement``: fraction of images whose predicted class equals the baseline's;
-* ``within_budget`` (:func:`qualifies`): the row ran, its timing settled (``timing_stable``) and
-  its top-1 drop is at most ``max_drop_pt`` (default :func:`default_max_drop_pt`: 1 % of the
+* ``within_budget`` (:func:`qualifies`): the row ran, its throughput timing settled
+  (``timing_stable_batch``, :func:`settled`) and its top-1 drop is at most ``max_drop_pt`` (default :func:`default_max_drop_pt`: 1 % of the
   baseline's top-1); ``budget_marginal``: the drop is closer to the budget than one SE, so the
   verdict rests on less than the evidence resolves.
 
@@ -89,13 +89,34 @@ def ran_ok(r: dict) -> bool:
     return r.get("status") == "ok" and r.get("top1") is not None
 
 
-def qualifies(row: dict, base: dict | None, max_drop_pt: float | None) -> bool:
-    """The one rule for "within budget": ``row`` ran with a throughput, its timing settled
-    (``timing_stable`` is True) and it loses at most ``max_drop_pt`` percentage points of top-1
-    against ``base``. False without a baseline or a budget."""
+# the timing flag behind each timed metric: batch N for throughput, batch 1 for latency
+STABLE_KEY = {"throughput": "timing_stable_batch", "latency_p50_ms": "timing_stable_b1"}
+
+
+def settled_flag(row: dict, metric: str = "throughput") -> bool | None:
+    """Return whether the timing behind ``metric`` (a key of :data:`STABLE_KEY`) settled: the row's
+    ``timing_stable_batch`` / ``timing_stable_b1``. Where that is null (a row written before vggc recorded
+    the two apart, or a metric that was not timed and so cannot be picked) it answers with
+    ``timing_stable``, which says both settled: the stricter rule, so an old results.json never gains
+    a pick; ``None`` when neither is recorded (the row was not timed)."""
+    flag = row.get(STABLE_KEY[metric])
+    return flag if flag is not None else row.get("timing_stable")
+
+
+def settled(row: dict, metric: str = "throughput") -> bool:
+    """Return whether :func:`settled_flag` is True."""
+    return settled_flag(row, metric) is True
+
+
+def qualifies(row: dict, base: dict | None, max_drop_pt: float | None, metric: str = "throughput") -> bool:
+    """The one rule for "within budget" on ``metric`` (throughput at the bench batch, or
+    ``latency_p50_ms`` at batch 1): ``row`` ran with a throughput, the timing behind ``metric`` settled
+    (:func:`settled`: a noisy batch-1 timing does not veto a throughput pick, nor the reverse) and it
+    loses at most ``max_drop_pt`` percentage points of top-1 against ``base``. False without a
+    baseline or a budget."""
     if base is None or max_drop_pt is None or not ran_ok(base) or not ran_ok(row) or row.get("throughput") is None:
         return False
-    if row.get("timing_stable") is not True:
+    if not settled(row, metric):
         return False
     return 100.0 * (base["top1"] - row["top1"]) <= max_drop_pt + 1e-9
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vggc.artifacts import atomic_path, write_json, write_manifest
 from vggc.bench.answer import ANSWER_NAME, answer, markdown_section, marks
-from vggc.bench.baseline import best_variant, budget_pt, marginal, ran_ok
+from vggc.bench.baseline import best_variant, budget_pt, marginal, ran_ok, settled, settled_flag
 from vggc.bench.curves import CURVES_PNG, learning_curves
 from vggc.bench.curves import markdown_section as curves_section
 from vggc.bench.machine import describe_flags
@@ -24,7 +24,7 @@ CONTRACT = ("model", "backend", "precision", "status", "top1", "delta_pt", "late
 COLUMNS = CONTRACT + ("speedup", "format", "device", "note", "n_images", "quick", "threads", "compile_s", "load_s",
                       "accuracy_cached", "timing_reps_batch", "timing_reps_b1", "timing_stable", "timing_spread",
                       "is_baseline", "path", "delta_se_pt", "baseline_agreement", "within_budget",
-                      "budget_marginal")
+                      "budget_marginal", "timing_stable_batch", "timing_stable_b1")
 
 
 def load_note(start, end, cores) -> str:
@@ -72,7 +72,8 @@ def subset_label(ctx: dict) -> str:
 
 
 UNSTABLE = ("~ = a timing that did not settle (its interleaved rounds disagreed, or it hit the time cap); "
-            "treat as rough; it cannot be the recommended variant")
+            "treat as rough; the row cannot be the recommended variant on that metric (throughput: batch N, "
+            "latency: batch 1)")
 MARGINAL = ("? = the top-1 drop is within one standard error (± pt, paired over the same images) of the budget: "
             "whether it is within the budget rests on less than one SE")
 
@@ -83,9 +84,10 @@ def _se(r: dict) -> str:
 
 
 def _cells(r: dict) -> list[str]:
-    t = "~" if r.get("timing_stable") is False else ""
+    t1 = "~" if settled_flag(r, "latency_p50_ms") is False else ""  # each column marked by its own timing
+    tn = "~" if settled_flag(r, "throughput") is False else ""
     return [_f(100 * r["top1"] if r["top1"] is not None else None, ".2f"), _delta(r["delta_pt"]), _se(r),
-            t + _f(r["latency_p50_ms"], ".2f"), t + _f(r["latency_p90_ms"], ".2f"), t + _f(r["throughput"], ".1f"),
+            t1 + _f(r["latency_p50_ms"], ".2f"), t1 + _f(r["latency_p90_ms"], ".2f"), tn + _f(r["throughput"], ".1f"),
             _f(r["speedup"], ".2f") + ("x" if r["speedup"] is not None else ""),
             _f(r["size_mb"], ".2f"), _millions(r["params"]), _millions(r["macs"]), _f(r["compile_s"], ".2f")]
 
@@ -204,7 +206,7 @@ def recommendation(rows: list[dict], max_drop_pt: float | None = None, details: 
         if r is v or not ran_ok(r) or r.get("throughput") is None or r["throughput"] <= v["throughput"]:
             continue
         drop = -r["delta_pt"] if r.get("delta_pt") is not None else float("nan")
-        why = ("its timing did not settle" if r.get("timing_stable") is not True
+        why = ("its batch-N timing did not settle" if not settled(r, "throughput")
                else f"top-1 drop {drop:.2f} pt > {budget:.2f} pt" + (" by less than one SE: not settled by these images"
                                                                      if marginal(r, base, budget) else ""))
         lines.append(f"faster but left out: {r['model']} on {r['backend']} ({r['throughput']:.1f} img/s): {why}")
@@ -257,12 +259,14 @@ def timing_method(pol: dict) -> str:
                 "batch N and then at batch 1, in reverse order every other round, so the ratios between rows "
                 "come from the same minutes of the machine. Medians and p90 are over all calls of all rounds; "
                 f"`timing_spread` is the interquartile range of a row's per-round batch-N medians over their "
-                f"median, and `timing_stable: false` (~) when it (or batch 1's) exceeds "
-                f"{100 * (pol.get('spread_tol') or 0):.0f}%.")
+                f"median; `timing_stable_batch: false` (~ on img/s) when it exceeds "
+                f"{100 * (pol.get('spread_tol') or 0):.0f}%, `timing_stable_b1: false` (~ on the latencies) when "
+                "batch 1's does, and `timing_stable` is true when both settled.")
     return (f"- Timing: each row alone, right after its accuracy pass: {pol.get('warmup')} warm-up calls, then at "
             f"least {pol.get('min_reps')} calls and {pol.get('min_time_s')} s, until the median moves < "
             f"{100 * (pol.get('rel_tol') or 0):.0f}% when the last quarter of samples is added; capped at "
-            f"{pol.get('max_time_s')} s (`timing_stable: false` in results.json when the cap stopped it).")
+            f"{pol.get('max_time_s')} s (`timing_stable_batch` / `timing_stable_b1: false` in results.json when "
+            "the cap stopped the batch-N / batch-1 timing, `timing_stable: false` when either).")
 
 
 def markdown_report(rows: list[dict], ctx: dict, answer_doc: dict | None = None,

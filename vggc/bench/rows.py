@@ -59,7 +59,7 @@ def empty_row(mf: runtime.ModelFile | None, path: Path, be: runtime.Backend | No
         "n_images": n_images, "quick": quick, "threads": threads,
         "compile_s": None, "load_s": None, "accuracy_cached": None,
         "timing_reps_batch": None, "timing_reps_b1": None, "timing_stable": None, "timing_spread": None,
-        "is_baseline": False, "trained": training_budget(mf.meta) if mf else None,
+        "timing_stable_batch": None, "timing_stable_b1": None, "is_baseline": False, "trained": training_budget(mf.meta) if mf else None,
     }
     if row["trained"]:
         row["note"] = row["trained"]
@@ -114,7 +114,8 @@ def runner_threads(runner, be: runtime.Backend) -> int | None:
 
 def fail_row(row: dict, err: BaseException) -> None:
     """Null every metric of ``row`` and put ``err`` (one line) in its ``status``."""
-    for k in METRICS + ("accuracy_cached", "timing_reps_batch", "timing_reps_b1", "timing_stable", "timing_spread"):
+    for k in METRICS + ("accuracy_cached", "timing_reps_batch", "timing_reps_b1", "timing_stable", "timing_spread",
+                        "timing_stable_batch", "timing_stable_b1"):
         row[k] = None
     row["status"] = one_line(err)
 

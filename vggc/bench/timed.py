@@ -1,6 +1,8 @@
 """Timing opened bench rows: alone (:func:`time_alone`, the :class:`TimingPolicy` rule) or all
 together in interleaved rounds (:func:`time_interleaved`, :func:`measure_rounds`), and filling a
-row's timing columns (throughput, latency p50/p90, compile_s, timing_stable/spread) from them.
+row's timing columns (throughput, latency p50/p90, compile_s, timing_stable/spread) from them:
+``timing_stable_batch`` and ``timing_stable_b1`` say whether the batch-N and the batch-1 timing settled,
+``timing_stable`` whether both did.
 
 The measurement rules themselves live in :mod:`vggc.bench.timing`; this module is the glue
 between them and the rows of :mod:`vggc.bench.rows`.
@@ -49,7 +51,7 @@ def _finish(o: OpenRow, t_n, t_1) -> dict:
         row["timing_reps_batch"] = t_n.reps
         row["timing_spread"] = round(t_n.spread, 4) if t_n.spread is not None else None
         compile_s = float(getattr(o.runner, "compile_seconds", 0.0) or 0.0) + max(0.0, o.first_n - t_n.p50)
-        stable = t_n.stable
+        stable = row["timing_stable_batch"] = t_n.stable
         if o.b1_error or isinstance(t_1, BaseException) or t_1 is None:
             notes.append(o.b1_error or f"batch-1 latency not measured: {one_line(t_1)}")
         else:
@@ -57,6 +59,7 @@ def _finish(o: OpenRow, t_n, t_1) -> dict:
             row["latency_p90_ms"] = round(1e3 * t_1.p90, 3)
             row["timing_reps_b1"] = t_1.reps
             compile_s += max(0.0, (o.first_1 or 0.0) - t_1.p50)
+            row["timing_stable_b1"] = t_1.stable
             stable = stable and t_1.stable
         row["compile_s"] = round(compile_s, 3)
         row["timing_stable"] = stable
