@@ -80,11 +80,13 @@ def test_the_committed_answer_is_the_answer_of_the_committed_results(run, out_di
 
 @pytest.mark.parametrize("run, pick", [("bench2", "vgg16_bn_cifar10_pruned12_5_int8_ov_static.xml"),
                                        ("bench3", "vgg16_bn_cifar10_pruned12_5_int8_torch_static.pt2"),
-                                       ("bench4", "vgg16_bn_cifar10_pruned12_5_int8_ov_static.xml")])
+                                       ("bench4", "vgg16_bn_cifar10_pruned12_5_int8_ov_static.xml"),
+                                       ("bench5", "vgg16_bn_cifar10_pruned12_5_int8_ov_static.xml")])
 def test_the_retimed_bench_answer_is_the_answer_of_its_results_and_its_commands_name_the_run(run, pick):
     """docs/full-amx/bench2, bench3: standalone `vggc bench` runs of runs/full11's files (no pipeline, so the
-    rebuild commands come from the model manifests with the run's paths written out, not $OUT). Their rows
-    predate timing_stable_batch/_b1, so today's code answers from timing_stable, as the code that ran did."""
+    rebuild commands come from the model manifests with the run's paths written out, not $OUT). The rows of
+    bench2-4 predate timing_stable_batch/_b1, so today's code answers them from timing_stable, as the code that
+    ran did; bench5 ran today's rule."""
     from vggc.bench.answer import answer
 
     d = DOCS / "full-amx" / run
