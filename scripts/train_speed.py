@@ -90,7 +90,8 @@ def profile_fit(model, split, pre, teacher) -> dict:
     groups: dict = {}
     for ev in prof.key_averages():
         if ev.key.startswith("aten::"):
-            groups[op_group(ev.key)] = groups.get(op_group(ev.key), 0.0) + ev.self_cpu_time_total
+            g = op_group(ev.key)
+            groups[g] = groups.get(g, 0.0) + ev.self_cpu_time_total
     total = sum(groups.values()) or 1.0
     return {"precision": res.precision, "fp32_layers": len(res.fp32_layers),
             "images_per_s_profiled": res.history[-1]["images_per_s"],

@@ -25,6 +25,9 @@ from vggc.progress import Progress, no_progress
 
 METRICS = ("top1", "delta_pt", "latency_p50_ms", "latency_p90_ms", "throughput", "speedup", "compile_s",
            "load_s")
+# how a row's top-1 and timings were obtained (null until measured, nulled again when the row fails)
+MEASURE_KEYS = ("accuracy_cached", "timing_reps_batch", "timing_reps_b1", "timing_stable", "timing_spread",
+                "timing_stable_batch", "timing_stable_b1")
 
 
 class BenchRows(list):
@@ -57,9 +60,8 @@ def empty_row(mf: runtime.ModelFile | None, path: Path, be: runtime.Backend | No
         "size_mb": round(mf.size_bytes / 1e6, 3) if mf else None,
         "params": mf.params if mf else None, "macs": mf.macs if mf else None,
         "n_images": n_images, "quick": quick, "threads": threads,
-        "compile_s": None, "load_s": None, "accuracy_cached": None,
-        "timing_reps_batch": None, "timing_reps_b1": None, "timing_stable": None, "timing_spread": None,
-        "timing_stable_batch": None, "timing_stable_b1": None, "is_baseline": False, "trained": training_budget(mf.meta) if mf else None,
+        "compile_s": None, "load_s": None, **dict.fromkeys(MEASURE_KEYS),
+        "is_baseline": False, "trained": training_budget(mf.meta) if mf else None,
     }
     if row["trained"]:
         row["note"] = row["trained"]
@@ -114,8 +116,7 @@ def runner_threads(runner, be: runtime.Backend) -> int | None:
 
 def fail_row(row: dict, err: BaseException) -> None:
     """Null every metric of ``row`` and put ``err`` (one line) in its ``status``."""
-    for k in METRICS + ("accuracy_cached", "timing_reps_batch", "timing_reps_b1", "timing_stable", "timing_spread",
-                        "timing_stable_batch", "timing_stable_b1"):
+    for k in METRICS + MEASURE_KEYS:
         row[k] = None
     row["status"] = one_line(err)
 
